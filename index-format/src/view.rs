@@ -1,0 +1,1 @@
+//! Not yet implemented: the replay of a transaction log onto an index.
