@@ -23,13 +23,16 @@ pub mod cache;
 pub mod dbox;
 pub mod dump;
 pub mod error;
+pub mod ext;
 pub mod index;
+mod le;
 pub mod log;
 pub mod mailbox_log;
 pub mod maildir;
 pub mod mmap;
 pub mod subscriptions;
 pub mod view;
+pub use le::{hex, pack_offset, unpack_offset};
 
 pub use error::{Error, FileKind, FormatRule, Result};
 pub use mmap::MappedFile;
