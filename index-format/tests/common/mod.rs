@@ -40,10 +40,7 @@ pub fn dump_type(text: &str) -> Option<&str> {
 /// `key .... = value` → (key, value) with the dot leaders removed.
 pub fn kv(line: &str) -> Option<(String, String)> {
     let (k, v) = line.split_once(" = ")?;
-    let k = k
-        .trim_end_matches(['.', ' '])
-        .trim()
-        .to_string();
+    let k = k.trim_end_matches(['.', ' ']).trim().to_string();
     Some((k, v.trim().to_string()))
 }
 
