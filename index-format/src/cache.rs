@@ -90,7 +90,7 @@ pub struct CacheHeader {
 }
 
 /// How a field's data is stored and merged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FieldType {
     FixedSize,

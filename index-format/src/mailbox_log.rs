@@ -69,6 +69,15 @@ pub struct MailboxLogRecord {
     pub timestamp: u32,
 }
 
+/// The 16-byte name hash that dir and subscription records carry instead
+/// of a mailbox GUID: the first 16 bytes of SHA-1 of the mailbox name.
+pub fn mailbox_name_hash(name: &[u8]) -> [u8; 16] {
+    let d = crate::maildir::sha1(name);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}
+
 /// Parses one record; `offset` is only used for error positions.
 pub fn parse_record(rec: &[u8], offset: u64) -> Result<MailboxLogRecord> {
     if rec.len() < RECORD_SIZE {

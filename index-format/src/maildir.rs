@@ -245,7 +245,7 @@ pub fn parse_guid_hex(s: &str) -> Option<[u8; 16]> {
 }
 
 /// SHA-1 (FIPS 180-4), only for deriving GUIDs from Maildir names.
-fn sha1(msg: &[u8]) -> [u8; 20] {
+pub(crate) fn sha1(msg: &[u8]) -> [u8; 20] {
     let mut h: [u32; 5] = [
         0x6745_2301,
         0xEFCD_AB89,
