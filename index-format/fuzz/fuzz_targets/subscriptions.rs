@@ -1,5 +1,13 @@
 #![no_main]
-// Placeholder until the reader exists.
+// subscriptions files, and the tab-escaping round trip.
+use index_format::subscriptions::{tab_escape, tab_unescape, Subscriptions};
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = data;
+    if let Ok(s) = Subscriptions::parse(data) {
+        for n in &s.names {
+            let _ = n.levels();
+            let _ = n.name('/');
+        }
+    }
+    assert_eq!(&*tab_unescape(&tab_escape(data)), data);
 });

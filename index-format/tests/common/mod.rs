@@ -70,3 +70,5 @@ pub fn utc(t: u32) -> String {
 pub fn hex(b: &[u8]) -> String {
     index_format::hex(b)
 }
+
+pub mod gen;
