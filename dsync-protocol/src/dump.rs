@@ -208,7 +208,10 @@ pub fn item_value(item: &Item) -> Value {
     };
     let mut m = Map::new();
     m.insert("type".into(), Value::String(ty.into()));
-    m.insert("letter".into(), Value::String((item.letter() as char).to_string()));
+    m.insert(
+        "letter".into(),
+        Value::String((item.letter() as char).to_string()),
+    );
     if let Value::Object(f) = fields {
         m.extend(f);
     }
@@ -316,7 +319,10 @@ mod tests {
         assert_eq!(items[0]["type"], "handshake");
         assert_eq!(items[0]["sync_type"], "c");
         assert_eq!(items[0]["hashed_headers"], json!(["Date", "Message-ID"]));
-        let reports = items.iter().find(|i| i["name"] == json!(["Work", "Reports"])).unwrap();
+        let reports = items
+            .iter()
+            .find(|i| i["name"] == json!(["Work", "Reports"]))
+            .unwrap();
         assert_eq!(reports["existence"], "y");
         let mail = items.iter().find(|i| i["type"] == "mail").unwrap();
         let body = &mail["body"];

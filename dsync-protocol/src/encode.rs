@@ -108,7 +108,11 @@ impl Encoder {
             Item::Mailbox(m) => {
                 let mut cache = Vec::new();
                 for c in &m.cache_fields {
-                    self.line_into(ItemKind::CacheField, item::encode_cache_field(c), &mut cache)?;
+                    self.line_into(
+                        ItemKind::CacheField,
+                        item::encode_cache_field(c),
+                        &mut cache,
+                    )?;
                     cache.push(b'\n');
                 }
                 cache.pop();
@@ -131,7 +135,12 @@ impl Encoder {
 
     /// Writes the fields of one record in the table's order, trailing
     /// absent fields left out.
-    fn line_into(&self, kind: ItemKind, fields: FieldsOut<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    fn line_into(
+        &self,
+        kind: ItemKind,
+        fields: FieldsOut<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         let layout = &self.maps.encode[kind.index()];
         for (std_idx, v) in fields.iter().enumerate() {
             if v.is_some() && !layout.contains(&Some(std_idx)) {
@@ -142,7 +151,9 @@ impl Encoder {
             }
         }
         let value_at = |p: usize| -> Option<&Cow<'_, [u8]>> {
-            layout[p].and_then(|i| fields.get(i)).and_then(|v| v.as_ref())
+            layout[p]
+                .and_then(|i| fields.get(i))
+                .and_then(|v| v.as_ref())
         };
         let Some(last) = (0..layout.len()).rev().find(|&p| value_at(p).is_some()) else {
             return Ok(());
@@ -157,7 +168,11 @@ impl Encoder {
     }
 
     /// Appends data of the open block (stuffed).
-    pub fn encode_body_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    pub fn encode_body_chunk(
+        &mut self,
+        chunk: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         match &mut self.body {
             Some(b) => {
                 b.encode(chunk, out);

@@ -113,7 +113,10 @@ impl Conversation {
                     if l == seq[i] {
                         out.push(st);
                     } else if l == b'.' {
-                        out.push(St::Exchange { shape, idx: idx + 1 });
+                        out.push(St::Exchange {
+                            shape,
+                            idx: idx + 1,
+                        });
                     }
                 } else if l == b'S' {
                     out.push(St::MailboxLoop);

@@ -31,7 +31,9 @@ fn streams() -> Vec<(String, Vec<u8>)> {
     names.sort();
     for name in names {
         let tcp_server = name.ends_with(".s2c") && names_has_ch0(&name);
-        if !(name.ends_with(".c2s") || name.ends_with(".s2c") || name.ends_with(".s2c.ch0")) || tcp_server {
+        if !(name.ends_with(".c2s") || name.ends_with(".s2c") || name.ends_with(".s2c.ch0"))
+            || tcp_server
+        {
             continue;
         }
         let bytes = std::fs::read(captures_dir().join(&name)).unwrap();
@@ -69,14 +71,21 @@ fn every_capture_stream_is_found() {
 #[test]
 fn captures_decode_and_reencode_exactly() {
     for (name, bytes) in streams() {
-        let events = decode_all(&bytes, DecoderConfig::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(matches!(events[0], OwnedEvent::Version(ProtocolVersion { major: 3, minor: 5 })));
+        let events =
+            decode_all(&bytes, DecoderConfig::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(matches!(
+            events[0],
+            OwnedEvent::Version(ProtocolVersion { major: 3, minor: 5 })
+        ));
         assert!(matches!(events[1], OwnedEvent::Tables(_)));
         assert!(matches!(events[2], OwnedEvent::Item(Item::Handshake(_))));
         let again = encode_events(&events).unwrap_or_else(|e| panic!("{name}: {e}"));
         if again != bytes {
-            let at = again.iter().zip(bytes.iter()).position(|(a, b)| a != b).unwrap_or(again.len().min(bytes.len()));
+            let at = again
+                .iter()
+                .zip(bytes.iter())
+                .position(|(a, b)| a != b)
+                .unwrap_or(again.len().min(bytes.len()));
             panic!(
                 "{name}: re-encoding differs at byte {at}:\n orig {:?}\n ours {:?}",
                 String::from_utf8_lossy(&bytes[at.saturating_sub(40)..(at + 80).min(bytes.len())]),
