@@ -91,6 +91,13 @@ impl Encoder {
                         reason: "an empty prefix list cannot be sent; use one empty prefix",
                     });
                 }
+                if matches!(&h.exclude_mailboxes, Some(v) if v.len() == 1 && v[0].is_empty()) {
+                    return Err(EncodeError::InvalidValue {
+                        item: "handshake",
+                        key: "exclude_mailboxes",
+                        reason: "a list of one empty mask is sent like an empty list",
+                    });
+                }
                 (ItemKind::Handshake, item::encode_handshake(h))
             }
             Item::MailboxState(s) => (ItemKind::MailboxState, item::encode_state(s)),

@@ -24,6 +24,8 @@ pub struct Handshake {
     pub sync_type: Option<SyncType>,
     pub debug: bool,
     pub sync_visible_namespaces: bool,
+    /// Mailbox masks; a list of a single empty mask cannot be sent (it looks
+    /// like the empty list on the wire).
     pub exclude_mailboxes: Option<Vec<Vec<u8>>>,
     pub send_mail_requests: bool,
     pub backup_send: bool,
