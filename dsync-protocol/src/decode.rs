@@ -374,6 +374,10 @@ impl Decoder {
         }
     }
 
+    fn minor(&self) -> u32 {
+        self.version.map(|v| v.minor).unwrap_or(0)
+    }
+
     fn check_escapes(&self, start: usize, end: usize, offset: u64) -> Result<(), DecodeError> {
         if !self.cfg.strict_escapes {
             return Ok(());
@@ -475,7 +479,7 @@ impl Decoder {
             }
             self.phase = Phase::Items;
             if handshake_phase {
-                self.conv.after_handshake(&Handshake::default());
+                self.conv.after_handshake(&Handshake::default(), self.minor());
                 self.conv.step(b'X', offset)?;
             }
             return Ok(Some(Ev::Item(Item::Done)));
@@ -529,10 +533,11 @@ impl Decoder {
             }
         }
         let item = self.decode_item(kind, start + 1, end, offset)?;
+        let minor = self.minor();
         match &item {
             Item::Handshake(h) => {
                 self.handshake = Some((**h).clone());
-                self.conv.after_handshake(h);
+                self.conv.after_handshake(h, minor);
                 self.phase = Phase::Items;
             }
             Item::MailChange(c) if self.cfg.validate_order => {
