@@ -299,13 +299,20 @@ pub fn check_index_dump(dump_path: &Path) -> usize {
             let e = &ours
                 .get(&de.name)
                 .unwrap_or_else(|| panic!("{ctx}: uid {} lacks ext {}", dr.uid, de.name));
-            assert_eq!(
-                e["hex"].as_str().unwrap(),
-                de.hex,
-                "{ctx}: uid {} ext {}",
-                dr.uid,
-                de.name
-            );
+            // doveadm prints as many bytes as the extension was *registered* with
+            // in its own process (keywords: 2), even when the map's record is
+            // larger (more than 16 keywords): compare that prefix.
+            let ours_hex = e["hex"].as_str().unwrap();
+            if de.name == "keywords" {
+                assert!(
+                    ours_hex.starts_with(&de.hex),
+                    "{ctx}: uid {} keywords {ours_hex} vs {}",
+                    dr.uid,
+                    de.hex
+                );
+            } else {
+                assert_eq!(ours_hex, de.hex, "{ctx}: uid {} ext {}", dr.uid, de.name);
+            }
             if !de.value.is_empty() {
                 assert_eq!(
                     e["value"].to_string(),
