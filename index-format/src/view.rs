@@ -1698,6 +1698,21 @@ impl MailboxView {
         &self.keywords
     }
 
+    /// Index of a keyword (names compare case-insensitively, as Dovecot does).
+    pub fn keyword_index(&self, name: &str) -> Option<usize> {
+        self.keywords
+            .iter()
+            .position(|k| k.eq_ignore_ascii_case(name))
+    }
+
+    /// Mailbox GUID from the sdbox `dbox-hdr` or mdbox `mdbox-hdr` header.
+    pub fn mailbox_guid(&self) -> Option<[u8; 16]> {
+        [ext::DBOX_HDR, ext::MDBOX_HDR]
+            .iter()
+            .find_map(|n| self.extension(n))
+            .map(|e| ext::DboxHeader::decode(&e.header).mailbox_guid)
+    }
+
     /// Messages in sequence (= uid) order, without copying.
     pub fn messages(&self) -> impl ExactSizeIterator<Item = Message<'_>> + '_ {
         self.records
