@@ -9,6 +9,7 @@
 //! | `dovecot.index`, `dovecot.list.index`, `dovecot.map.index` | [`index`] |
 //! | `dovecot.index.log`, `.log.2` | [`log`] |
 //! | index + log replayed into one view | [`view`] |
+//! | standard extensions (modseq, keywords, dbox, map, list, ...) | [`ext`] |
 //! | `dovecot.index.cache` | [`cache`] |
 //! | Maildir `dovecot-uidlist`, `dovecot-keywords`, file names, `dovecot-uidvalidity` | [`maildir`] |
 //! | dbox mail files (sdbox, mdbox) | [`dbox`] |

@@ -25,6 +25,13 @@ use crate::mmap::MappedFile;
 /// checked before the relayout computes the real one.
 const ANY_RECORD_SIZE: u32 = 0xffff_fff8;
 
+/// Upper bound of all extension headers together (Dovecot's own limit is
+/// 16 MiB per extension).
+const MAX_HEADER_BYTES: usize = 64 << 20;
+/// Record arrays may always grow to this size through relayouts; beyond it
+/// only up to four times their current size.
+const MAX_RECORDS_BYTES_FLOOR: usize = 256 << 20;
+
 /// Keep at most this many replay problems (the rest are counted).
 const MAX_PROBLEMS: usize = 64;
 
@@ -61,16 +68,40 @@ pub struct ReplayProblem {
     pub what: String,
 }
 
+/// The bytes of a log file: mapped from disk, or owned (tests, fuzzing).
+pub enum LogSource {
+    Mapped(MappedFile),
+    Owned(Vec<u8>),
+}
+
+impl LogSource {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            LogSource::Mapped(m) => m.bytes(),
+            LogSource::Owned(v) => v,
+        }
+    }
+    fn path(&self) -> Option<&Path> {
+        match self {
+            LogSource::Mapped(m) => Some(m.path()),
+            LogSource::Owned(_) => None,
+        }
+    }
+}
+
 /// A log file of the view, kept mapped.
 struct LoadedLog {
-    map: MappedFile,
+    src: LogSource,
     header: LogHeader,
     sync_offset: u32,
 }
 
 impl LoadedLog {
     fn parse(&self) -> Result<LogFile<'_>> {
-        LogFile::parse(self.map.bytes()).map_err(|e| e.with_path(self.map.path()))
+        LogFile::parse(self.src.bytes()).map_err(|e| match self.src.path() {
+            Some(p) => e.with_path(p),
+            None => e,
+        })
     }
 }
 
@@ -137,7 +168,7 @@ impl MailboxView {
         for suffix in [".log.2", ".log"] {
             let p = with_suffix(&index_path, suffix);
             match MappedFile::open(&p) {
-                Ok(map) => logs.push(map),
+                Ok(map) => logs.push(LogSource::Mapped(map)),
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
@@ -148,20 +179,21 @@ impl MailboxView {
         Ok(view)
     }
 
-    /// Builds a view from an index file's bytes (optional) and mapped log files
-    /// (any order). Used by [`MailboxView::open`] and by tests/fuzzers.
-    pub fn from_parts(index: Option<&[u8]>, log_maps: Vec<MappedFile>) -> Result<MailboxView> {
+    /// Builds a view from an index file's bytes (optional) and log files
+    /// (any order; `.log.2` and `.log`). Used by [`MailboxView::open`], tests and fuzzers.
+    pub fn from_parts(index: Option<&[u8]>, sources: Vec<LogSource>) -> Result<MailboxView> {
         let mut logs = Vec::new();
-        for map in log_maps {
-            let (header, sync_offset) = {
-                let lf = LogFile::parse(map.bytes()).map_err(|e| e.with_path(map.path()))?;
-                (*lf.header(), lf.sync_offset())
+        for src in sources {
+            let mut l = LoadedLog {
+                src,
+                header: LogHeader::default(),
+                sync_offset: 0,
             };
-            logs.push(LoadedLog {
-                map,
-                header,
-                sync_offset,
-            });
+            let lf = l.parse()?;
+            let (header, sync_offset) = (*lf.header(), lf.sync_offset());
+            l.header = header;
+            l.sync_offset = sync_offset;
+            logs.push(l);
         }
         logs.sort_by_key(|l| l.header.file_seq);
         logs.dedup_by_key(|l| l.header.file_seq);
@@ -188,6 +220,14 @@ impl MailboxView {
         };
         view.load_and_replay(file.as_ref())?;
         Ok(view)
+    }
+
+    /// Builds a view from in-memory copies of an index and its log files.
+    pub fn from_bytes(index: Option<&[u8]>, logs: &[&[u8]]) -> Result<MailboxView> {
+        Self::from_parts(
+            index,
+            logs.iter().map(|l| LogSource::Owned(l.to_vec())).collect(),
+        )
     }
 
     fn load_from_index(&mut self, f: &IndexFile<'_>) {
@@ -1027,6 +1067,7 @@ impl MailboxView {
                     ANY_RECORD_SIZE,
                 )
                 .map_err(|d| format!("ext-intro {name}: {d}"))?;
+                self.check_header_budget(i.hdr_size as usize)?;
                 self.exts.push(ViewExtension {
                     name,
                     reset_id: i.reset_id,
@@ -1049,7 +1090,10 @@ impl MailboxView {
                             }
                         })
                         .collect();
-                    self.relayout(&old);
+                    if let Err(e) = self.relayout(&old) {
+                        self.exts.pop();
+                        return Err(e);
+                    }
                 }
                 Ok(CurExt {
                     idx,
@@ -1078,8 +1122,9 @@ impl MailboxView {
         crate::index::check_ext_geometry(hs, 0, rs, ra, ANY_RECORD_SIZE)
             .map_err(|d| format!("ext-intro {}: {d}", e.name))?;
         let record_changed = rs != e.record_size || ra != e.record_align;
-        if hs != e.hdr_size() {
-            self.exts[idx].header.resize(hs as usize, 0);
+        let (old_rs, old_ra) = (e.record_size, e.record_align);
+        if hs as usize > e.header.len() {
+            self.check_header_budget(hs as usize - e.header.len())?;
         }
         if record_changed {
             let old: Vec<(u16, u16)> = self
@@ -1089,14 +1134,32 @@ impl MailboxView {
                 .collect();
             self.exts[idx].record_size = rs;
             self.exts[idx].record_align = ra;
-            self.relayout(&old);
+            if let Err(e) = self.relayout(&old) {
+                self.exts[idx].record_size = old_rs;
+                self.exts[idx].record_align = old_ra;
+                return Err(e);
+            }
+        }
+        if hs != self.exts[idx].hdr_size() {
+            self.exts[idx].header.resize(hs as usize, 0);
         }
         Ok(())
     }
 
     /// Recomputes record offsets and record size (spec 3.4) and moves the data.
     /// `old` holds every extension's previous (offset, size).
-    fn relayout(&mut self, old: &[(u16, u16)]) {
+    /// Refuses header growth beyond [`MAX_HEADER_BYTES`] in total.
+    fn check_header_budget(&self, extra: usize) -> std::result::Result<(), String> {
+        let cur: usize = self.exts.iter().map(|e| e.header.len()).sum();
+        if cur.saturating_add(extra) > MAX_HEADER_BYTES {
+            return Err(format!(
+                "extension headers would exceed {MAX_HEADER_BYTES} bytes"
+            ));
+        }
+        Ok(())
+    }
+
+    fn relayout(&mut self, old: &[(u16, u16)]) -> std::result::Result<(), String> {
         let n = self.exts.len();
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| self.exts[b].record_align.cmp(&self.exts[a].record_align));
@@ -1136,6 +1199,13 @@ impl MailboxView {
         let new_rs = offset.div_ceil(max_align) * max_align;
         let old_rs = self.record_size;
         let count = self.n_slots();
+        // Input decides the record size; keep the copy it implies bounded.
+        let limit = MAX_RECORDS_BYTES_FLOOR.max(self.records.len().saturating_mul(4));
+        if new_rs > u16::MAX as usize || count.saturating_mul(new_rs) > limit {
+            return Err(format!(
+                "record size {new_rs} for {count} records exceeds the memory bound"
+            ));
+        }
         let mut recs = vec![0u8; count * new_rs];
         for s in 0..count {
             let src = &self.records[s * old_rs..(s + 1) * old_rs];
@@ -1159,6 +1229,7 @@ impl MailboxView {
         self.records = recs;
         self.record_size = new_rs;
         self.set_u32(hdr_off::RECORD_SIZE, new_rs as u32);
+        Ok(())
     }
 
     fn apply_keyword_update(
@@ -1237,6 +1308,7 @@ impl MailboxView {
                 }
                 None => {
                     let rs = keyword_record_size(count);
+                    self.check_header_budget(hs as usize)?;
                     self.exts.push(ViewExtension {
                         name: ext::KEYWORDS.to_string(),
                         reset_id: 0,
@@ -1258,7 +1330,10 @@ impl MailboxView {
                             }
                         })
                         .collect();
-                    self.relayout(&old);
+                    if let Err(e) = self.relayout(&old) {
+                        self.exts.pop();
+                        return Err(e);
+                    }
                     idx
                 }
             }
@@ -1621,6 +1696,21 @@ impl MailboxView {
     /// Keyword names in keyword index order.
     pub fn keywords(&self) -> &[String] {
         &self.keywords
+    }
+
+    /// Index of a keyword (names compare case-insensitively, as Dovecot does).
+    pub fn keyword_index(&self, name: &str) -> Option<usize> {
+        self.keywords
+            .iter()
+            .position(|k| k.eq_ignore_ascii_case(name))
+    }
+
+    /// Mailbox GUID from the sdbox `dbox-hdr` or mdbox `mdbox-hdr` header.
+    pub fn mailbox_guid(&self) -> Option<[u8; 16]> {
+        [ext::DBOX_HDR, ext::MDBOX_HDR]
+            .iter()
+            .find_map(|n| self.extension(n))
+            .map(|e| ext::DboxHeader::decode(&e.header).mailbox_guid)
     }
 
     /// Messages in sequence (= uid) order, without copying.

@@ -64,6 +64,8 @@ fn inbox_final_state_in_every_format() {
         let alt = m1.flags() & BACKEND != 0;
         assert_eq!(alt, format == "sdbox", "{format}: alt flag");
         assert_eq!(m1.flags() & DELETED, 0);
+        assert_eq!(v.keyword_index("PROJECT-X"), Some(1), "{format}");
+        assert_eq!(v.mailbox_guid().is_some(), format != "maildir", "{format}");
     }
 }
 

@@ -67,6 +67,9 @@ pub fn utc(t: u32) -> String {
     )
 }
 
+pub mod index_dump;
+pub mod synth;
+
 pub fn hex(b: &[u8]) -> String {
     index_format::hex(b)
 }
