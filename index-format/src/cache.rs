@@ -500,6 +500,27 @@ impl<'a> Cache<'a> {
         }
     }
 
+    /// Like [`Cache::record_chain`] but with each field's registry entry and
+    /// decoded value: `(field, value)` pairs, newest record first.
+    pub fn chain_values<'c>(
+        &'c self,
+        offset: u32,
+    ) -> impl Iterator<Item = Result<(&'c CacheField<'a>, CacheValue<'a>)>> + 'c {
+        self.record_chain(offset).map(move |item| {
+            let fd = item?;
+            let field = self.fields.get(fd.field_index as usize).ok_or_else(|| {
+                Error::invalid(
+                    KIND,
+                    fd.data_offset as u64,
+                    "cache field number",
+                    format!("{} is not registered", fd.field_index),
+                )
+            })?;
+            let value = decode_value(field, fd.data).map_err(|e| locate(e, fd.data_offset))?;
+            Ok((field, value))
+        })
+    }
+
     /// Looks up field `name` for the message whose newest record is at
     /// `offset`. The first occurrence wins, except for bitmask fields whose
     /// occurrences are OR-ed. `Ok(None)` when the message has no such data.
@@ -1174,11 +1195,33 @@ pub fn to_json(cache: &Cache<'_>) -> Value {
     })
 }
 
+/// A mapped cache file; [`CacheFile::cache`] parses it in place.
+pub struct CacheFile {
+    map: MappedFile,
+}
+
+impl CacheFile {
+    /// Maps `path` as it is now (see [`MappedFile::open`]).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Ok(CacheFile {
+            map: MappedFile::open(path)?,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.map.path()
+    }
+
+    /// The parsed header and field registry, borrowing the map; errors name the file.
+    pub fn cache(&self) -> Result<Cache<'_>> {
+        Cache::parse(&self.map).map_err(|e| e.with_path(self.map.path()))
+    }
+}
+
 /// Parses the cache file at `path` for `homing dump`.
 pub fn dump(path: &Path) -> Result<Value> {
-    let map = MappedFile::open(path)?;
-    let cache = Cache::parse(&map).map_err(|e| e.with_path(path))?;
-    Ok(to_json(&cache))
+    let file = CacheFile::open(path)?;
+    Ok(to_json(&file.cache()?))
 }
 
 #[cfg(test)]

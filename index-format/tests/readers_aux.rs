@@ -266,6 +266,24 @@ fn cache_lookups_on_generated_file() {
         );
         assert_eq!(c.lookup(head, "no.such.field").unwrap(), None);
     }
+    // (field, value) pairs over a two-record chain, newest record first.
+    let pairs: Vec<_> = c.chain_values(heads[0]).collect::<Result<_, _>>().unwrap();
+    let names: Vec<&str> = pairs.iter().map(|(f, _)| f.name).collect();
+    assert_eq!(
+        names,
+        [
+            "flags",
+            "imap.bodystructure",
+            "guid",
+            "flags",
+            "date.received",
+            "size.virtual",
+            "hdr.Subject",
+            "mime.parts"
+        ]
+    );
+    assert_eq!(pairs[0].1, CacheValue::Bitmask(1));
+    assert_eq!(pairs[4].1, CacheValue::U32(1_600_000_000));
     // A linear scan finds every record and the JSON rendering lists them.
     assert_eq!(c.scan().count(), 15);
     let v = cache::to_json(&c);
