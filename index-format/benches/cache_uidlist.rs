@@ -53,6 +53,20 @@ fn cache(c: &mut Criterion) {
             sum
         })
     });
+    let received = cache.field_index("date.received").unwrap();
+    g.bench_function("lookup_field_date_received_100k", |b| {
+        b.iter(|| {
+            heads
+                .iter()
+                .filter(|&&h| {
+                    cache
+                        .lookup_field(black_box(h), received)
+                        .unwrap()
+                        .is_some()
+                })
+                .count()
+        })
+    });
     g.bench_function("lookup_flags_bitmask_100k", |b| {
         b.iter(|| {
             heads

@@ -525,10 +525,17 @@ impl<'a> Cache<'a> {
     /// `offset`. The first occurrence wins, except for bitmask fields whose
     /// occurrences are OR-ed. `Ok(None)` when the message has no such data.
     pub fn lookup(&self, offset: u32, name: &str) -> Result<Option<CacheValue<'a>>> {
-        let Some(index) = self.field_index(name) else {
+        match self.field_index(name) {
+            Some(index) => self.lookup_field(offset, index),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Cache::lookup`] with a field number resolved once by [`Cache::field_index`].
+    pub fn lookup_field(&self, offset: u32, index: u32) -> Result<Option<CacheValue<'a>>> {
+        let Some(field) = self.fields.get(index as usize) else {
             return Ok(None);
         };
-        let field = &self.fields[index as usize];
         let mut bitmask: Option<u32> = None;
         for item in self.record_chain(offset) {
             let fd = item?;
