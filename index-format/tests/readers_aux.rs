@@ -27,6 +27,10 @@ fn uidlist_v1() {
     assert_eq!(u.records[1].extensions().count(), 0);
     assert!(u.mailbox_guid.is_none());
     assert!(u.by_uid(5).is_some() && u.by_uid(4).is_none());
+    // Extra spaces between uid and name are not part of the name.
+    let u = Uidlist::parse(b"1 1 3\n2   name\n").unwrap();
+    assert_eq!(u.records[0].filename, "name");
+    assert_eq!(u.next_uid(), 3);
 }
 
 #[test]
