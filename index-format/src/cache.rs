@@ -315,7 +315,9 @@ impl<'a> Cache<'a> {
         if offset == 0 {
             return Ok(());
         }
-        let mut last_fields: Vec<CacheField<'a>> = Vec::new();
+        // Like Dovecot, only the last complete header of the chain is parsed:
+        // it repeats every older field in the same order, so field numbers
+        // stay valid, and older headers are merely stepped over.
         loop {
             let off = offset as usize;
             if off < HEADER_SIZE {
@@ -352,22 +354,6 @@ impl<'a> Cache<'a> {
                 }
                 break;
             }
-            let fields = parse_field_header(&data[off..end as usize], off)?;
-            // A newer header must repeat every older field, in the same order.
-            for (i, old) in last_fields.iter().enumerate() {
-                match fields.get(i) {
-                    Some(f) if f.name.eq_ignore_ascii_case(old.name) => {}
-                    _ => {
-                        return Err(Error::invalid(
-                            KIND,
-                            off as u64,
-                            "field header",
-                            format!("field {i} ({}) missing from newer header", old.name),
-                        ));
-                    }
-                }
-            }
-            last_fields = fields;
             self.field_headers.push((offset, size));
             let next = unpack_offset(next_raw);
             if next_raw == 0 || next == 0 {
@@ -391,7 +377,10 @@ impl<'a> Cache<'a> {
             }
             offset = next;
         }
-        self.fields = last_fields;
+        if let Some(&(off, size)) = self.field_headers.last() {
+            let (off, size) = (off as usize, size as usize);
+            self.fields = parse_field_header(&data[off..off + size], off)?;
+        }
         Ok(())
     }
 
