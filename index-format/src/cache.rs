@@ -315,7 +315,9 @@ impl<'a> Cache<'a> {
         if offset == 0 {
             return Ok(());
         }
-        let mut last_fields: Vec<CacheField<'a>> = Vec::new();
+        // Like Dovecot, only the last complete header of the chain is parsed:
+        // it repeats every older field in the same order, so field numbers
+        // stay valid, and older headers are merely stepped over.
         loop {
             let off = offset as usize;
             if off < HEADER_SIZE {
@@ -352,22 +354,6 @@ impl<'a> Cache<'a> {
                 }
                 break;
             }
-            let fields = parse_field_header(&data[off..end as usize], off)?;
-            // A newer header must repeat every older field, in the same order.
-            for (i, old) in last_fields.iter().enumerate() {
-                match fields.get(i) {
-                    Some(f) if f.name.eq_ignore_ascii_case(old.name) => {}
-                    _ => {
-                        return Err(Error::invalid(
-                            KIND,
-                            off as u64,
-                            "field header",
-                            format!("field {i} ({}) missing from newer header", old.name),
-                        ));
-                    }
-                }
-            }
-            last_fields = fields;
             self.field_headers.push((offset, size));
             let next = unpack_offset(next_raw);
             if next_raw == 0 || next == 0 {
@@ -391,7 +377,10 @@ impl<'a> Cache<'a> {
             }
             offset = next;
         }
-        self.fields = last_fields;
+        if let Some(&(off, size)) = self.field_headers.last() {
+            let (off, size) = (off as usize, size as usize);
+            self.fields = parse_field_header(&data[off..off + size], off)?;
+        }
         Ok(())
     }
 
@@ -500,14 +489,42 @@ impl<'a> Cache<'a> {
         }
     }
 
+    /// Like [`Cache::record_chain`] but with each field's registry entry and
+    /// decoded value: `(field, value)` pairs, newest record first.
+    pub fn chain_values<'c>(
+        &'c self,
+        offset: u32,
+    ) -> impl Iterator<Item = Result<(&'c CacheField<'a>, CacheValue<'a>)>> + 'c {
+        self.record_chain(offset).map(move |item| {
+            let fd = item?;
+            let field = self.fields.get(fd.field_index as usize).ok_or_else(|| {
+                Error::invalid(
+                    KIND,
+                    fd.data_offset as u64,
+                    "cache field number",
+                    format!("{} is not registered", fd.field_index),
+                )
+            })?;
+            let value = decode_value(field, fd.data).map_err(|e| locate(e, fd.data_offset))?;
+            Ok((field, value))
+        })
+    }
+
     /// Looks up field `name` for the message whose newest record is at
     /// `offset`. The first occurrence wins, except for bitmask fields whose
     /// occurrences are OR-ed. `Ok(None)` when the message has no such data.
     pub fn lookup(&self, offset: u32, name: &str) -> Result<Option<CacheValue<'a>>> {
-        let Some(index) = self.field_index(name) else {
+        match self.field_index(name) {
+            Some(index) => self.lookup_field(offset, index),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Cache::lookup`] with a field number resolved once by [`Cache::field_index`].
+    pub fn lookup_field(&self, offset: u32, index: u32) -> Result<Option<CacheValue<'a>>> {
+        let Some(field) = self.fields.get(index as usize) else {
             return Ok(None);
         };
-        let field = &self.fields[index as usize];
         let mut bitmask: Option<u32> = None;
         for item in self.record_chain(offset) {
             let fd = item?;
@@ -1174,11 +1191,33 @@ pub fn to_json(cache: &Cache<'_>) -> Value {
     })
 }
 
+/// A mapped cache file; [`CacheFile::cache`] parses it in place.
+pub struct CacheFile {
+    map: MappedFile,
+}
+
+impl CacheFile {
+    /// Maps `path` as it is now (see [`MappedFile::open`]).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Ok(CacheFile {
+            map: MappedFile::open(path)?,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.map.path()
+    }
+
+    /// The parsed header and field registry, borrowing the map; errors name the file.
+    pub fn cache(&self) -> Result<Cache<'_>> {
+        Cache::parse(&self.map).map_err(|e| e.with_path(self.map.path()))
+    }
+}
+
 /// Parses the cache file at `path` for `homing dump`.
 pub fn dump(path: &Path) -> Result<Value> {
-    let map = MappedFile::open(path)?;
-    let cache = Cache::parse(&map).map_err(|e| e.with_path(path))?;
-    Ok(to_json(&cache))
+    let file = CacheFile::open(path)?;
+    Ok(to_json(&file.cache()?))
 }
 
 #[cfg(test)]

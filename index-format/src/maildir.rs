@@ -522,7 +522,7 @@ fn parse_uidlist_line(line: &str, version: u8) -> std::result::Result<UidlistRec
         .filter(|&u| u != 0)
         .ok_or_else(|| format!("bad uid {uid_str:?}"))?;
     let (extensions, filename) = if version == 1 {
-        ("", rest)
+        ("", rest.trim_start_matches(' '))
     } else {
         // Extensions are `<key><value>` tokens; the file name follows the first token starting with ':'.
         let mut pos = 0;

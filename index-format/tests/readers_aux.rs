@@ -27,6 +27,10 @@ fn uidlist_v1() {
     assert_eq!(u.records[1].extensions().count(), 0);
     assert!(u.mailbox_guid.is_none());
     assert!(u.by_uid(5).is_some() && u.by_uid(4).is_none());
+    // Extra spaces between uid and name are not part of the name.
+    let u = Uidlist::parse(b"1 1 3\n2   name\n").unwrap();
+    assert_eq!(u.records[0].filename, "name");
+    assert_eq!(u.next_uid(), 3);
 }
 
 #[test]
@@ -266,6 +270,24 @@ fn cache_lookups_on_generated_file() {
         );
         assert_eq!(c.lookup(head, "no.such.field").unwrap(), None);
     }
+    // (field, value) pairs over a two-record chain, newest record first.
+    let pairs: Vec<_> = c.chain_values(heads[0]).collect::<Result<_, _>>().unwrap();
+    let names: Vec<&str> = pairs.iter().map(|(f, _)| f.name).collect();
+    assert_eq!(
+        names,
+        [
+            "flags",
+            "imap.bodystructure",
+            "guid",
+            "flags",
+            "date.received",
+            "size.virtual",
+            "hdr.Subject",
+            "mime.parts"
+        ]
+    );
+    assert_eq!(pairs[0].1, CacheValue::Bitmask(1));
+    assert_eq!(pairs[4].1, CacheValue::U32(1_600_000_000));
     // A linear scan finds every record and the JSON rendering lists them.
     assert_eq!(c.scan().count(), 15);
     let v = cache::to_json(&c);
@@ -339,11 +361,21 @@ fn cache_newer_field_header_extends_registry() {
     let c = Cache::parse(&data).unwrap();
     assert_eq!(c.fields().len(), gen::FIELDS.len() + 1);
     assert_eq!(c.field_index("hdr.to"), Some(gen::FIELDS.len() as u32));
-    // A newer header that drops an older field is refused.
-    let mut bad = data.clone();
-    bad.truncate(next as usize);
-    bad.extend_from_slice(&gen::field_header(&gen::FIELDS[1..], [0; 4]));
-    assert!(Cache::parse(&bad).is_err());
+    // Only the last header is authoritative: a damaged type byte in the
+    // older one does not matter, one in the newer header does.
+    let mut d = data.clone();
+    d[32 + 12 + 8 * gen::FIELDS.len()] = 9;
+    assert_eq!(
+        Cache::parse(&d).unwrap().fields().len(),
+        gen::FIELDS.len() + 1
+    );
+    let mut d = data.clone();
+    d[next as usize + 12 + 8 * more.len()] = 9;
+    assert!(Cache::parse(&d).is_err());
+    // A next_offset pointing backwards is refused.
+    let mut d = data.clone();
+    d[next as usize..next as usize + 4].copy_from_slice(&gen::pack_offset(32));
+    assert!(Cache::parse(&d).is_err());
 }
 
 #[test]

@@ -9,7 +9,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = cache::to_json(&c);
     let names: Vec<String> = c.fields().iter().map(|f| f.name.to_string()).collect();
     // A few offsets from the input's tail, and every record the scan found.
-    let mut offsets: Vec<u32> = data.rchunks_exact(4).take(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let mut offsets: Vec<u32> = data
+        .rchunks_exact(4)
+        .take(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     offsets.extend(c.scan().take(64).map(|r| r.offset));
     for off in offsets {
         for fd in c.record_chain(off).take(10_000) {
