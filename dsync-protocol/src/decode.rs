@@ -479,7 +479,8 @@ impl Decoder {
             }
             self.phase = Phase::Items;
             if handshake_phase {
-                self.conv.after_handshake(&Handshake::default(), self.minor());
+                self.conv
+                    .after_handshake(&Handshake::default(), self.minor());
                 self.conv.step(b'X', offset)?;
             }
             return Ok(Some(Ev::Item(Item::Done)));

@@ -31,7 +31,8 @@ impl Encoder {
     }
 
     /// An encoder whose items follow the given tables (key order by name;
-    /// keys it does not know are sent absent).
+    /// keys it does not know are sent absent, values for keys the tables lack
+    /// are left out).
     pub fn with_tables(tables: Tables) -> Encoder {
         let maps = KeyMaps::from_tables(&tables);
         Encoder {
@@ -148,15 +149,9 @@ impl Encoder {
         fields: FieldsOut<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), EncodeError> {
+        // A value whose key the table lacks cannot be sent; the peer reads
+        // such a key as absent (only possible with non-standard tables).
         let layout = &self.maps.encode[kind.index()];
-        for (std_idx, v) in fields.iter().enumerate() {
-            if v.is_some() && !layout.contains(&Some(std_idx)) {
-                return Err(EncodeError::KeyNotInTable {
-                    item: kind.name(),
-                    key: kind.keys()[std_idx],
-                });
-            }
-        }
         let value_at = |p: usize| -> Option<&Cow<'_, [u8]>> {
             layout[p]
                 .and_then(|i| fields.get(i))

@@ -110,10 +110,4 @@ pub enum EncodeError {
         key: &'static str,
         reason: &'static str,
     },
-
-    #[error("the peer's table for {item} lacks the key {key}, which this item needs")]
-    KeyNotInTable {
-        item: &'static str,
-        key: &'static str,
-    },
 }

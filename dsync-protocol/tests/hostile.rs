@@ -508,9 +508,13 @@ fn a_minor_0_sender_has_no_attribute_lists() {
     t.defs.retain(|d| d.letter != b'A' && d.letter != b'F');
     let mut s = b"VERSION\tdsync\t3\t0\n".to_vec();
     t.encode_into(&mut s);
-    Encoder::with_tables(t).encode_item(&Item::Handshake(Box::new(master_h())), &mut s).unwrap();
+    Encoder::with_tables(t)
+        .encode_item(&Item::Handshake(Box::new(master_h())), &mut s)
+        .unwrap();
     s.extend_from_slice(TREE_START);
     s.extend_from_slice(b"B00000000000000000000000000000001\t1\t1\t0\t1\t1\t0\t\x02\t\x02\t\n");
-    s.extend_from_slice(b"Cs\t1\tg\n.\n.\nMg\n.\nS00000000000000000000000000000001\t1\t1\t1\t0\t1\n.\n");
+    s.extend_from_slice(
+        b"Cs\t1\tg\n.\n.\nMg\n.\nS00000000000000000000000000000001\t1\t1\t1\t0\t1\n.\n",
+    );
     decode(&s).unwrap();
 }
