@@ -229,6 +229,31 @@ pub enum CacheValue<'a> {
     Bytes(&'a [u8]),
 }
 
+/// Dovecot's standard cache fields of one message (see spec 5.4); `None`
+/// when not cached. Strings and serialized structures are raw bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StandardFields<'a> {
+    /// `flags`: message properties (not IMAP flags), OR-ed over the chain.
+    pub flags: Option<u32>,
+    /// `date.sent`: time and timezone offset in minutes.
+    pub date_sent: Option<(u32, i32)>,
+    pub date_received: Option<u32>,
+    pub date_save: Option<u32>,
+    pub virtual_size: Option<u64>,
+    pub physical_size: Option<u64>,
+    pub imap_body: Option<&'a [u8]>,
+    pub imap_bodystructure: Option<&'a [u8]>,
+    pub imap_envelope: Option<&'a [u8]>,
+    pub pop3_uidl: Option<&'a [u8]>,
+    pub pop3_order: Option<u32>,
+    pub guid: Option<&'a [u8]>,
+    /// Serialized MIME structure; [`decode_mime_parts`] reads it.
+    pub mime_parts: Option<&'a [u8]>,
+    pub binary_parts: Option<&'a [u8]>,
+    /// Version byte then UTF-8 text.
+    pub body_snippet: Option<&'a [u8]>,
+}
+
 /// A cached `hdr.*` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderValue<'a> {
@@ -546,6 +571,82 @@ impl<'a> Cache<'a> {
                 .map_err(|e| locate(e, fd.data_offset));
         }
         Ok(bitmask.map(CacheValue::Bitmask))
+    }
+
+    /// The cached header `hdr.<name>` (name case-insensitive, without `hdr.`).
+    pub fn header_field(&self, offset: u32, name: &str) -> Result<Option<HeaderValue<'a>>> {
+        let Some(index) = self.fields.iter().position(|f| {
+            f.name
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case("hdr."))
+                && f.name
+                    .get(4..)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        }) else {
+            return Ok(None);
+        };
+        match self.lookup_field(offset, index as u32)? {
+            Some(CacheValue::Header(h)) => Ok(Some(h)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Dovecot's standard fields of one message, in one walk of its chain
+    /// (first occurrence wins; `flags` is OR-ed over the chain).
+    pub fn standard_fields(&self, offset: u32) -> Result<StandardFields<'a>> {
+        let mut s = StandardFields::default();
+        for item in self.record_chain(offset) {
+            let fd = item?;
+            let Some(field) = self.fields.get(fd.field_index as usize) else {
+                continue;
+            };
+            let d = fd.data;
+            let name = field.name.to_ascii_lowercase();
+            let u32v = || (d.len() == 4).then(|| u32_at(d, 0)).flatten();
+            let u64v = || (d.len() == 8).then(|| u64_at(d, 0)).flatten();
+            match name.as_str() {
+                "flags" => {
+                    if let Some(v) = u32v() {
+                        s.flags = Some(s.flags.unwrap_or(0) | v);
+                    }
+                }
+                "date.sent" if s.date_sent.is_none() && d.len() == 8 => {
+                    s.date_sent =
+                        Some((u32_at(d, 0).unwrap_or(0), u32_at(d, 4).unwrap_or(0) as i32))
+                }
+                "date.received" if s.date_received.is_none() => s.date_received = u32v(),
+                "date.save" if s.date_save.is_none() => s.date_save = u32v(),
+                "size.virtual" if s.virtual_size.is_none() => s.virtual_size = u64v(),
+                "size.physical" if s.physical_size.is_none() => s.physical_size = u64v(),
+                "pop3.order" if s.pop3_order.is_none() => s.pop3_order = u32v(),
+                "imap.body" => {
+                    s.imap_body.get_or_insert(d);
+                }
+                "imap.bodystructure" => {
+                    s.imap_bodystructure.get_or_insert(d);
+                }
+                "imap.envelope" => {
+                    s.imap_envelope.get_or_insert(d);
+                }
+                "pop3.uidl" => {
+                    s.pop3_uidl.get_or_insert(d);
+                }
+                "guid" => {
+                    s.guid.get_or_insert(d);
+                }
+                "mime.parts" => {
+                    s.mime_parts.get_or_insert(d);
+                }
+                "binary.parts" => {
+                    s.binary_parts.get_or_insert(d);
+                }
+                "body.snippet" => {
+                    s.body_snippet.get_or_insert(d);
+                }
+                _ => {}
+            }
+        }
+        Ok(s)
     }
 
     /// Like [`Cache::lookup`] but returns the raw bytes of the first occurrence.

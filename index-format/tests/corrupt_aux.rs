@@ -37,6 +37,8 @@ fn exercise(reader: Reader, data: &[u8]) {
                 for head in v["chain_heads"].as_array().into_iter().flatten() {
                     let head = head.as_u64().unwrap_or(0) as u32;
                     let _ = c.records_in_chain(head).count();
+                    let _ = c.standard_fields(head);
+                    let _ = c.header_field(head, "Subject");
                     for f in c.fields() {
                         let _ = c.lookup(head, f.name);
                     }

@@ -381,6 +381,29 @@ fn cache_matches_doveadm_dump() {
                     compared_fields += 1;
                 }
             }
+            // The standard fields in one walk agree with the per-field lookups.
+            let std = cache.standard_fields(head).unwrap();
+            assert_eq!(
+                std.date_received.map(CacheValue::U32),
+                cache.lookup(head, "date.received").unwrap(),
+                "{ctx}"
+            );
+            assert_eq!(
+                std.virtual_size.map(CacheValue::U64),
+                cache.lookup(head, "size.virtual").unwrap(),
+                "{ctx}"
+            );
+            assert_eq!(
+                std.flags.map(CacheValue::Bitmask),
+                cache.lookup(head, "flags").unwrap(),
+                "{ctx}"
+            );
+            assert!(
+                std.date_received.is_some() && std.mime_parts.is_some(),
+                "{ctx}"
+            );
+            let subject = cache.header_field(head, "SUBJECT").unwrap().unwrap();
+            assert!(subject.text.starts_with(b"Subject: "), "{ctx}");
             // Field lookups by name through the chain agree with the dump.
             for d in chain {
                 for (name, value) in &d.fields {

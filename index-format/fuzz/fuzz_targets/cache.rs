@@ -25,6 +25,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
         for n in &names {
             let _ = c.lookup(off, n);
+            let _ = c.header_field(off, n);
         }
+        let _ = c.standard_fields(off);
     }
 });
