@@ -14,6 +14,7 @@ pub fn detect(path: &Path) -> Option<FileKind> {
         "dovecot-uidlist" => FileKind::Uidlist,
         "dovecot-keywords" => FileKind::Keywords,
         "dovecot-uidvalidity" => FileKind::Uidvalidity,
+        n if n.starts_with("dovecot-uidvalidity.") => FileKind::Uidvalidity,
         "subscriptions" => FileKind::Subscriptions,
         "dovecot-attributes" => FileKind::Attributes,
         n if n.starts_with("dovecot.mailbox.log") => FileKind::MailboxLog,
