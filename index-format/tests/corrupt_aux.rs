@@ -189,7 +189,7 @@ fn truncated_and_flipped_fixtures_never_panic() {
     let elapsed = start.elapsed();
     assert!(runs > 10_000, "{runs} damaged inputs");
     assert!(
-        elapsed < Duration::from_secs(120),
+        elapsed < Duration::from_secs(900),
         "{runs} runs took {elapsed:?}"
     );
 }
