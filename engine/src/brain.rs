@@ -42,6 +42,70 @@ pub struct SyncSettings {
     pub filter: MailFilter,
     /// Saved per-mailbox states (`-s STATE`).
     pub states: Vec<MailboxState>,
+    /// `-m`, `-x`, `-g`: which mailboxes are visible to the sync.
+    pub mailbox_filter: MailboxFilter,
+}
+
+/// Restricts the mailboxes a sync sees (§2.2 step 2). Invisible mailboxes
+/// are neither created nor deleted on the other side.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MailboxFilter {
+    /// `-m NAME`: only names matching this pattern (`*` and `%` wildcards,
+    /// hierarchy separator `/`).
+    pub only_name: Option<Vec<u8>>,
+    /// `-x PATTERN`: names matching any of these are excluded.
+    pub exclude: Vec<Vec<u8>>,
+    /// `-g GUID`: only the mailbox with this GUID (directories skipped).
+    pub guid: Option<Guid128>,
+}
+
+/// IMAP LIST-style wildcard match: `*` matches anything, `%` anything but
+/// the separator.
+fn wildcard(pat: &[u8], name: &[u8], sep: u8) -> bool {
+    match pat.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|i| wildcard(rest, &name[i..], sep)),
+        Some((b'%', rest)) => {
+            (0..=name.len()).take_while(|&i| i == 0 || name[i - 1] != sep).any(|i| wildcard(rest, &name[i..], sep))
+        }
+        Some((c, rest)) => name.first() == Some(c) && wildcard(rest, &name[1..], sep),
+    }
+}
+
+impl MailboxFilter {
+    fn is_empty(&self) -> bool {
+        self.only_name.is_none() && self.exclude.is_empty() && self.guid.is_none()
+    }
+
+    /// Whether a mailbox-list entry is visible.
+    pub fn visible(&self, name: &[Vec<u8>], guid: Option<Guid128>, sep: u8) -> bool {
+        let joined = join_name(name, sep);
+        if let Some(p) = &self.only_name {
+            if !wildcard(p, &joined, sep) {
+                return false;
+            }
+        }
+        if self.exclude.iter().any(|p| wildcard(p, &joined, sep)) {
+            return false;
+        }
+        match self.guid {
+            Some(g) => guid == Some(g),
+            None => true,
+        }
+    }
+
+    fn apply(&self, s: &mut TreeSnapshot) {
+        if self.is_empty() {
+            return;
+        }
+        let sep = s.separator;
+        s.mailboxes.retain(|e| self.visible(&e.name, e.guid, sep));
+        if self.guid.is_some() {
+            s.subscriptions.clear();
+        } else {
+            s.subscriptions.retain(|n| self.visible(n, None, sep));
+        }
+    }
 }
 
 impl Default for SyncSettings {
@@ -56,6 +120,7 @@ impl Default for SyncSettings {
             lock_timeout: 0,
             filter: MailFilter::default(),
             states: Vec::new(),
+            mailbox_filter: MailboxFilter::default(),
         }
     }
 }
@@ -278,6 +343,13 @@ impl Brain {
             sync_since_timestamp: s.filter.since,
             sync_until_timestamp: s.filter.until,
             sync_max_size: s.filter.max_size,
+            sync_box: s.mailbox_filter.only_name.clone(),
+            sync_box_guid: s.mailbox_filter.guid,
+            exclude_mailboxes: if s.mailbox_filter.exclude.is_empty() {
+                None
+            } else {
+                Some(s.mailbox_filter.exclude.clone())
+            },
             sync_flags: s.filter.flag.as_ref().map(|(neg, f)| {
                 let mut v = if *neg { b"-".to_vec() } else { Vec::new() };
                 v.extend_from_slice(f);
@@ -310,7 +382,12 @@ impl Brain {
         match input {
             Input::Peer(item) => self.inbox.push_back(item),
             Input::Answer(a) => self.answer = Some(a),
-            Input::ActionFailed { action, error } => self.action_failed(action, error),
+            Input::ActionFailed { action, error } => {
+                self.action_failed(action, error);
+                if self.phase == Phase::Done {
+                    return Ok(());
+                }
+            }
             Input::PeerClosed => {
                 if self.phase != Phase::Done {
                     return self.fail(EngineError::Closed);
@@ -340,6 +417,17 @@ impl Brain {
     }
 
     fn action_failed(&mut self, action: Action, error: StorageError) {
+        if let Action::LockUser { .. } = action {
+            // Without the lock nothing may be changed: stop here.
+            self.out.clear();
+            self.messages.push(format!("Error: {error}"));
+            self.failure = Some(ExitStatus::TempFail);
+            self.error = Some(EngineError::Remote(error.to_string()));
+            let f = self.finish_item();
+            let _ = f;
+            self.finish();
+            return;
+        }
         let what = format!("{action:?}: {error}");
         match (&action, &error) {
             (_, StorageError::NotPossible(_)) => {
@@ -638,6 +726,11 @@ impl Brain {
         s.filter.since = h.sync_since_timestamp;
         s.filter.until = h.sync_until_timestamp;
         s.filter.max_size = h.sync_max_size;
+        s.mailbox_filter = MailboxFilter {
+            only_name: h.sync_box.clone().filter(|b| !b.is_empty()),
+            exclude: h.exclude_mailboxes.clone().unwrap_or_default(),
+            guid: h.sync_box_guid.filter(|g| !g.is_empty()),
+        };
         s.filter.flag = h.sync_flags.as_ref().map(|f| match f.strip_prefix(b"-") {
             Some(rest) => (true, rest.to_vec()),
             None => (false, f.clone()),

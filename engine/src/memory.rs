@@ -195,6 +195,8 @@ pub struct MemoryReplica {
     pub now: i64,
     /// Held by [`Action::LockUser`].
     pub user_locked: bool,
+    /// Another process holds the user lock: [`Action::LockUser`] fails.
+    pub lock_held_elsewhere: bool,
     /// Body of the last `M` received, for [`BodySource::Incoming`].
     incoming: Vec<u8>,
 }
@@ -223,6 +225,7 @@ impl MemoryReplica {
             mailbox_log: Vec::new(),
             now: 1_700_000_000,
             user_locked: false,
+            lock_held_elsewhere: false,
             incoming: Vec::new(),
         }
     }
@@ -568,7 +571,10 @@ impl MemoryReplica {
     pub fn apply(&mut self, a: &Action) -> Result<(), StorageError> {
         let nf = |what: String| StorageError::NotFound(what);
         match a {
-            Action::LockUser { .. } => {
+            Action::LockUser { timeout_secs } => {
+                if self.lock_held_elsewhere {
+                    return Err(StorageError::Temp(format!("Couldn't lock the user after {timeout_secs} s")));
+                }
                 self.user_locked = true;
                 Ok(())
             }
