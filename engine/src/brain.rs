@@ -65,9 +65,9 @@ fn wildcard(pat: &[u8], name: &[u8], sep: u8) -> bool {
     match pat.split_first() {
         None => name.is_empty(),
         Some((b'*', rest)) => (0..=name.len()).any(|i| wildcard(rest, &name[i..], sep)),
-        Some((b'%', rest)) => {
-            (0..=name.len()).take_while(|&i| i == 0 || name[i - 1] != sep).any(|i| wildcard(rest, &name[i..], sep))
-        }
+        Some((b'%', rest)) => (0..=name.len())
+            .take_while(|&i| i == 0 || name[i - 1] != sep)
+            .any(|i| wildcard(rest, &name[i..], sep)),
         Some((c, rest)) => name.first() == Some(c) && wildcard(rest, &name[1..], sep),
     }
 }
@@ -534,9 +534,10 @@ impl Brain {
                 let Some(a) = self.take_answer() else {
                     return Ok(false);
                 };
-                let Answer::Tree(snap) = a else {
+                let Answer::Tree(mut snap) = a else {
                     return Err(EngineError::Remote("expected a tree answer".into()));
                 };
+                self.settings.mailbox_filter.apply(&mut snap);
                 let t = Tree::from_snapshot(&snap);
                 for n in t.to_items() {
                     self.send(Item::MailboxTreeNode(n));

@@ -14,5 +14,7 @@ pub mod memory;
 pub mod storage;
 pub mod tree;
 
-pub use brain::{Brain, EngineError, ExitStatus, Input, MailboxFilter, Outcome, Output, SyncSettings};
+pub use brain::{
+    Brain, EngineError, ExitStatus, Input, MailboxFilter, Outcome, Output, SyncSettings,
+};
 pub use storage::*;

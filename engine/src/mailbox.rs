@@ -538,10 +538,10 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
     };
     let local_uidnext = inp.local.status.uid_next;
     let remote_uidnext = inp.remote.uid_next;
-    let expunge = |plan: &mut ImportPlan, uid: u32| {
-        plan.actions.push(Action::Expunge { mailbox: mbox, uid });
-        plan.expunged += 1;
-    };
+    // Expunges are applied after saves and moves (so a mail that is
+    // expunged here can still be the source of a copy).
+    let mut expunges: Vec<u32> = Vec::new();
+    let expunge = |exp: &mut Vec<u32>, uid: u32| exp.push(uid);
     let flag_action = |m: &MailRecord, c: &MailChange| -> Option<Action> {
         if inp.revert {
             revert_flags(mbox, m, c)
@@ -596,7 +596,7 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                             return plan;
                         }
                     }
-                    expunge(&mut plan, c.uid);
+                    expunge(&mut expunges, c.uid);
                 }
                 _ => {
                     if let Some(g) = &c.guid {
@@ -709,7 +709,7 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                             plan.actions.push(a);
                         }
                     } else {
-                        expunge(&mut plan, c.uid);
+                        expunge(&mut expunges, c.uid);
                     }
                     li = lj + 1;
                 }
@@ -732,7 +732,7 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                 if inp.revert {
                     // The source does not have it: same as a remote expunge.
                 }
-                expunge(&mut plan, uid);
+                expunge(&mut expunges, uid);
             }
         }
         let mut pre: Vec<usize> = maybe_save
@@ -872,7 +872,7 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                         }
                     }
                 }
-                Origin::Local if r.uid < remote_uidnext => expunge(&mut plan, r.uid),
+                Origin::Local if r.uid < remote_uidnext => expunge(&mut expunges, r.uid),
                 Origin::Local => {
                     plan.delete_mailbox =
                         Some(format!("UID={} exists only locally and is too high", r.uid));
@@ -959,7 +959,15 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
         }
     }
     finish_requests(&mut plan);
+    add_expunges(&mut plan, mbox, expunges);
     plan
+}
+
+fn add_expunges(plan: &mut ImportPlan, mailbox: Guid128, uids: Vec<u32>) {
+    for uid in uids {
+        plan.actions.push(Action::Expunge { mailbox, uid });
+        plan.expunged += 1;
+    }
 }
 
 fn show(g: &Option<Vec<u8>>) -> String {

@@ -32,6 +32,11 @@ pub struct MemMailbox {
     pub log: Vec<LogChange>,
     pub log_first_modseq: u64,
     pub attributes: BTreeMap<(u8, Vec<u8>), AttributeRecord>,
+    /// Changed by a sync since the last status update: the final status
+    /// update then costs one more modseq, as in Dovecot.
+    pub dirty: bool,
+    /// Keyword names registered in the index; registering one costs a modseq.
+    pub known_keywords: BTreeSet<Vec<u8>>,
 }
 
 impl MemMailbox {
@@ -46,6 +51,8 @@ impl MemMailbox {
             log: Vec::new(),
             log_first_modseq: 0,
             attributes: BTreeMap::new(),
+            dirty: false,
+            known_keywords: BTreeSet::new(),
         }
     }
 
@@ -76,6 +83,7 @@ impl MemMailbox {
                     sync,
                     kind: LogChangeKind::Expunge(Some(message_guid_128(&m.meta.guid))),
                 });
+                self.dirty |= sync;
                 true
             }
             None => false,
@@ -87,11 +95,7 @@ impl MemMailbox {
         let modseq = self.bump().max(meta.modseq);
         self.highest_modseq = modseq;
         meta.modseq = modseq;
-        if sync {
-            // Saving with explicit UIDs also updates index extensions,
-            // which costs Dovecot one more modseq.
-            self.highest_modseq += 1;
-        }
+        self.dirty |= sync;
         self.uid_next = self.uid_next.max(meta.uid.saturating_add(1));
         self.log.push(LogChange {
             modseq,
@@ -131,6 +135,11 @@ impl MemMailbox {
         if !changed && mail.meta.modseq >= min_modseq {
             return true;
         }
+        for k in add_kw {
+            if self.known_keywords.insert(k.clone()) {
+                self.bump();
+            }
+        }
         let modseq = self.bump().max(min_modseq);
         self.highest_modseq = modseq;
         if new & !old != 0 || old & !new != 0 {
@@ -168,6 +177,7 @@ impl MemMailbox {
                 kind: LogChangeKind::Modseq,
             });
         }
+        self.dirty |= sync;
         if let Some(mail) = self.mails.get_mut(&uid) {
             mail.meta.flags = MailFlags(new);
             mail.meta.keywords = kws.into_iter().collect();
@@ -573,7 +583,9 @@ impl MemoryReplica {
         match a {
             Action::LockUser { timeout_secs } => {
                 if self.lock_held_elsewhere {
-                    return Err(StorageError::Temp(format!("Couldn't lock the user after {timeout_secs} s")));
+                    return Err(StorageError::Temp(format!(
+                        "Couldn't lock the user after {timeout_secs} s"
+                    )));
                 }
                 self.user_locked = true;
                 Ok(())
@@ -773,6 +785,9 @@ impl MemoryReplica {
                     .ok_or_else(|| nf(mailbox.to_string()))?;
                 m.uid_next = m.uid_next.max(*uid_next);
                 m.highest_modseq = m.highest_modseq.max(*highest_modseq);
+                if std::mem::take(&mut m.dirty) {
+                    m.highest_modseq += 1;
+                }
                 m.first_recent_uid = m.first_recent_uid.max(*first_recent_uid);
                 Ok(())
             }
