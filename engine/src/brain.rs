@@ -207,6 +207,7 @@ enum Phase {
     TreeQuery,
     RecvTree,
     RecvDeletes,
+    Recover,
     MailboxNext,
     MailboxQuery,
     MasterWaitB,
@@ -272,6 +273,8 @@ pub struct Brain {
     failure: Option<ExitStatus>,
     outcome: Option<Outcome>,
     error: Option<EngineError>,
+    held_actions: Vec<Action>,
+    recover: VecDeque<(Guid128, MailboxName, i64)>,
 }
 
 impl Brain {
@@ -324,6 +327,8 @@ impl Brain {
             failure: None,
             outcome: None,
             error: None,
+            held_actions: Vec::new(),
+            recover: VecDeque::new(),
         }
     }
 
@@ -581,16 +586,29 @@ impl Brain {
                     local
                 } else {
                     let m = tree::merge(&local, &remote, self.tree_mode(), self.now);
-                    for a in m.actions {
-                        self.act(a);
-                    }
+                    self.held_actions = m.actions;
+                    self.recover = m.deleted_by_remote.into();
                     m.local
                 };
                 if self.role == Role::Master && !self.settings.no_mail_sync {
                     self.queue = merged.mailbox_guids().into();
                 }
                 self.merged = Some(merged);
-                self.phase = Phase::MailboxNext;
+                self.phase = Phase::Recover;
+                self.next_recovery();
+                Ok(true)
+            }
+            Phase::Recover => {
+                let Some(a) = self.take_answer() else {
+                    return Ok(false);
+                };
+                let Answer::Mailbox(snap) = a else {
+                    return Err(EngineError::Remote("expected a mailbox answer".into()));
+                };
+                if let (Some(snap), Some((_, name, ts))) = (snap, self.recover.pop_front()) {
+                    self.recover_mails(&snap, &name, ts);
+                }
+                self.next_recovery();
                 Ok(true)
             }
             Phase::MailboxNext => {
@@ -712,6 +730,80 @@ impl Brain {
                 self.inbox.clear();
                 Ok(false)
             }
+        }
+    }
+
+    /// Asks for the next mailbox whose deletion may destroy unseen mail,
+    /// or releases the tree actions when none is left.
+    fn next_recovery(&mut self) {
+        match self.recover.front() {
+            Some((g, _, _)) => {
+                let g = *g;
+                self.out.push_back(Output::Query(Query::Mailbox(g)));
+            }
+            None => {
+                for a in std::mem::take(&mut self.held_actions) {
+                    self.act(a);
+                }
+                self.phase = Phase::MailboxNext;
+            }
+        }
+    }
+
+    /// Dovecot lets a mailbox deletion destroy mails delivered to it on the
+    /// other side after the deletion. Mails saved at or after the deletion
+    /// time are first copied into a new mailbox with a new GUID, which the
+    /// peer later sees as an ordinary new mailbox.
+    fn recover_mails(&mut self, snap: &MailboxSnapshot, name: &MailboxName, deleted_at: i64) {
+        let rescued: Vec<&MailRecord> = snap
+            .mails
+            .iter()
+            .filter(|m| m.saved_date >= deleted_at)
+            .collect();
+        if rescued.is_empty() {
+            return;
+        }
+        let mut seed = b"homing recovered mailbox ".to_vec();
+        seed.extend_from_slice(&snap.status.guid.0);
+        seed.extend_from_slice(&deleted_at.to_be_bytes());
+        let guid = dsync_protocol::hash::mailbox_name_hash(&seed);
+        let mut new_name = name.clone();
+        if let Some(last) = new_name.last_mut() {
+            last.extend_from_slice(b"-recovered-");
+            last.extend_from_slice(guid.to_hex()[..8].as_bytes());
+        }
+        let uid_validity = u32::try_from(self.now).unwrap_or(1).max(1);
+        self.messages.push(format!(
+            "Mailbox {} was deleted by the remote after {} mail(s) arrived; they were kept in {}",
+            String::from_utf8_lossy(&join_name(name, b'/')),
+            rescued.len(),
+            String::from_utf8_lossy(&join_name(&new_name, b'/')),
+        ));
+        // Exit 2: the peer gets the new mailbox on the next run.
+        self.desync = true;
+        self.act(Action::CreateMailbox {
+            name: new_name,
+            guid,
+            uid_validity,
+        });
+        for (i, m) in rescued.iter().enumerate() {
+            let mail = NewMail {
+                uid: i as u32 + 1,
+                guid: m.guid.clone(),
+                flags: m.flags,
+                keywords: m.keywords.clone(),
+                min_modseq: 0,
+                received_date: m.received_date,
+                saved_date: m.saved_date,
+                pop3_uidl: m.pop3_uidl.clone(),
+                pop3_order: m.pop3_order,
+            };
+            self.act(Action::CopyToMailbox {
+                from_mailbox: snap.status.guid,
+                from_uid: m.uid,
+                to_mailbox: guid,
+                mail,
+            });
         }
     }
 

@@ -758,6 +758,27 @@ impl MemoryReplica {
                 m.save(new_meta(mail, src.body.len() as u64), src.body, true);
                 Ok(())
             }
+            Action::CopyToMailbox {
+                from_mailbox,
+                from_uid,
+                to_mailbox,
+                mail,
+            } => {
+                let src = self
+                    .by_guid_mut(*from_mailbox)
+                    .and_then(|m| m.mails.get(from_uid).cloned())
+                    .ok_or_else(|| nf(format!("{from_mailbox} uid {from_uid}")))?;
+                let m = self
+                    .by_guid_mut(*to_mailbox)
+                    .ok_or_else(|| nf(to_mailbox.to_string()))?;
+                if m.mails.contains_key(&mail.uid) {
+                    return Err(StorageError::Exists(format!("uid {}", mail.uid)));
+                }
+                let mut meta = new_meta(mail, src.body.len() as u64);
+                meta.modseq = 0;
+                m.save(meta, src.body, false);
+                Ok(())
+            }
             Action::SaveMail {
                 mailbox,
                 mail,

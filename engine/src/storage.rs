@@ -284,6 +284,14 @@ pub enum Action {
         from_uid: u32,
         mail: NewMail,
     },
+    /// Copy a local mail into another local mailbox (as a normal, not
+    /// sync-written, save) under `mail.uid`.
+    CopyToMailbox {
+        from_mailbox: Guid128,
+        from_uid: u32,
+        to_mailbox: Guid128,
+        mail: NewMail,
+    },
     SaveMail {
         mailbox: Guid128,
         mail: NewMail,

@@ -343,6 +343,9 @@ pub struct TreeMerge {
     pub actions: Vec<Action>,
     /// The local tree as it will be after the actions.
     pub local: Tree,
+    /// Local mailboxes deleted because the remote deleted them:
+    /// (GUID, name, deletion time).
+    pub deleted_by_remote: Vec<(Guid128, MailboxName, i64)>,
 }
 
 /// Moves `from` to `to` in a model, moving an occupying mailbox at `to` to
@@ -385,6 +388,7 @@ pub fn merge(local: &Tree, remote: &Tree, mode: TreeSyncMode, now: i64) -> TreeM
     let mut l = local.clone();
     let mut r = remote.clone();
     let mut actions = Vec::new();
+    let mut deleted_by_remote = Vec::new();
     let apply_local = mode != TreeSyncMode::PreserveLocal;
 
     // 1. Mailbox deletions: a deletion beats anything the other side did.
@@ -395,6 +399,7 @@ pub fn merge(local: &Tree, remote: &Tree, mode: TreeSyncMode, now: i64) -> TreeM
                     guid: d.guid,
                     timestamp: now,
                 });
+                deleted_by_remote.push((d.guid, name.clone(), d.timestamp));
                 l.clear_mailbox(&name);
             }
         }
@@ -656,5 +661,9 @@ pub fn merge(local: &Tree, remote: &Tree, mode: TreeSyncMode, now: i64) -> TreeM
             n.last_subscription_change = now;
         }
     }
-    TreeMerge { actions, local: l }
+    TreeMerge {
+        actions,
+        local: l,
+        deleted_by_remote,
+    }
 }

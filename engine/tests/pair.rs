@@ -191,3 +191,36 @@ fn oneway_keeps_destination_changes() {
     assert_eq!(m.get(&5).map(|x| x.0.as_str()), Some("g09-m9"));
     assert!(!m.contains_key(&1));
 }
+
+#[test]
+fn mail_delivered_into_a_remotely_deleted_mailbox_survives() {
+    let (mut a, mut b) = base();
+    a.create_mailbox("Work", g(0xa1), 2000).unwrap();
+    a.deliver("Work", "g03-m3", b"m3", 0).unwrap();
+    a.now = 1_700_000_150;
+    assert_eq!(
+        sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_150).exit_code(),
+        0
+    );
+    a.now = 1_700_000_300;
+    b.now = 1_700_000_300;
+    a.delete_mailbox("Work").unwrap();
+    b.deliver("Work", "g04-m4", b"m4", 0).unwrap();
+    let r = sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_400);
+    // The slave reports that another run is needed for the new mailbox.
+    assert_eq!(
+        r.slave.status,
+        sync_engine::ExitStatus::ChangesDuringSync,
+        "{r:?}"
+    );
+    let r = sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_500);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    let names = a.mailbox_names();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let rec = names
+        .iter()
+        .find(|n| n.starts_with("Work-recovered-"))
+        .expect("recovery mailbox");
+    assert_eq!(uids(&a, rec), vec![(1, "g04-m4".into())]);
+}
