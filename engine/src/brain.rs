@@ -770,7 +770,7 @@ impl Brain {
         let mut new_name = name.clone();
         if let Some(last) = new_name.last_mut() {
             last.extend_from_slice(b"-recovered-");
-            last.extend_from_slice(guid.to_hex()[..8].as_bytes());
+            last.extend_from_slice(&guid.to_hex().as_bytes()[..8]);
         }
         let uid_validity = u32::try_from(self.now).unwrap_or(1).max(1);
         self.messages.push(format!(
