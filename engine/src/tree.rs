@@ -372,9 +372,22 @@ fn rename_in(
             timestamp: now,
         });
     }
-    t.move_subtree(from, to, now);
+    let mut from = from.to_vec();
+    if to.starts_with(&from) {
+        // Into its own subtree: go through a temporary name at the root.
+        let guid = t.nodes.get(&from).and_then(|n| n.guid).unwrap_or_default();
+        let tmp = temp_name(&from[from.len() - 1..], guid);
+        t.move_subtree(&from, &tmp, 0);
+        actions.push(Action::Rename {
+            from: from.clone(),
+            to: tmp.clone(),
+            timestamp: now,
+        });
+        from = tmp;
+    }
+    t.move_subtree(&from, to, now);
     actions.push(Action::Rename {
-        from: from.to_vec(),
+        from: from.clone(),
         to: to.to_vec(),
         timestamp: now,
     });
@@ -482,7 +495,7 @@ pub fn merge(local: &Tree, remote: &Tree, mode: TreeSyncMode, now: i64) -> TreeM
         let (Some(ln), Some(rn)) = (l.find_guid(g), r.find_guid(g)) else {
             continue;
         };
-        if ln == rn || rn.starts_with(&ln) || ln.starts_with(&rn) {
+        if ln == rn {
             continue;
         }
         let is_inbox = |n: &MailboxName| n.len() == 1 && n[0].eq_ignore_ascii_case(b"INBOX");
