@@ -809,7 +809,8 @@ impl Brain {
 
     fn adopt(&mut self, h: &Handshake) {
         let s = &mut self.settings;
-        s.sync_type = h.sync_type.unwrap_or(SyncType::Changed);
+        // An absent sync type makes a Dovecot slave behave as for a full sync.
+        s.sync_type = h.sync_type.unwrap_or(SyncType::Full);
         s.backup_send = h.backup_send;
         s.backup_recv = h.backup_recv;
         s.no_backup_overwrite = h.no_backup_overwrite;
