@@ -788,7 +788,7 @@ impl Brain {
         });
         for (i, m) in rescued.iter().enumerate() {
             let mail = NewMail {
-                uid: i as u32 + 1,
+                uid: u32::try_from(i).unwrap_or(u32::MAX - 1).saturating_add(1),
                 guid: m.guid.clone(),
                 flags: m.flags,
                 keywords: m.keywords.clone(),
@@ -1008,7 +1008,7 @@ impl Brain {
         };
         let mut lcu = lcu;
         let mut lcm = lcm;
-        if lcm > 0 && snap.log_first_modseq > lcm + 1 {
+        if lcm > 0 && snap.log_first_modseq > lcm.saturating_add(1) {
             self.messages
                 .push(format!("Modseq {lcm} no longer in transaction log"));
             // The log no longer proves what changed: fall back to a full
@@ -1080,7 +1080,15 @@ impl Brain {
     fn sync_item_in(&mut self, run: &mut MailboxRun, item: Item) -> Result<(), EngineError> {
         match (run.recv, item) {
             (Recv::Attributes, Item::Attribute(a)) => {
-                if run.importer {
+                if a.value == dsync_protocol::AttributeValue::Stream {
+                    // The value is in a data block the engine does not
+                    // receive; leave the local value alone rather than
+                    // mistake it for a deletion.
+                    self.messages.push(format!(
+                        "Attribute {} has a streamed value; not synced",
+                        String::from_utf8_lossy(&a.key)
+                    ));
+                } else if run.importer {
                     let local = run
                         .snapshot
                         .attributes

@@ -372,7 +372,7 @@ pub fn merge_flags(
     }
     let mut new_modseq = remote.modseq;
     if remote_changed && new_modseq <= remote_highest_modseq {
-        new_modseq = remote_highest_modseq + 1;
+        new_modseq = remote_highest_modseq.saturating_add(1);
     }
     let add = lw & !lf;
     let rem = lf & !lw;
@@ -860,7 +860,7 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
             recs[l].final_uid = uid;
         }
     }
-    plan.last_common_uid = next - 1;
+    plan.last_common_uid = next.saturating_sub(1);
 
     if inp.revert {
         for r in &recs {

@@ -502,11 +502,11 @@ pub fn merge(local: &Tree, remote: &Tree, mode: TreeSyncMode, now: i64) -> TreeM
         if is_inbox(&ln) || is_inbox(&rn) {
             continue;
         }
-        let mut lts = l.effective_ts(&ln) + 1;
-        let mut rts = r.effective_ts(&rn) + 1;
+        let mut lts = l.effective_ts(&ln).saturating_add(1);
+        let mut rts = r.effective_ts(&rn).saturating_add(1);
         match mode {
-            TreeSyncMode::PreserveLocal => lts = rts + 1,
-            TreeSyncMode::PreserveRemote => rts = lts + 1,
+            TreeSyncMode::PreserveLocal => lts = rts.saturating_add(1),
+            TreeSyncMode::PreserveRemote => rts = lts.saturating_add(1),
             TreeSyncMode::TwoWay => {}
         }
         let local_wins = lts > rts || (lts == rts && ln < rn);
