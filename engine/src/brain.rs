@@ -752,13 +752,22 @@ impl Brain {
 
     /// Dovecot lets a mailbox deletion destroy mails delivered to it on the
     /// other side after the deletion. Mails saved at or after the deletion
-    /// time are first copied into a new mailbox with a new GUID, which the
+    /// time (and not written by an earlier sync, which proves the peer had
+    /// them) are first copied into a new mailbox with a new GUID, which the
     /// peer later sees as an ordinary new mailbox.
     fn recover_mails(&mut self, snap: &MailboxSnapshot, name: &MailboxName, deleted_at: i64) {
+        // A mail this side received from a sync (or that a sync touched)
+        // was known to the peer when it deleted the mailbox.
+        let known_to_peer: std::collections::HashSet<u32> = snap
+            .log
+            .iter()
+            .filter(|r| r.sync && r.kind == LogChangeKind::Modseq)
+            .map(|r| r.uid)
+            .collect();
         let rescued: Vec<&MailRecord> = snap
             .mails
             .iter()
-            .filter(|m| m.saved_date >= deleted_at)
+            .filter(|m| m.saved_date >= deleted_at && !known_to_peer.contains(&m.uid))
             .collect();
         if rescued.is_empty() {
             return;

@@ -285,3 +285,97 @@ fn sync_with_real_dsync_server() {
     let log = inst.log();
     assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
 }
+
+fn dovecot_boxes(inst: &DovecotInstance) -> Vec<(String, String)> {
+    let mut v: Vec<_> = inst
+        .snapshot(USER)
+        .expect("snapshot")
+        .mailboxes
+        .iter()
+        .map(|m| (m.name.clone(), m.guid.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn homing_boxes(r: &MemoryReplica) -> Vec<(String, String)> {
+    r.view()
+        .mailboxes
+        .iter()
+        .map(|(n, m)| (n.clone(), m.guid.to_hex()))
+        .collect()
+}
+
+#[test]
+fn tree_changes_and_backup_with_real_dsync_server() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER]));
+    inst.save_message(USER, "INBOX", &message("d1"))
+        .expect("save");
+    inst.save_message(USER, "Work", &message("d2"))
+        .expect("save");
+    inst.save_message(USER, "Home", &message("d3"))
+        .expect("save");
+    let mut a = MemoryReplica::new();
+    a.now = 1_800_000_000;
+    let (o, err) = sync_with_dovecot(&inst, &mut a, SyncSettings::default());
+    assert_eq!(o.status.code(), 0, "{o:?}\n{err}");
+    assert_eq!(homing_boxes(&a), dovecot_boxes(&inst));
+
+    // Rename and create here, delete there.
+    a.now += 100;
+    let work_guid = a.mailbox("Work").expect("Work").guid;
+    a.rename("Work", "Archive").expect("rename");
+    a.create_mailbox("New", dsync_protocol::Guid128([0x5a; 16]), 4242)
+        .expect("create");
+    a.deliver("New", "homing-n1", &message("n1"), 0)
+        .expect("deliver");
+    inst.doveadm_user(USER, &["mailbox", "delete", "Home"])
+        .expect("delete");
+    let full = SyncSettings {
+        sync_type: SyncType::Full,
+        ..SyncSettings::default()
+    };
+    let (o, err) = sync_with_dovecot(&inst, &mut a, full);
+    assert_eq!(o.status.code(), 0, "{o:?}\n{err}");
+    let boxes = dovecot_boxes(&inst);
+    assert_eq!(homing_boxes(&a), boxes, "{o:?}\n{err}");
+    assert!(
+        boxes.contains(&("Archive".to_string(), work_guid.to_hex())),
+        "{boxes:?}"
+    );
+    assert!(
+        !boxes.iter().any(|(n, _)| n == "Home" || n == "Work"),
+        "{boxes:?}"
+    );
+    assert_eq!(homing_view(&a), dovecot_view(&inst));
+
+    // Backup from here: the destination's own changes are reverted.
+    a.now += 100;
+    a.add_flags("INBOX", 1, MailFlags::SEEN, &[]);
+    inst.save_message(USER, "Archive", &message("d9"))
+        .expect("save");
+    inst.doveadm_user(
+        USER,
+        &[
+            "flags",
+            "add",
+            "\\Flagged",
+            "mailbox",
+            "Archive",
+            "uid",
+            "1",
+        ],
+    )
+    .expect("flags");
+    let before = a.view();
+    let backup = SyncSettings {
+        backup_send: true,
+        ..SyncSettings::default()
+    };
+    let (o, err) = sync_with_dovecot(&inst, &mut a, backup);
+    assert_eq!(o.status.code(), 0, "{o:?}\n{err}");
+    assert_eq!(a.view(), before, "the backup source is never changed");
+    assert_eq!(homing_view(&a), dovecot_view(&inst), "{o:?}\n{err}");
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}
