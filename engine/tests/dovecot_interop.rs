@@ -16,11 +16,7 @@ const USER: &str = "bob";
 
 /// Runs one sync with this process's `store` as master and the instance's
 /// user as slave; returns the master's outcome and the server's stderr.
-fn sync_with_dovecot(
-    inst: &DovecotInstance,
-    store: &mut MemoryReplica,
-    settings: SyncSettings,
-) -> (Outcome, String) {
+fn sync_with_dovecot(inst: &DovecotInstance, store: &mut MemoryReplica, settings: SyncSettings) -> (Outcome, String) {
     let mut child = inst
         .doveadm_command()
         .arg("dsync-server")
@@ -30,14 +26,34 @@ fn sync_with_dovecot(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn dsync-server");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = child.stdout.take().expect("stdout");
+    let stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
     let mut stderr = child.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let brain = Brain::master(b"homing-test", settings, store.now);
+    let (outcome, failed) = run_brain(brain, store, stdin, stdout);
+    let _ = child.wait();
+    let stderr = err_reader.join().unwrap_or_default();
+    let outcome = outcome.unwrap_or_else(|| panic!("no outcome: {failed:?}; server stderr: {stderr}"));
+    (outcome, stderr)
+}
+
+/// Drives one brain over a byte stream pair until it has an outcome.
+fn run_brain<W: Write, R: Read + Send + 'static>(
+    mut brain: Brain,
+    store: &mut MemoryReplica,
+    mut writer: W,
+    mut reader: R,
+) -> (Option<Outcome>, Option<String>) {
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let reader = std::thread::spawn(move || {
+    let reader_thread = std::thread::spawn(move || {
         let mut buf = vec![0u8; 65536];
         loop {
-            match stdout.read(&mut buf) {
+            match reader.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if tx.send(buf[..n].to_vec()).is_err() {
@@ -47,18 +63,8 @@ fn sync_with_dovecot(
             }
         }
     });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-
-    let mut brain = Brain::master(b"homing-test", settings, store.now);
     let mut enc = Encoder::new();
-    let mut dec = Decoder::with_config(DecoderConfig {
-        validate_order: false,
-        ..DecoderConfig::default()
-    });
+    let mut dec = Decoder::with_config(DecoderConfig { validate_order: false, ..DecoderConfig::default() });
     let mut out = Vec::new();
     enc.encode_preamble(&mut out);
 
@@ -93,11 +99,11 @@ fn sync_with_dovecot(
 
     let mut pending_mail: Option<(Item, Vec<u8>)> = None;
     let mut failed = None;
-    'outer: while brain.outcome().is_none() {
+    'outer: loop {
         drain(&mut brain, store, &mut enc, &mut out);
         if !out.is_empty() {
-            if stdin.write_all(&out).and_then(|_| stdin.flush()).is_err() {
-                failed = Some("write to dsync-server failed".to_string());
+            if writer.write_all(&out).and_then(|_| writer.flush()).is_err() {
+                failed = Some("write to the peer failed".to_string());
                 break;
             }
             out.clear();
@@ -152,15 +158,10 @@ fn sync_with_dovecot(
             drain(&mut brain, store, &mut enc, &mut out);
         }
     }
-    drop(stdin);
-    let _ = child.wait();
-    let _ = reader.join();
-    let stderr = err_reader.join().unwrap_or_default();
-    let outcome = brain
-        .outcome()
-        .cloned()
-        .unwrap_or_else(|| panic!("no outcome: {failed:?}; server stderr: {stderr}"));
-    (outcome, stderr)
+    drop(writer);
+    drop(rx);
+    let _ = reader_thread.join();
+    (brain.outcome().cloned(), failed)
 }
 
 fn message(id: &str) -> Vec<u8> {
@@ -376,6 +377,75 @@ fn tree_changes_and_backup_with_real_dsync_server() {
     assert_eq!(o.status.code(), 0, "{o:?}\n{err}");
     assert_eq!(a.view(), before, "the backup source is never changed");
     assert_eq!(homing_view(&a), dovecot_view(&inst), "{o:?}\n{err}");
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}
+
+/// Runs `doveadm sync -u bob <wrapper>` where the wrapper connects the
+/// command's stdio to two FIFOs served by a slave brain over `store`.
+fn dovecot_master_sync(inst: &DovecotInstance, store: &mut MemoryReplica, extra: &[&str]) -> (i32, Outcome, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    for f in ["to_slave", "from_slave"] {
+        let p = d.join(f);
+        let st = std::process::Command::new("mkfifo").arg("-m").arg("0666").arg(&p).status().expect("mkfifo");
+        assert!(st.success());
+    }
+    let wrapper = d.join("wrap.sh");
+    std::fs::write(
+        &wrapper,
+        // A background job of a script reads /dev/null unless its stdin
+        // is redirected explicitly.
+        format!(
+            "#!/bin/sh\nexec 3<&0\ncat <&3 > {dir}/to_slave &\nexec cat {dir}/from_slave 3<&-\n",
+            dir = d.display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut cmd = inst.doveadm_command();
+    cmd.arg("sync").args(extra).arg("-u").arg(USER).arg(wrapper.display().to_string());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn doveadm sync");
+    let to_slave = d.join("to_slave");
+    let opener = std::thread::spawn(move || std::fs::File::open(to_slave).expect("open to_slave"));
+    let writer = std::fs::OpenOptions::new().write(true).open(d.join("from_slave")).expect("open from_slave");
+    let reader = opener.join().expect("opener");
+    let brain = Brain::slave(b"homing-slave", store.now);
+    let (outcome, failed) = run_brain(brain, store, writer, reader);
+    let out = child.wait_with_output().expect("doveadm sync");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let outcome = outcome.unwrap_or_else(|| panic!("slave has no outcome: {failed:?}; doveadm: {stderr}"));
+    (out.status.code().unwrap_or(-1), outcome, stderr)
+}
+
+#[test]
+fn slave_for_real_doveadm_sync() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER]));
+    inst.save_message(USER, "INBOX", &message("d1")).expect("save");
+    inst.save_message(USER, "INBOX", &message("d2")).expect("save");
+    inst.save_message(USER, "Work", &message("d3")).expect("save");
+    inst.doveadm_user(USER, &["flags", "add", "\\Seen kw1", "mailbox", "INBOX", "uid", "1"]).expect("flags");
+    let mut b = MemoryReplica::new();
+    b.now = 1_800_000_000;
+    let (code, o, err) = dovecot_master_sync(&inst, &mut b, &[]);
+    assert_eq!(code, 0, "{o:?}\n{err}");
+    assert_eq!(o.status.code(), 0, "{o:?}\n{err}");
+    assert_eq!(homing_view(&b), dovecot_view(&inst), "{o:?}\n{err}");
+    assert_eq!(homing_boxes(&b), dovecot_boxes(&inst));
+
+    // Both sides change; Dovecot's master decides the mailbox order.
+    b.now += 100;
+    b.deliver("INBOX", "homing-s1", &message("s1"), 0).expect("deliver");
+    b.add_flags("INBOX", 2, MailFlags::FLAGGED, &[]);
+    inst.save_message(USER, "INBOX", &message("d4")).expect("save");
+    let (code, o, err) = dovecot_master_sync(&inst, &mut b, &["-f"]);
+    assert_eq!(code, 0, "{o:?}\n{err}");
+    assert_eq!(homing_view(&b), dovecot_view(&inst), "{o:?}\n{err}");
+    let inbox: Vec<u32> = homing_view(&b).iter().filter(|x| x.0 == "INBOX").map(|x| x.1).collect();
+    assert_eq!(inbox, vec![1, 2, 4, 5], "UID conflict resolved the same way on both sides");
     let log = inst.log();
     assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
 }
