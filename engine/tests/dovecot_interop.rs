@@ -16,7 +16,11 @@ const USER: &str = "bob";
 
 /// Runs one sync with this process's `store` as master and the instance's
 /// user as slave; returns the master's outcome and the server's stderr.
-fn sync_with_dovecot(inst: &DovecotInstance, store: &mut MemoryReplica, settings: SyncSettings) -> (Outcome, String) {
+fn sync_with_dovecot(
+    inst: &DovecotInstance,
+    store: &mut MemoryReplica,
+    settings: SyncSettings,
+) -> (Outcome, String) {
     let mut child = inst
         .doveadm_command()
         .arg("dsync-server")
@@ -38,7 +42,8 @@ fn sync_with_dovecot(inst: &DovecotInstance, store: &mut MemoryReplica, settings
     let (outcome, failed) = run_brain(brain, store, stdin, stdout);
     let _ = child.wait();
     let stderr = err_reader.join().unwrap_or_default();
-    let outcome = outcome.unwrap_or_else(|| panic!("no outcome: {failed:?}; server stderr: {stderr}"));
+    let outcome =
+        outcome.unwrap_or_else(|| panic!("no outcome: {failed:?}; server stderr: {stderr}"));
     (outcome, stderr)
 }
 
@@ -64,7 +69,10 @@ fn run_brain<W: Write, R: Read + Send + 'static>(
         }
     });
     let mut enc = Encoder::new();
-    let mut dec = Decoder::with_config(DecoderConfig { validate_order: false, ..DecoderConfig::default() });
+    let mut dec = Decoder::with_config(DecoderConfig {
+        validate_order: false,
+        ..DecoderConfig::default()
+    });
     let mut out = Vec::new();
     enc.encode_preamble(&mut out);
 
@@ -383,14 +391,24 @@ fn tree_changes_and_backup_with_real_dsync_server() {
 
 /// Runs `doveadm sync -u bob <wrapper>` where the wrapper connects the
 /// command's stdio to two FIFOs served by a slave brain over `store`.
-fn dovecot_master_sync(inst: &DovecotInstance, store: &mut MemoryReplica, extra: &[&str]) -> (i32, Outcome, String) {
+fn dovecot_master_sync(
+    inst: &DovecotInstance,
+    store: &mut MemoryReplica,
+    command: &str,
+    extra: &[&str],
+) -> (i32, Outcome, String) {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     for f in ["to_slave", "from_slave"] {
         let p = d.join(f);
-        let st = std::process::Command::new("mkfifo").arg("-m").arg("0666").arg(&p).status().expect("mkfifo");
+        let st = std::process::Command::new("mkfifo")
+            .arg("-m")
+            .arg("0666")
+            .arg(&p)
+            .status()
+            .expect("mkfifo");
         assert!(st.success());
     }
     let wrapper = d.join("wrap.sh");
@@ -406,31 +424,48 @@ fn dovecot_master_sync(inst: &DovecotInstance, store: &mut MemoryReplica, extra:
     .expect("wrapper");
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut cmd = inst.doveadm_command();
-    cmd.arg("sync").args(extra).arg("-u").arg(USER).arg(wrapper.display().to_string());
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg(command)
+        .args(extra)
+        .arg("-u")
+        .arg(USER)
+        .arg(wrapper.display().to_string());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let child = cmd.spawn().expect("spawn doveadm sync");
     let to_slave = d.join("to_slave");
     let opener = std::thread::spawn(move || std::fs::File::open(to_slave).expect("open to_slave"));
-    let writer = std::fs::OpenOptions::new().write(true).open(d.join("from_slave")).expect("open from_slave");
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("from_slave"))
+        .expect("open from_slave");
     let reader = opener.join().expect("opener");
     let brain = Brain::slave(b"homing-slave", store.now);
     let (outcome, failed) = run_brain(brain, store, writer, reader);
     let out = child.wait_with_output().expect("doveadm sync");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let outcome = outcome.unwrap_or_else(|| panic!("slave has no outcome: {failed:?}; doveadm: {stderr}"));
+    let outcome =
+        outcome.unwrap_or_else(|| panic!("slave has no outcome: {failed:?}; doveadm: {stderr}"));
     (out.status.code().unwrap_or(-1), outcome, stderr)
 }
 
 #[test]
 fn slave_for_real_doveadm_sync() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER]));
-    inst.save_message(USER, "INBOX", &message("d1")).expect("save");
-    inst.save_message(USER, "INBOX", &message("d2")).expect("save");
-    inst.save_message(USER, "Work", &message("d3")).expect("save");
-    inst.doveadm_user(USER, &["flags", "add", "\\Seen kw1", "mailbox", "INBOX", "uid", "1"]).expect("flags");
+    inst.save_message(USER, "INBOX", &message("d1"))
+        .expect("save");
+    inst.save_message(USER, "INBOX", &message("d2"))
+        .expect("save");
+    inst.save_message(USER, "Work", &message("d3"))
+        .expect("save");
+    inst.doveadm_user(
+        USER,
+        &["flags", "add", "\\Seen kw1", "mailbox", "INBOX", "uid", "1"],
+    )
+    .expect("flags");
     let mut b = MemoryReplica::new();
     b.now = 1_800_000_000;
-    let (code, o, err) = dovecot_master_sync(&inst, &mut b, &[]);
+    let (code, o, err) = dovecot_master_sync(&inst, &mut b, "sync", &[]);
     assert_eq!(code, 0, "{o:?}\n{err}");
     assert_eq!(o.status.code(), 0, "{o:?}\n{err}");
     assert_eq!(homing_view(&b), dovecot_view(&inst), "{o:?}\n{err}");
@@ -438,14 +473,37 @@ fn slave_for_real_doveadm_sync() {
 
     // Both sides change; Dovecot's master decides the mailbox order.
     b.now += 100;
-    b.deliver("INBOX", "homing-s1", &message("s1"), 0).expect("deliver");
+    b.deliver("INBOX", "homing-s1", &message("s1"), 0)
+        .expect("deliver");
     b.add_flags("INBOX", 2, MailFlags::FLAGGED, &[]);
-    inst.save_message(USER, "INBOX", &message("d4")).expect("save");
-    let (code, o, err) = dovecot_master_sync(&inst, &mut b, &["-f"]);
+    inst.save_message(USER, "INBOX", &message("d4"))
+        .expect("save");
+    let (code, o, err) = dovecot_master_sync(&inst, &mut b, "sync", &["-f"]);
     assert_eq!(code, 0, "{o:?}\n{err}");
     assert_eq!(homing_view(&b), dovecot_view(&inst), "{o:?}\n{err}");
-    let inbox: Vec<u32> = homing_view(&b).iter().filter(|x| x.0 == "INBOX").map(|x| x.1).collect();
-    assert_eq!(inbox, vec![1, 2, 4, 5], "UID conflict resolved the same way on both sides");
+    let inbox: Vec<u32> = homing_view(&b)
+        .iter()
+        .filter(|x| x.0 == "INBOX")
+        .map(|x| x.1)
+        .collect();
+    assert_eq!(
+        inbox,
+        vec![1, 2, 4, 5],
+        "UID conflict resolved the same way on both sides"
+    );
+
+    // `doveadm backup` into this replica: its own changes are reverted, an
+    // extra mail above the source's UIDNEXT makes the mailbox be recreated.
+    b.now += 100;
+    b.deliver("Work", "homing-x1", &message("x1"), 0)
+        .expect("deliver");
+    b.remove_flags("INBOX", 1, MailFlags::SEEN, &[]);
+    b.create_mailbox("Extra", dsync_protocol::Guid128([0x77; 16]), 77)
+        .expect("create");
+    let (code, o, err) = dovecot_master_sync(&inst, &mut b, "backup", &[]);
+    assert_eq!(code, 0, "{o:?}\n{err}");
+    assert_eq!(homing_view(&b), dovecot_view(&inst), "{o:?}\n{err}");
+    assert_eq!(homing_boxes(&b), dovecot_boxes(&inst));
     let log = inst.log();
     assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
 }
