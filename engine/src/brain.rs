@@ -576,8 +576,8 @@ impl Brain {
                 let Item::MailboxDelete(d) = item else {
                     return Err(unexpected(&item, "waiting for mailbox deletes"));
                 };
-                let remote =
-                    Tree::from_items(&self.remote_nodes, &d).map_err(EngineError::Remote)?;
+                let remote = Tree::from_items(&self.remote_nodes, &d)
+                    .map_err(|e| EngineError::Remote(e.to_string()))?;
                 let local = self
                     .local_tree
                     .take()

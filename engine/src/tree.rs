@@ -195,7 +195,7 @@ impl Tree {
     }
 
     /// The remote model from received `N` items and `D`.
-    pub fn from_items(nodes: &[MailboxTreeNode], d: &MailboxDelete) -> Result<Tree, String> {
+    pub fn from_items(nodes: &[MailboxTreeNode], d: &MailboxDelete) -> Result<Tree, TreeError> {
         let mut t = Tree::empty(d.hierarchy_sep);
         for n in nodes {
             if n.name.is_empty() {
@@ -204,7 +204,7 @@ impl Tree {
             let guid = n.mailbox_guid.filter(|g| !g.is_empty());
             if let Some(g) = guid {
                 if n.existence == Existence::Exists && t.find_guid(g).is_some() {
-                    return Err(format!("Remote sent duplicate mailbox GUID {g}"));
+                    return Err(TreeError::DuplicateGuid(g));
                 }
             }
             let e = t.ensure(&n.name);
@@ -309,6 +309,14 @@ impl Tree {
             .max()
             .unwrap_or(0)
     }
+}
+
+/// A remote tree that breaks a rule of §2.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TreeError {
+    /// Two existing mailboxes in the remote tree share a GUID (§2.2 step 4).
+    #[error("Remote sent duplicate mailbox GUID {0}")]
+    DuplicateGuid(Guid128),
 }
 
 /// Which side's tree is authoritative.
