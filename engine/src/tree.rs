@@ -344,6 +344,43 @@ pub fn temp_name(name: &[Vec<u8>], guid: Guid128) -> MailboxName {
     out
 }
 
+/// The rename decision's inputs for one mailbox named `ln` locally and
+/// `rn` remotely, evaluated as Dovecot does at the first of the two names
+/// its name-ordered walk reaches: (local timestamp, remote timestamp, whether
+/// local wins a tie). Each timestamp is the newest rename/creation time + 1
+/// of the two nodes involved on that side (a node missing on a side counts
+/// as 1); on a tie the node that exists sorts first, then the smaller GUID.
+fn rename_timestamps(l: &Tree, r: &Tree, ln: &[Vec<u8>], rn: &[Vec<u8>]) -> (i64, i64, bool) {
+    let t = |tree: &Tree, name: Option<&[Vec<u8>]>| -> i64 {
+        match name {
+            Some(n) if tree.nodes.contains_key(n) => tree.effective_ts(n).saturating_add(1),
+            _ => 1,
+        }
+    };
+    let exists_guid = |tree: &Tree, name: &[Vec<u8>]| {
+        tree.nodes
+            .get(name)
+            .filter(|n| n.is_mailbox())
+            .and_then(|n| n.guid)
+    };
+    // The pair at the first name: (l1, r2) share it; r1 is l1's mailbox on
+    // the remote side, l2 is r2's mailbox on the local side.
+    let at = if ln < rn { ln } else { rn };
+    let l1 = exists_guid(l, at);
+    let r2 = exists_guid(r, at);
+    let r1_name = l1.and_then(|g| r.find_guid(g));
+    let l2_name = r2.and_then(|g| l.find_guid(g));
+    let lts = t(l, Some(at)).max(l2_name.as_deref().map_or(0, |n| t(l, Some(n))));
+    let rts = t(r, Some(at)).max(r1_name.as_deref().map_or(0, |n| t(r, Some(n))));
+    let tie_local_wins = match (l1, r2) {
+        (Some(_), None) => true,
+        (None, Some(_)) => false,
+        (Some(a), Some(b)) => a.0 < b.0,
+        (None, None) => ln < rn,
+    };
+    (lts, rts, tie_local_wins)
+}
+
 /// Result of the tree merge.
 #[derive(Clone, Debug)]
 pub struct TreeMerge {
@@ -510,14 +547,13 @@ pub fn merge(local: &Tree, remote: &Tree, mode: TreeSyncMode, now: i64) -> TreeM
         if is_inbox(&ln) || is_inbox(&rn) {
             continue;
         }
-        let mut lts = l.effective_ts(&ln).saturating_add(1);
-        let mut rts = r.effective_ts(&rn).saturating_add(1);
+        let (mut lts, mut rts, tie_local_wins) = rename_timestamps(&l, &r, &ln, &rn);
         match mode {
             TreeSyncMode::PreserveLocal => lts = rts.saturating_add(1),
             TreeSyncMode::PreserveRemote => rts = lts.saturating_add(1),
             TreeSyncMode::TwoWay => {}
         }
-        let local_wins = lts > rts || (lts == rts && ln < rn);
+        let local_wins = lts > rts || (lts == rts && tie_local_wins);
         if local_wins {
             rename_in(&mut r, &rn, &ln, now, None);
         } else if apply_local {

@@ -224,3 +224,26 @@ fn mail_delivered_into_a_remotely_deleted_mailbox_survives() {
         .expect("recovery mailbox");
     assert_eq!(uids(&a, rec), vec![(1, "g04-m4".into())]);
 }
+
+#[test]
+fn renames_at_the_same_second_agree_on_one_name() {
+    let (mut a, mut b) = base();
+    a.create_mailbox("Work", g(0xa1), 2000).unwrap();
+    a.deliver("Work", "g03-m3", b"m3", 0).unwrap();
+    assert_eq!(
+        sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_150).exit_code(),
+        0
+    );
+    for (x, y) in [("Yellow", "Xray"), ("Xray", "Yellow")] {
+        let (mut a2, mut b2) = (a.clone(), b.clone());
+        a2.now = 1_700_000_300;
+        b2.now = 1_700_000_300;
+        a2.rename("Work", x).unwrap();
+        b2.rename("Work", y).unwrap();
+        let r = sync_pair(&mut a2, &mut b2, SyncSettings::default(), 1_700_000_400);
+        assert_eq!(r.exit_code(), 0, "{r:?}");
+        assert_eq!(a2.view(), b2.view());
+        // On a tie the name the walk reaches first (the smaller one) wins.
+        assert_eq!(a2.mailbox_names(), vec!["INBOX", "Xray"]);
+    }
+}
