@@ -227,6 +227,7 @@ enum Recv {
 
 struct MailboxRun {
     guid: Guid128,
+    changed_during_sync: bool,
     snapshot: MailboxSnapshot,
     remote: Mailbox,
     lcu: u32,
@@ -447,6 +448,12 @@ impl Brain {
                 self.messages
                     .push(format!("Mailbox changes caused a desync: {what}"));
                 self.desync = true;
+                // A concurrent change in the mailbox being synced (a UID
+                // taken meanwhile, a mail gone): the state must not claim
+                // more than what was common before this run.
+                if let Some(run) = self.run.as_mut() {
+                    run.changed_during_sync = true;
+                }
             }
         }
     }
@@ -1030,6 +1037,7 @@ impl Brain {
         let local_changes = mailbox::scan_log(&snap, lcm);
         let mut run = MailboxRun {
             guid: st.guid,
+            changed_during_sync: false,
             messages: st.messages,
             snapshot: snap,
             remote,
@@ -1338,11 +1346,23 @@ impl Brain {
                 } else {
                     run.uid_validity
                 },
-                last_common_uid: run.last_common_uid,
-                last_common_modseq: run.remote.highest_modseq,
-                last_common_pvt_modseq: run.remote.highest_pvt_modseq,
+                last_common_uid: if run.changed_during_sync {
+                    st.uid_next.saturating_sub(1)
+                } else {
+                    run.last_common_uid
+                },
+                last_common_modseq: if run.changed_during_sync {
+                    st.highest_modseq
+                } else {
+                    run.remote.highest_modseq
+                },
+                last_common_pvt_modseq: if run.changed_during_sync {
+                    st.highest_pvt_modseq
+                } else {
+                    run.remote.highest_pvt_modseq
+                },
                 last_messages_count: run.messages,
-                changes_during_sync: run.require_full_resync,
+                changes_during_sync: run.require_full_resync || run.changed_during_sync,
             }
         } else {
             MailboxState {

@@ -247,3 +247,63 @@ fn renames_at_the_same_second_agree_on_one_name() {
         assert_eq!(a2.mailbox_names(), vec!["INBOX", "Xray"]);
     }
 }
+
+/// A replica whose first save fails as if another process had taken the UID.
+struct Interfered {
+    inner: MemoryReplica,
+    fail_next_save: bool,
+}
+
+impl sync_engine::local::LocalStore for Interfered {
+    fn answer(&mut self, q: &sync_engine::Query) -> sync_engine::Answer {
+        self.inner.answer(q)
+    }
+    fn apply(&mut self, a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
+        if self.fail_next_save && matches!(a, sync_engine::Action::SaveMail { .. }) {
+            self.fail_next_save = false;
+            return Err(sync_engine::StorageError::Exists(
+                "UID taken by a concurrent save".into(),
+            ));
+        }
+        self.inner.apply(a)
+    }
+    fn read_body(&self, r: &sync_engine::BodyRef) -> Option<Vec<u8>> {
+        self.inner.body(r).map(|b| b.to_vec())
+    }
+    fn set_incoming_body(&mut self, body: Vec<u8>) {
+        self.inner.set_incoming_body(body)
+    }
+}
+
+#[test]
+fn concurrent_change_during_sync_reports_and_repairs() {
+    let (mut a, b) = base();
+    a.deliver("INBOX", "g03-m3", b"m3", 0).unwrap();
+    let mut b = Interfered {
+        inner: b,
+        fail_next_save: true,
+    };
+    let s = SyncSettings {
+        sync_type: SyncType::State,
+        ..SyncSettings::default()
+    };
+    let r = sync_pair(&mut a, &mut b, s, 1_700_000_200);
+    assert_eq!(r.exit_code(), 2, "{r:?}");
+    let st = r.master.state.clone().expect("state");
+    assert_eq!(
+        st[0].last_common_uid, 2,
+        "state falls back to what was common before: {st:?}"
+    );
+    let r = sync_pair(
+        &mut a,
+        &mut b,
+        SyncSettings {
+            states: st,
+            sync_type: SyncType::State,
+            ..SyncSettings::default()
+        },
+        1_700_000_300,
+    );
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.inner.view());
+}
