@@ -16,7 +16,7 @@ use sync_engine::SyncSettings;
 /// reason. Each is either a deliberate difference (docs/differences.md) or
 /// something the in-memory replica does not model.
 const KNOWN: &[(&str, &str)] = &[
-    ("delete_vs_new_mail", "deliberate: the mail delivered after the deletion is kept in a new `Work-recovered-…` mailbox (exit 2; the next run copies it to the peer) instead of being lost (§9.4)"),
+    ("delete_vs_new_mail", "deliberate: the mail delivered after the deletion is kept in a new `Work-recovered-…` mailbox on the slave (which reports changes during sync; the next run copies it to the peer) instead of being lost (§9.4)"),
     ("state_remote_only_change", "homing's master synced the slave-only change: MemoryReplica's HIGHESTMODSEQ differs from the saved state (Dovecot reports 1 before modseqs are first used); skipping it is Dovecot's defect §9.2 anyway"),
     ("create_same_name_different_guid", "deliberate: no Maildir GUID swap; both sides converge on the larger GUID (§9.3)"),
     ("initial_both_nonempty_maildir", "deliberate: no Maildir GUID swap; both sides converge on the larger GUID (§9.3)"),
