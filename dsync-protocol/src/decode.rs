@@ -69,6 +69,11 @@ pub struct DecoderConfig {
     pub validate_order: bool,
     /// Role of the side that produced the stream, if known.
     pub sender_role: Option<Role>,
+    /// Reject escape sequences Dovecot never writes (`\x01` followed by
+    /// anything but `1`, `t`, `r`, `n`, or at the end of a line). Dovecot's
+    /// own reader accepts them (the escaped byte stands for itself); set to
+    /// false to do the same.
+    pub strict_escapes: bool,
 }
 
 impl Default for DecoderConfig {
@@ -82,6 +87,7 @@ impl Default for DecoderConfig {
             max_table_lines: 64,
             validate_order: true,
             sender_role: None,
+            strict_escapes: true,
         }
     }
 }
@@ -108,7 +114,11 @@ enum Phase {
     Tables,
     Handshake,
     Items,
-    Body { start: u64, line_start: bool, size: u64 },
+    Body {
+        start: u64,
+        line_start: bool,
+        size: u64,
+    },
     BodyEndPending,
 }
 
@@ -171,7 +181,7 @@ impl Decoder {
         if self.pos > 0 && (self.pos == self.buf.len() || self.pos >= 4096) {
             self.buf.drain(..self.pos);
             self.base += self.pos as u64;
-            self.scan_from -= self.pos;
+            self.scan_from = self.scan_from.saturating_sub(self.pos);
             self.pos = 0;
         }
         self.buf.extend_from_slice(data);
@@ -229,7 +239,9 @@ impl Decoder {
         match self.phase {
             Phase::Body { start, .. } => Err(DecodeError::UnterminatedBody { offset: start }),
             Phase::BodyEndPending => Ok(()),
-            _ if self.pos < self.buf.len() => Err(DecodeError::UnterminatedLine { offset: self.offset() }),
+            _ if self.pos < self.buf.len() => Err(DecodeError::UnterminatedLine {
+                offset: self.offset(),
+            }),
             _ => Ok(()),
         }
     }
@@ -318,7 +330,11 @@ impl Decoder {
                 if lf - start > self.cfg.max_line_len {
                     return Err(self.too_long());
                 }
-                let end = if lf > start && self.buf[lf - 1] == b'\r' { lf - 1 } else { lf };
+                let end = if lf > start && self.buf[lf - 1] == b'\r' {
+                    lf - 1
+                } else {
+                    lf
+                };
                 Ok(Some((start, end, lf + 1)))
             }
             None => {
@@ -346,13 +362,47 @@ impl Decoder {
                 self.phase = Phase::Tables;
                 Ok(Some(Ev::Version(v)))
             }
-            Phase::Tables => self.table_line(start, end, offset),
-            Phase::Handshake | Phase::Items => self.item_line(start, end, offset),
+            Phase::Tables => {
+                self.check_escapes(start, end, offset)?;
+                self.table_line(start, end, offset)
+            }
+            Phase::Handshake | Phase::Items => {
+                self.check_escapes(start, end, offset)?;
+                self.item_line(start, end, offset)
+            }
             Phase::Body { .. } | Phase::BodyEndPending => Ok(None),
         }
     }
 
-    fn table_line(&mut self, start: usize, end: usize, offset: u64) -> Result<Option<Ev>, DecodeError> {
+    fn minor(&self) -> u32 {
+        self.version.map(|v| v.minor).unwrap_or(0)
+    }
+
+    fn check_escapes(&self, start: usize, end: usize, offset: u64) -> Result<(), DecodeError> {
+        if !self.cfg.strict_escapes {
+            return Ok(());
+        }
+        let line = &self.buf[start..end];
+        for i in memchr::memchr_iter(escape::ESCAPE, line) {
+            match line.get(i + 1) {
+                Some(b'1' | b't' | b'r' | b'n') => {}
+                other => {
+                    return Err(DecodeError::BadEscape {
+                        offset: offset + i as u64,
+                        next: other.copied(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn table_line(
+        &mut self,
+        start: usize,
+        end: usize,
+        offset: u64,
+    ) -> Result<Option<Ev>, DecodeError> {
         let line = &self.buf[start..end];
         if line == b"." {
             let minor = self.version.map(|v| v.minor).unwrap_or(0);
@@ -411,7 +461,12 @@ impl Decoder {
         Ok(None)
     }
 
-    fn item_line(&mut self, start: usize, end: usize, offset: u64) -> Result<Option<Ev>, DecodeError> {
+    fn item_line(
+        &mut self,
+        start: usize,
+        end: usize,
+        offset: u64,
+    ) -> Result<Option<Ev>, DecodeError> {
         let line = &self.buf[start..end];
         let Some(&letter) = line.first() else {
             return Err(DecodeError::EmptyLine { offset });
@@ -424,7 +479,8 @@ impl Decoder {
             }
             self.phase = Phase::Items;
             if handshake_phase {
-                self.conv.after_handshake(&Handshake::default());
+                self.conv
+                    .after_handshake(&Handshake::default(), self.minor());
                 self.conv.step(b'X', offset)?;
             }
             return Ok(Some(Ev::Item(Item::Done)));
@@ -478,13 +534,16 @@ impl Decoder {
             }
         }
         let item = self.decode_item(kind, start + 1, end, offset)?;
+        let minor = self.minor();
         match &item {
             Item::Handshake(h) => {
-                self.handshake = Some(h.clone());
-                self.conv.after_handshake(h);
+                self.handshake = Some((**h).clone());
+                self.conv.after_handshake(h, minor);
                 self.phase = Phase::Items;
             }
-            Item::MailChange(c) if self.cfg.validate_order => self.conv.change_uid(c.uid, offset)?,
+            Item::MailChange(c) if self.cfg.validate_order => {
+                self.conv.change_uid(c.uid, offset)?
+            }
             _ => {}
         }
         if item.has_body() {
@@ -497,7 +556,13 @@ impl Decoder {
         Ok(Some(Ev::Item(item)))
     }
 
-    fn decode_item(&mut self, kind: ItemKind, start: usize, end: usize, offset: u64) -> Result<Item, DecodeError> {
+    fn decode_item(
+        &mut self,
+        kind: ItemKind,
+        start: usize,
+        end: usize,
+        offset: u64,
+    ) -> Result<Item, DecodeError> {
         let maps = self.maps.as_ref().ok_or(DecodeError::OutOfOrder {
             offset,
             got: kind.letter() as char,
@@ -510,16 +575,22 @@ impl Decoder {
             max_list: self.cfg.max_list_elements,
         };
         let rest = &self.buf[start..end];
-        split_fields(rest, self.cfg.max_fields, &mut self.ranges).ok_or(DecodeError::TooManyFields {
-            offset,
-            max: self.cfg.max_fields,
-        })?;
+        split_fields(rest, self.cfg.max_fields, &mut self.ranges).ok_or(
+            DecodeError::TooManyFields {
+                offset,
+                max: self.cfg.max_fields,
+            },
+        )?;
         let fields = gather(rest, &self.ranges, &maps.decode[kind.index()]);
         check_required(&ctx, &fields)?;
         Ok(match kind {
-            ItemKind::Handshake => Item::Handshake(item::decode_handshake(&ctx, &fields)?),
+            ItemKind::Handshake => {
+                Item::Handshake(Box::new(item::decode_handshake(&ctx, &fields)?))
+            }
             ItemKind::MailboxState => Item::MailboxState(item::decode_state(&ctx, &fields)?),
-            ItemKind::MailboxTreeNode => Item::MailboxTreeNode(item::decode_tree_node(&ctx, &fields)?),
+            ItemKind::MailboxTreeNode => {
+                Item::MailboxTreeNode(item::decode_tree_node(&ctx, &fields)?)
+            }
             ItemKind::MailboxDelete => Item::MailboxDelete(item::decode_delete(&ctx, &fields)?),
             ItemKind::Mailbox => {
                 let mut cache = Vec::new();
@@ -546,7 +617,8 @@ impl Decoder {
                                     max: self.cfg.max_fields,
                                 },
                             )?;
-                            let cf = gather(rec, &ranges, &maps.decode[ItemKind::CacheField.index()]);
+                            let cf =
+                                gather(rec, &ranges, &maps.decode[ItemKind::CacheField.index()]);
                             check_required(&cctx, &cf)?;
                             cache.push(item::decode_cache_field(&cctx, &cf)?);
                         }
@@ -594,7 +666,11 @@ fn split_fields(s: &[u8], max: usize, out: &mut Vec<(usize, usize)>) -> Option<(
 }
 
 /// Picks the fields by the sender's table into our key order.
-fn gather<'a>(s: &'a [u8], ranges: &[(usize, usize)], map: &[Option<usize>]) -> Vec<Option<Cow<'a, [u8]>>> {
+fn gather<'a>(
+    s: &'a [u8],
+    ranges: &[(usize, usize)],
+    map: &[Option<usize>],
+) -> Vec<Option<Cow<'a, [u8]>>> {
     map.iter()
         .map(|p| {
             p.and_then(|p| ranges.get(p))
@@ -620,8 +696,12 @@ fn check_required(ctx: &Ctx, fields: &[Option<Cow<'_, [u8]>>]) -> Result<(), Dec
 
 fn parse_version(line: &[u8], offset: u64) -> Result<ProtocolVersion, DecodeError> {
     let bad = |reason| DecodeError::BadVersionLine { offset, reason };
-    let rest = line.strip_prefix(b"VERSION\t").ok_or(bad("does not start with VERSION<TAB>"))?;
-    let rest = rest.strip_prefix(b"dsync\t").ok_or(bad("service is not dsync"))?;
+    let rest = line
+        .strip_prefix(b"VERSION\t")
+        .ok_or(bad("does not start with VERSION<TAB>"))?;
+    let rest = rest
+        .strip_prefix(b"dsync\t")
+        .ok_or(bad("service is not dsync"))?;
     let mut parts = rest.splitn(2, |&b| b == b'\t');
     let major = parts
         .next()
@@ -708,4 +788,3 @@ pub fn push_owned(out: &mut Vec<OwnedEvent>, ev: Event<'_>) {
         Event::BodyEnd => {}
     }
 }
-

@@ -46,7 +46,11 @@ pub(crate) fn scan(s: &[u8], line_start: bool) -> Scan {
     loop {
         let Some(off) = memchr::memchr(b'\n', &s[from..]) else {
             // A trailing CR may be the start of the terminator's line break.
-            let end = if s.last() == Some(&b'\r') { s.len() - 1 } else { s.len() };
+            let end = if s.last() == Some(&b'\r') {
+                s.len() - 1
+            } else {
+                s.len()
+            };
             return partial(end);
         };
         let j = from + off;
@@ -175,7 +179,10 @@ mod tests {
     fn capture_body() {
         let wire = b"Hello Bob,\n..leading dot line\n..\n...two dots\nTAB\there\nend\n\r\n.\r\nM";
         let (data, used) = decode_block(wire).unwrap();
-        assert_eq!(data, b"Hello Bob,\n.leading dot line\n.\n..two dots\nTAB\there\nend\n");
+        assert_eq!(
+            data,
+            b"Hello Bob,\n.leading dot line\n.\n..two dots\nTAB\there\nend\n"
+        );
         assert_eq!(&wire[used..], b"M");
         assert_eq!(encode_block(&data), &wire[..used]);
     }
@@ -209,7 +216,10 @@ mod tests {
         // LF-only terminator is accepted.
         assert_eq!(decode_block(b"abc\n.\n").unwrap().0, b"abc");
         // Unstuffed leading dot is removed by the receiver, like Dovecot.
-        assert_eq!(decode_block(b".X-Injected: 1\n\r\n.\r\n").unwrap().0, b"X-Injected: 1\n");
+        assert_eq!(
+            decode_block(b".X-Injected: 1\n\r\n.\r\n").unwrap().0,
+            b"X-Injected: 1\n"
+        );
         assert_eq!(decode_block(b"abc"), None);
     }
 }

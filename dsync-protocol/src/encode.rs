@@ -31,7 +31,8 @@ impl Encoder {
     }
 
     /// An encoder whose items follow the given tables (key order by name;
-    /// keys it does not know are sent absent).
+    /// keys it does not know are sent absent, values for keys the tables lack
+    /// are left out).
     pub fn with_tables(tables: Tables) -> Encoder {
         let maps = KeyMaps::from_tables(&tables);
         Encoder {
@@ -91,6 +92,13 @@ impl Encoder {
                         reason: "an empty prefix list cannot be sent; use one empty prefix",
                     });
                 }
+                if matches!(&h.exclude_mailboxes, Some(v) if v.len() == 1 && v[0].is_empty()) {
+                    return Err(EncodeError::InvalidValue {
+                        item: "handshake",
+                        key: "exclude_mailboxes",
+                        reason: "a list of one empty mask is sent like an empty list",
+                    });
+                }
                 (ItemKind::Handshake, item::encode_handshake(h))
             }
             Item::MailboxState(s) => (ItemKind::MailboxState, item::encode_state(s)),
@@ -108,7 +116,11 @@ impl Encoder {
             Item::Mailbox(m) => {
                 let mut cache = Vec::new();
                 for c in &m.cache_fields {
-                    self.line_into(ItemKind::CacheField, item::encode_cache_field(c), &mut cache)?;
+                    self.line_into(
+                        ItemKind::CacheField,
+                        item::encode_cache_field(c),
+                        &mut cache,
+                    )?;
                     cache.push(b'\n');
                 }
                 cache.pop();
@@ -131,18 +143,19 @@ impl Encoder {
 
     /// Writes the fields of one record in the table's order, trailing
     /// absent fields left out.
-    fn line_into(&self, kind: ItemKind, fields: FieldsOut<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    fn line_into(
+        &self,
+        kind: ItemKind,
+        fields: FieldsOut<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        // A value whose key the table lacks cannot be sent; the peer reads
+        // such a key as absent (only possible with non-standard tables).
         let layout = &self.maps.encode[kind.index()];
-        for (std_idx, v) in fields.iter().enumerate() {
-            if v.is_some() && !layout.contains(&Some(std_idx)) {
-                return Err(EncodeError::KeyNotInTable {
-                    item: kind.name(),
-                    key: kind.keys()[std_idx],
-                });
-            }
-        }
         let value_at = |p: usize| -> Option<&Cow<'_, [u8]>> {
-            layout[p].and_then(|i| fields.get(i)).and_then(|v| v.as_ref())
+            layout[p]
+                .and_then(|i| fields.get(i))
+                .and_then(|v| v.as_ref())
         };
         let Some(last) = (0..layout.len()).rev().find(|&p| value_at(p).is_some()) else {
             return Ok(());
@@ -157,7 +170,11 @@ impl Encoder {
     }
 
     /// Appends data of the open block (stuffed).
-    pub fn encode_body_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    pub fn encode_body_chunk(
+        &mut self,
+        chunk: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         match &mut self.body {
             Some(b) => {
                 b.encode(chunk, out);

@@ -34,6 +34,9 @@ pub enum DecodeError {
     #[error("table definition at offset {offset} has more than {max} keys")]
     TooManyKeys { offset: u64, max: usize },
 
+    #[error("bad escape sequence at offset {offset}: 0x01 followed by {next:?} (only 1, t, r, n are written)")]
+    BadEscape { offset: u64, next: Option<u8> },
+
     #[error("unknown item letter {letter:?} at offset {offset}")]
     UnknownItem { offset: u64, letter: char },
 
@@ -106,11 +109,5 @@ pub enum EncodeError {
         item: &'static str,
         key: &'static str,
         reason: &'static str,
-    },
-
-    #[error("the peer's table for {item} lacks the key {key}, which this item needs")]
-    KeyNotInTable {
-        item: &'static str,
-        key: &'static str,
     },
 }

@@ -164,7 +164,10 @@ mod tests {
         escape_into(&joined, &mut wire);
         assert_eq!(wire, b"Work\x01tRe\x011tports");
         let once = unescape(&wire);
-        assert_eq!(split_list(&once, b'\t'), vec![b"Work".to_vec(), b"Re\tports".to_vec()]);
+        assert_eq!(
+            split_list(&once, b'\t'),
+            vec![b"Work".to_vec(), b"Re\tports".to_vec()]
+        );
         assert!(split_list(b"", b'\t').is_empty());
     }
 }

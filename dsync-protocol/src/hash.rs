@@ -95,7 +95,9 @@ fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
         if pos >= data.len() {
             return None;
         }
-        let end = memchr::memchr(b'\n', &data[pos..]).map(|i| pos + i + 1).unwrap_or(data.len());
+        let end = memchr::memchr(b'\n', &data[pos..])
+            .map(|i| pos + i + 1)
+            .unwrap_or(data.len());
         let l = &data[pos..end];
         pos = end;
         Some(l)
@@ -150,7 +152,10 @@ mod tests {
 
     #[test]
     fn name_hash_matches_capture() {
-        assert_eq!(mailbox_name_hash(b"Work/Reports").to_hex(), "02abc3f35ef6dc0a287b750dca2a41a3");
+        assert_eq!(
+            mailbox_name_hash(b"Work/Reports").to_hex(),
+            "02abc3f35ef6dc0a287b750dca2a41a3"
+        );
     }
 
     #[test]
@@ -168,11 +173,17 @@ mod tests {
     #[test]
     fn empty_header_hash() {
         let h: [&[u8]; 2] = [b"Date", b"Message-ID"];
-        assert_eq!(hdr_hash_hex(b"Subject: x\n\nbody\n", &h, HdrHashVersion::V3), EMPTY_HDR_HASH);
+        assert_eq!(
+            hdr_hash_hex(b"Subject: x\n\nbody\n", &h, HdrHashVersion::V3),
+            EMPTY_HDR_HASH
+        );
     }
 
     #[test]
     fn v3_filter_runs() {
-        assert_eq!(hdr_hash_v3_filter(b"a \x01\x02?b\x80 \x81c\td\n"), b"a?b??c\td\n");
+        assert_eq!(
+            hdr_hash_v3_filter(b"a \x01\x02?b\x80 \x81c\td\n"),
+            b"a?b??c\td\n"
+        );
     }
 }

@@ -24,6 +24,8 @@ pub struct Handshake {
     pub sync_type: Option<SyncType>,
     pub debug: bool,
     pub sync_visible_namespaces: bool,
+    /// Mailbox masks; a list of a single empty mask cannot be sent (it looks
+    /// like the empty list on the wire).
     pub exclude_mailboxes: Option<Vec<Vec<u8>>>,
     pub send_mail_requests: bool,
     pub backup_send: bool,
@@ -77,9 +79,16 @@ pub struct MailboxTreeNode {
 }
 
 impl MailboxTreeNode {
-    /// The name joined with a hierarchy separator.
+    /// The name joined with a hierarchy separator. Levels are not escaped:
+    /// a level that contains `sep` needs the storage's own escaping first.
     pub fn joined_name(&self, sep: u8) -> Vec<u8> {
         self.name.join(&[sep][..])
+    }
+
+    /// Splits a full mailbox name at the sender's hierarchy separator into
+    /// the levels sent in `N.name`.
+    pub fn split_name(name: &[u8], sep: u8) -> Vec<Vec<u8>> {
+        name.split(|&b| b == sep).map(|l| l.to_vec()).collect()
     }
 }
 
@@ -215,7 +224,8 @@ pub struct Finish {
 /// Every line-level item of the protocol after the table block.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Item {
-    Handshake(Handshake),
+    /// Boxed: by far the largest item, sent once per session.
+    Handshake(Box<Handshake>),
     MailboxState(MailboxState),
     MailboxTreeNode(MailboxTreeNode),
     MailboxDelete(MailboxDelete),
@@ -322,7 +332,9 @@ impl Ctx {
 
     fn u32_req(&self, f: &FieldsIn<'_>, i: usize) -> Result<u32, DecodeError> {
         let v = self.req(f, i)?;
-        parse_dec(v).and_then(|n| u32::try_from(n).ok()).ok_or_else(|| self.invalid(i, bad(v)))
+        parse_dec(v)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| self.invalid(i, bad(v)))
     }
 
     fn u64_req(&self, f: &FieldsIn<'_>, i: usize) -> Result<u64, DecodeError> {
@@ -382,11 +394,16 @@ impl Ctx {
     }
 
     fn guid(&self, v: &[u8], i: usize) -> Result<Guid128, DecodeError> {
-        Guid128::parse_hex(v).ok_or_else(|| self.invalid(i, format!("{} (not 32 hex digits)", bad(v))))
+        Guid128::parse_hex(v)
+            .ok_or_else(|| self.invalid(i, format!("{} (not 32 hex digits)", bad(v))))
     }
 
     fn list(&self, v: &[u8], sep: u8, i: usize) -> Result<Vec<Vec<u8>>, DecodeError> {
-        let n = if v.is_empty() { 0 } else { memchr::memchr_iter(sep, v).count() + 1 };
+        let n = if v.is_empty() {
+            0
+        } else {
+            memchr::memchr_iter(sep, v).count() + 1
+        };
         if n > self.max_list {
             return Err(self.too_many(i));
         }
@@ -429,7 +446,11 @@ pub(crate) fn parse_signed(v: &[u8]) -> Option<i64> {
             if n > i64::MAX as u64 + 1 {
                 return None;
             }
-            Some((n as i128).checked_neg().and_then(|x| i64::try_from(x).ok())?)
+            Some(
+                (n as i128)
+                    .checked_neg()
+                    .and_then(|x| i64::try_from(x).ok())?,
+            )
         }
         _ => parse_dec(v).and_then(|n| i64::try_from(n).ok()),
     }
@@ -513,15 +534,18 @@ pub(crate) fn decode_handshake(ctx: &Ctx, f: &FieldsIn<'_>) -> Result<Handshake,
         send_mail_requests: ctx.flag(f, 8),
         backup_send: ctx.flag(f, 9),
         backup_recv: ctx.flag(f, 10),
-        lock_timeout: u32::try_from(ctx.positive_u64(f, 11)?).map_err(|_| ctx.invalid(11, "too large"))?,
+        lock_timeout: u32::try_from(ctx.positive_u64(f, 11)?)
+            .map_err(|_| ctx.invalid(11, "too large"))?,
         no_mail_sync: ctx.flag(f, 12),
         no_backup_overwrite: ctx.flag(f, 13),
         purge_remote: ctx.flag(f, 14),
         no_notify: ctx.flag(f, 15),
-        sync_since_timestamp: i64::try_from(ctx.positive_u64(f, 16)?).map_err(|_| ctx.invalid(16, "too large"))?,
+        sync_since_timestamp: i64::try_from(ctx.positive_u64(f, 16)?)
+            .map_err(|_| ctx.invalid(16, "too large"))?,
         sync_max_size: ctx.positive_u64(f, 17)?,
         sync_flags: ctx.bytes(f, 18),
-        sync_until_timestamp: i64::try_from(ctx.positive_u64(f, 19)?).map_err(|_| ctx.invalid(19, "too large"))?,
+        sync_until_timestamp: i64::try_from(ctx.positive_u64(f, 19)?)
+            .map_err(|_| ctx.invalid(19, "too large"))?,
         virtual_all_box: ctx.bytes(f, 20),
         empty_hdr_workaround: ctx.flag(f, 21),
         import_commit_msgs_interval: u32::try_from(ctx.positive_u64(f, 22)?)
@@ -546,7 +570,10 @@ pub(crate) fn decode_state(ctx: &Ctx, f: &FieldsIn<'_>) -> Result<MailboxState, 
     })
 }
 
-pub(crate) fn decode_tree_node(ctx: &Ctx, f: &FieldsIn<'_>) -> Result<MailboxTreeNode, DecodeError> {
+pub(crate) fn decode_tree_node(
+    ctx: &Ctx,
+    f: &FieldsIn<'_>,
+) -> Result<MailboxTreeNode, DecodeError> {
     let name = ctx.req(f, 0)?;
     if name.is_empty() {
         return Err(ctx.invalid(0, "empty name"));
@@ -800,7 +827,9 @@ pub(crate) fn encode_handshake(h: &Handshake) -> FieldsOut<'_> {
     };
     vec![
         b(&h.hostname),
-        h.sync_ns_prefixes.as_ref().map(|l| Cow::Owned(l.join(&b'\n'))),
+        h.sync_ns_prefixes
+            .as_ref()
+            .map(|l| Cow::Owned(l.join(&b'\n'))),
         ob(&h.sync_box),
         h.sync_box_guid.as_ref().and_then(guid),
         h.sync_type.map(|t| Cow::Owned(vec![t.letter()])),
@@ -848,7 +877,10 @@ pub(crate) fn encode_state(s: &MailboxState) -> FieldsOut<'static> {
 
 pub(crate) fn encode_tree_node(n: &MailboxTreeNode) -> FieldsOut<'_> {
     vec![
-        owned(escape::join_list(n.name.iter().map(|e| e.as_slice()), b'\t')),
+        owned(escape::join_list(
+            n.name.iter().map(|e| e.as_slice()),
+            b'\t',
+        )),
         owned(vec![n.existence.letter()]),
         n.mailbox_guid.as_ref().and_then(guid),
         dec_nz(u64::from(n.uid_validity)),
@@ -986,7 +1018,11 @@ pub(crate) fn encode_mail(m: &Mail) -> FieldsOut<'_> {
 pub(crate) fn encode_finish(f: &Finish) -> FieldsOut<'_> {
     vec![
         ob(&f.error),
-        if f.mail_error == 0 { None } else { dec(f.mail_error) },
+        if f.mail_error == 0 {
+            None
+        } else {
+            dec(f.mail_error)
+        },
         flag(f.require_full_resync),
     ]
 }

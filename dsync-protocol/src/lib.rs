@@ -22,7 +22,9 @@ pub mod state;
 pub mod table;
 pub mod types;
 
-pub use decode::{decode_all, Decoder, DecoderConfig, Event, Features, OwnedEvent, ProtocolVersion};
+pub use decode::{
+    decode_all, Decoder, DecoderConfig, Event, Features, OwnedEvent, ProtocolVersion,
+};
 pub use encode::{encode_events, Encoder};
 pub use error::{DecodeError, EncodeError};
 pub use item::*;

@@ -9,6 +9,8 @@ use crate::types::{Role, SyncType};
 
 /// List sequences of one per-mailbox exchange, by role (§6.4).
 const SHAPES: [&[u8]; 4] = [b"ACRM", b"ACM", b"R", b""];
+/// The same for a sender older than minor 1, which has no attribute lists.
+const SHAPES_NO_ATTRIBUTES: [&[u8]; 4] = [b"CRM", b"CM", b"R", b""];
 const TWO_WAY: u8 = 0;
 const NO_REQUESTS: u8 = 1;
 const DESTINATION: u8 = 2;
@@ -36,6 +38,7 @@ pub(crate) struct Conversation {
     list_items: u64,
     max_list_items: u64,
     scratch: Vec<St>,
+    attributes: bool,
 }
 
 impl Conversation {
@@ -49,11 +52,13 @@ impl Conversation {
             list_items: 0,
             max_list_items,
             scratch: Vec::new(),
+            attributes: true,
         }
     }
 
     /// Starts the item phase after the stream's own `H`.
-    pub fn after_handshake(&mut self, own: &Handshake) {
+    pub fn after_handshake(&mut self, own: &Handshake, sender_minor: u32) {
+        self.attributes = sender_minor >= 1;
         // Only a master puts the sync type into its H.
         if self.role.is_none() && own.sync_type.is_some() {
             self.set_session(Role::Master, own);
@@ -107,13 +112,20 @@ impl Conversation {
             (St::MailboxLoop, b'.') if self.role != Some(Role::Slave) => out.push(St::Ended),
             (St::MailboxLoop, b'F') if self.role != Some(Role::Master) => out.push(St::AfterFinish),
             (St::Exchange { shape, idx }, l) => {
-                let seq = SHAPES[shape as usize];
+                let seq = if self.attributes {
+                    SHAPES[shape as usize]
+                } else {
+                    SHAPES_NO_ATTRIBUTES[shape as usize]
+                };
                 let i = idx as usize;
                 if i < seq.len() {
                     if l == seq[i] {
                         out.push(st);
                     } else if l == b'.' {
-                        out.push(St::Exchange { shape, idx: idx + 1 });
+                        out.push(St::Exchange {
+                            shape,
+                            idx: idx + 1,
+                        });
                     }
                 } else if l == b'S' {
                     out.push(St::MailboxLoop);

@@ -203,8 +203,14 @@ mod tests {
     #[test]
     fn errors() {
         assert_eq!(SyncState::parse("!!"), Err(StateError::InvalidBase64));
-        assert_eq!(SyncState::parse("AQAA"), Err(StateError::TooSmall { len: 3 }));
-        assert_eq!(SyncState::parse("AAAAAA==").map(|s| s.format), Ok(StateFormat::V0));
+        assert_eq!(
+            SyncState::parse("AQAA"),
+            Err(StateError::TooSmall { len: 3 })
+        );
+        assert_eq!(
+            SyncState::parse("AAAAAA==").map(|s| s.format),
+            Ok(StateFormat::V0)
+        );
         let mut good = SyncState::default();
         good.mailboxes.push(StateRecord {
             last_uidvalidity: 7,
@@ -213,9 +219,15 @@ mod tests {
         let mut b = good.to_bytes();
         assert_eq!(SyncState::from_bytes(&b), Ok(good.clone()));
         b[20] ^= 1;
-        assert!(matches!(SyncState::from_bytes(&b), Err(StateError::CrcMismatch { .. })));
+        assert!(matches!(
+            SyncState::from_bytes(&b),
+            Err(StateError::CrcMismatch { .. })
+        ));
         b.push(0);
-        assert_eq!(SyncState::from_bytes(&b), Err(StateError::BadLength { len: 53 }));
+        assert_eq!(
+            SyncState::from_bytes(&b),
+            Err(StateError::BadLength { len: 53 })
+        );
     }
 
     #[test]

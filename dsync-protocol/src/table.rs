@@ -68,7 +68,13 @@ pub(crate) const N_KEYS: &[&str] = &[
     "subscribed",
     "last_subscription_change",
 ];
-pub(crate) const D_KEYS: &[&str] = &["hierarchy_sep", "escape_char", "mailboxes", "dirs", "unsubscribes"];
+pub(crate) const D_KEYS: &[&str] = &[
+    "hierarchy_sep",
+    "escape_char",
+    "mailboxes",
+    "dirs",
+    "unsubscribes",
+];
 pub(crate) const B_KEYS: &[&str] = &[
     "mailbox_guid",
     "uid_validity",
@@ -84,7 +90,15 @@ pub(crate) const B_KEYS: &[&str] = &[
     "have_save_guids",
     "have_only_guid128",
 ];
-pub(crate) const A_KEYS: &[&str] = &["type", "key", "value", "stream", "deleted", "last_change", "modseq"];
+pub(crate) const A_KEYS: &[&str] = &[
+    "type",
+    "key",
+    "value",
+    "stream",
+    "deleted",
+    "last_change",
+    "modseq",
+];
 pub(crate) const C_KEYS: &[&str] = &[
     "type",
     "uid",

@@ -250,13 +250,22 @@ mod tests {
     fn guid_hex() {
         let g = Guid128::parse_hex(b"1ba080387b140b6b5f7e000083ecc375").unwrap();
         assert_eq!(g.to_hex(), "1ba080387b140b6b5f7e000083ecc375");
-        assert_eq!(Guid128::parse_hex(b"1BA080387B140B6B5F7E000083ECC375"), Some(g));
+        assert_eq!(
+            Guid128::parse_hex(b"1BA080387B140B6B5F7E000083ECC375"),
+            Some(g)
+        );
         assert_eq!(Guid128::parse_hex(b"1ba0"), None);
-        assert_eq!(Guid128::parse_hex(b"1ba080387b140b6b5f7e000083ecc37g"), None);
+        assert_eq!(
+            Guid128::parse_hex(b"1ba080387b140b6b5f7e000083ecc37g"),
+            None
+        );
     }
 
     #[test]
     fn flag_names() {
-        assert_eq!(MailFlags(0x2a).names(), vec!["\\Flagged", "\\Seen", "\\Recent"]);
+        assert_eq!(
+            MailFlags(0x2a).names(),
+            vec!["\\Flagged", "\\Seen", "\\Recent"]
+        );
     }
 }

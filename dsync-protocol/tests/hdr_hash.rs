@@ -7,7 +7,9 @@ use dsync_protocol::hash::{hdr_hash_hex, hdr_hash_input, HdrHashVersion};
 use dsync_protocol::*;
 
 fn cap(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/captures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/captures")
+        .join(name)
 }
 
 const HEADERS: [&[u8]; 2] = [b"Date", b"Message-ID"];
@@ -16,11 +18,18 @@ const HEADERS: [&[u8]; 2] = [b"Date", b"Message-ID"];
 fn vectors_match_dovecot() {
     let text = std::fs::read_to_string(cap("15-hdr-hash.vectors")).unwrap();
     let mut n = 0;
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let cols: Vec<&str> = line.split(' ').collect();
         let (sent, file) = (cols[1], cols[4]);
         let msg = std::fs::read(cap(&format!("15-hdr-hash.{file}"))).unwrap();
-        assert_eq!(hdr_hash_hex(&msg, &HEADERS, HdrHashVersion::V3), sent, "{file}");
+        assert_eq!(
+            hdr_hash_hex(&msg, &HEADERS, HdrHashVersion::V3),
+            sent,
+            "{file}"
+        );
         n += 1;
     }
     assert_eq!(n, 7);

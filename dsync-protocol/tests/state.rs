@@ -60,7 +60,8 @@ fn capture_states_round_trip() {
 #[test]
 fn state_list_of_02_is_the_state_of_01() {
     use dsync_protocol::*;
-    let st = SyncState::parse(&std::fs::read_to_string(dir().join("01-first-sync.state")).unwrap()).unwrap();
+    let st = SyncState::parse(&std::fs::read_to_string(dir().join("01-first-sync.state")).unwrap())
+        .unwrap();
     let bytes = std::fs::read(dir().join("02-incremental-state.c2s")).unwrap();
     let events = decode_all(&bytes, DecoderConfig::default()).unwrap();
     let sent: Vec<MailboxState> = events
