@@ -287,7 +287,7 @@ impl Brain {
             b.states.insert(s.mailbox_guid, s.clone());
         }
         let h = b.handshake();
-        b.send(Item::Handshake(h));
+        b.send(Item::Handshake(Box::new(h)));
         b
     }
 
@@ -299,7 +299,7 @@ impl Brain {
             send_mail_requests: true,
             ..Handshake::default()
         };
-        b.send(Item::Handshake(h));
+        b.send(Item::Handshake(Box::new(h)));
         b
     }
 

@@ -5,6 +5,19 @@ use sync_engine::local::sync_pair;
 use sync_engine::memory::MemoryReplica;
 use sync_engine::SyncSettings;
 
+/// `sync_pair`, also asserting that both byte streams pass the codec's
+/// conversation-order check.
+fn checked<A: sync_engine::local::LocalStore, B: sync_engine::local::LocalStore>(
+    a: &mut A,
+    b: &mut B,
+    s: SyncSettings,
+    now: i64,
+) -> sync_engine::local::PairOutcome {
+    let r = sync_pair(a, b, s, now);
+    assert!(r.wire_errors.is_empty(), "{:?}", r.wire_errors);
+    r
+}
+
 fn g(n: u8) -> Guid128 {
     let mut b = [0u8; 16];
     b[15] = n;
@@ -26,7 +39,7 @@ fn base() -> (MemoryReplica, MemoryReplica) {
     a.deliver("INBOX", "g02-m2", b"Subject: m2\n\nbody2\n", 0)
         .unwrap();
     let mut b = MemoryReplica::new();
-    let r = sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_100);
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_100);
     assert_eq!(r.exit_code(), 0, "{r:?}");
     (a, b)
 }
@@ -51,7 +64,7 @@ fn first_sync_copies_everything() {
     a.deliver("Work", "g03-m3", b"m3", 0).unwrap();
     a.subscribe("Work", true);
     let mut b = MemoryReplica::new();
-    let r = sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_100);
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_100);
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), b.view());
     let m1 = &b.mailbox("INBOX").unwrap().mails[&1];
@@ -64,7 +77,7 @@ fn first_sync_copies_everything() {
 fn incremental_new_mail_on_slave() {
     let (mut a, mut b) = base();
     b.deliver("INBOX", "g03-m3", b"m3", 0).unwrap();
-    let r = sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_200);
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_200);
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), b.view());
     assert_eq!(uids(&a, "INBOX").len(), 3);
@@ -75,7 +88,7 @@ fn uid_conflict_both_mails_survive() {
     let (mut a, mut b) = base();
     a.deliver("INBOX", "g03-m3", b"m3", 0).unwrap();
     b.deliver("INBOX", "g04-m4", b"m4", 0).unwrap();
-    let r = sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_200);
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_200);
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), b.view());
     assert_eq!(
@@ -98,7 +111,7 @@ fn flag_conflict_higher_modseq_wins() {
     a.add_flags("INBOX", 1, MailFlags::SEEN, &[]);
     b.add_flags("INBOX", 1, MailFlags::SEEN, &[]);
     b.remove_flags("INBOX", 1, MailFlags::SEEN, &[]);
-    let r = sync_pair(&mut a, &mut b, full(), 1_700_000_200);
+    let r = checked(&mut a, &mut b, full(), 1_700_000_200);
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), b.view());
     assert_eq!(a.view().mailboxes["INBOX"].mails[&1].1, 0);
@@ -109,7 +122,7 @@ fn concurrent_different_flags_are_unioned() {
     let (mut a, mut b) = base();
     a.add_flags("INBOX", 1, MailFlags::SEEN, &["work"]);
     b.add_flags("INBOX", 1, MailFlags::FLAGGED, &["home"]);
-    let r = sync_pair(&mut a, &mut b, full(), 1_700_000_200);
+    let r = checked(&mut a, &mut b, full(), 1_700_000_200);
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), b.view());
     let m = &a.view().mailboxes["INBOX"].mails[&1];
@@ -122,7 +135,7 @@ fn expunge_propagates_and_wins_over_flag_change() {
     let (mut a, mut b) = base();
     a.expunge("INBOX", 2);
     b.add_flags("INBOX", 2, MailFlags::FLAGGED, &[]);
-    let r = sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_200);
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_200);
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), b.view());
     assert_eq!(uids(&b, "INBOX"), vec![(1, "g01-m1".into())]);
@@ -135,14 +148,14 @@ fn rename_and_delete() {
     a.deliver("Work", "g03-m3", b"m3", 0).unwrap();
     a.create_mailbox("Old", g(0xa2), 2001).unwrap();
     assert_eq!(
-        sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_200).exit_code(),
+        checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_200).exit_code(),
         0
     );
     a.now = 1_700_000_300;
     a.rename("Work", "Archive").unwrap();
     b.now = 1_700_000_300;
     b.delete_mailbox("Old").unwrap();
-    let r = sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_400);
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_400);
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), b.view());
     assert_eq!(a.mailbox_names(), vec!["Archive", "INBOX"]);
@@ -162,7 +175,7 @@ fn backup_reverts_destination() {
         backup_send: true,
         ..SyncSettings::default()
     };
-    let r = sync_pair(&mut a, &mut b, s, 1_700_000_200);
+    let r = checked(&mut a, &mut b, s, 1_700_000_200);
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), before);
     assert_eq!(a.view().mailboxes, b.view().mailboxes);
@@ -181,7 +194,7 @@ fn oneway_keeps_destination_changes() {
         no_backup_overwrite: true,
         ..SyncSettings::default()
     };
-    let r = sync_pair(&mut a, &mut b, s, 1_700_000_200);
+    let r = checked(&mut a, &mut b, s, 1_700_000_200);
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), before);
     let v = b.view();
@@ -199,21 +212,21 @@ fn mail_delivered_into_a_remotely_deleted_mailbox_survives() {
     a.deliver("Work", "g03-m3", b"m3", 0).unwrap();
     a.now = 1_700_000_150;
     assert_eq!(
-        sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_150).exit_code(),
+        checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_150).exit_code(),
         0
     );
     a.now = 1_700_000_300;
     b.now = 1_700_000_300;
     a.delete_mailbox("Work").unwrap();
     b.deliver("Work", "g04-m4", b"m4", 0).unwrap();
-    let r = sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_400);
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_400);
     // The slave reports that another run is needed for the new mailbox.
     assert_eq!(
         r.slave.status,
         sync_engine::ExitStatus::ChangesDuringSync,
         "{r:?}"
     );
-    let r = sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_500);
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_500);
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), b.view());
     let names = a.mailbox_names();
@@ -231,7 +244,7 @@ fn renames_at_the_same_second_agree_on_one_name() {
     a.create_mailbox("Work", g(0xa1), 2000).unwrap();
     a.deliver("Work", "g03-m3", b"m3", 0).unwrap();
     assert_eq!(
-        sync_pair(&mut a, &mut b, SyncSettings::default(), 1_700_000_150).exit_code(),
+        checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_150).exit_code(),
         0
     );
     for (x, y) in [("Yellow", "Xray"), ("Xray", "Yellow")] {
@@ -240,7 +253,7 @@ fn renames_at_the_same_second_agree_on_one_name() {
         b2.now = 1_700_000_300;
         a2.rename("Work", x).unwrap();
         b2.rename("Work", y).unwrap();
-        let r = sync_pair(&mut a2, &mut b2, SyncSettings::default(), 1_700_000_400);
+        let r = checked(&mut a2, &mut b2, SyncSettings::default(), 1_700_000_400);
         assert_eq!(r.exit_code(), 0, "{r:?}");
         assert_eq!(a2.view(), b2.view());
         // On a tie the name the walk reaches first (the smaller one) wins.
@@ -287,7 +300,7 @@ fn concurrent_change_during_sync_reports_and_repairs() {
         sync_type: SyncType::State,
         ..SyncSettings::default()
     };
-    let r = sync_pair(&mut a, &mut b, s, 1_700_000_200);
+    let r = checked(&mut a, &mut b, s, 1_700_000_200);
     assert_eq!(r.exit_code(), 2, "{r:?}");
     let st = r.master.state.clone().expect("state");
     assert_eq!(

@@ -294,6 +294,7 @@ proptest! {
         let mut runs = Vec::new();
         for i in 0..3 {
             let r = sync_pair(&mut w.a, &mut w.b, settings.clone(), w.now + 100 + i);
+            prop_assert!(r.wire_errors.is_empty(), "wire: {:?}", r.wire_errors);
             runs.push(r.clone());
             if w.a.view() == w.b.view() && r.exit_code() == 0 && r.slave.status.code() == 0 {
                 break;

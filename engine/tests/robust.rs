@@ -55,7 +55,7 @@ fn name() -> impl Strategy<Value = Vec<Vec<u8>>> {
 fn item() -> impl Strategy<Value = Item> {
     prop_oneof![
         (any::<bool>(), any::<bool>(), any::<bool>(), 0..3u8).prop_map(|(bs, br, nbo, t)| {
-            Item::Handshake(Handshake {
+            Item::Handshake(Box::new(Handshake {
                 hostname: b"peer".to_vec(),
                 sync_type: Some([SyncType::Full, SyncType::Changed, SyncType::State][t as usize]),
                 backup_send: bs,
@@ -63,7 +63,7 @@ fn item() -> impl Strategy<Value = Item> {
                 no_backup_overwrite: nbo,
                 send_mail_requests: true,
                 ..Handshake::default()
-            })
+            }))
         }),
         (guid(), num32(), num32(), num64()).prop_map(|(g, v, u, m)| Item::MailboxState(
             MailboxState {
@@ -232,7 +232,7 @@ proptest! {
         let mut items: Vec<Item> = Vec::new();
         items.extend(prefix.iter().filter(|i| matches!(i, Item::Handshake(_))).take(1).cloned());
         if items.is_empty() {
-            items.push(Item::Handshake(Handshake { hostname: b"peer".to_vec(), sync_type: Some(SyncType::Full), ..Handshake::default() }));
+            items.push(Item::Handshake(Box::new(Handshake { hostname: b"peer".to_vec(), sync_type: Some(SyncType::Full), ..Handshake::default() })));
         }
         items.extend(prefix.iter().filter(|i| matches!(i, Item::MailboxTreeNode(_))).cloned());
         items.push(Item::EndOfList);

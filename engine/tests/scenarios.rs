@@ -59,6 +59,7 @@ struct World {
     state: Vec<MailboxState>,
     saves: u32,
     exits: Vec<(i32, i32)>,
+    wire_errors: Vec<String>,
 }
 
 fn flag_args(s: &str) -> (u8, Vec<String>) {
@@ -310,6 +311,7 @@ impl World {
             self.state = r.master.state.clone().unwrap_or_default();
         }
         self.last_exit = r.exit_code();
+        self.wire_errors.extend(r.wire_errors.iter().cloned());
         self.exits.push((expect, self.last_exit));
         self.now += 1;
         Ok(())
@@ -398,6 +400,7 @@ fn run(s: &Value) -> Result<(), String> {
         state: Vec::new(),
         saves: 0,
         exits: Vec::new(),
+        wire_errors: Vec::new(),
     };
     for line in s["setup"]
         .as_array()
@@ -408,7 +411,7 @@ fn run(s: &Value) -> Result<(), String> {
         let line = line.as_str().unwrap_or("");
         w.step(line).map_err(|e| format!("{line}: {e}"))?;
     }
-    let mut diffs = Vec::new();
+    let mut diffs: Vec<String> = w.wire_errors.iter().map(|e| format!("wire: {e}")).collect();
     for (i, (want, got)) in w.exits.iter().enumerate() {
         if want != got {
             diffs.push(format!("sync #{}: exit {got}, Dovecot {want}", i + 1));
