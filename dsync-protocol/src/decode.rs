@@ -181,7 +181,7 @@ impl Decoder {
         if self.pos > 0 && (self.pos == self.buf.len() || self.pos >= 4096) {
             self.buf.drain(..self.pos);
             self.base += self.pos as u64;
-            self.scan_from -= self.pos;
+            self.scan_from = self.scan_from.saturating_sub(self.pos);
             self.pos = 0;
         }
         self.buf.extend_from_slice(data);

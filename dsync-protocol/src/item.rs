@@ -79,9 +79,16 @@ pub struct MailboxTreeNode {
 }
 
 impl MailboxTreeNode {
-    /// The name joined with a hierarchy separator.
+    /// The name joined with a hierarchy separator. Levels are not escaped:
+    /// a level that contains `sep` needs the storage's own escaping first.
     pub fn joined_name(&self, sep: u8) -> Vec<u8> {
         self.name.join(&[sep][..])
+    }
+
+    /// Splits a full mailbox name at the sender's hierarchy separator into
+    /// the levels sent in `N.name`.
+    pub fn split_name(name: &[u8], sep: u8) -> Vec<Vec<u8>> {
+        name.split(|&b| b == sep).map(|l| l.to_vec()).collect()
     }
 }
 

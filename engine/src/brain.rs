@@ -1,0 +1,1412 @@
+//! The session state machine (§1.4, §1.5; protocol §6), one type for master
+//! and slave.
+//!
+//! Driving a [`Brain`]:
+//! 1. create it with [`Brain::master`] or [`Brain::slave`];
+//! 2. repeatedly take outputs with [`Brain::poll`] and handle them in order:
+//!    [`Output::Send`] → encode the item (and stream the referenced body)
+//!    to the peer; [`Output::Query`] → answer with
+//!    `feed(Input::Answer(..))`; [`Output::Action`] → apply to local storage
+//!    (report a failure with `feed(Input::ActionFailed { .. })`);
+//! 3. feed every item decoded from the peer with `feed(Input::Peer(item))`;
+//!    when an `M` item carries a data block, make that block available to
+//!    the storage before applying the next [`Action::SaveMail`];
+//! 4. stop when [`Brain::outcome`] is `Some`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use dsync_protocol::{
+    Finish, Guid128, Handshake, Item, Mail, MailChange, MailRequest, Mailbox, MailboxState,
+    MailboxTreeNode, Role, SyncType,
+};
+
+use crate::mailbox::{self, ExportFields, ImportInput, MailFilter, PendingMail, UidChange};
+use crate::storage::*;
+use crate::tree::{self, Tree, TreeSyncMode};
+
+/// What the master decides (the `doveadm sync/backup` options).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncSettings {
+    pub sync_type: SyncType,
+    /// This side is the backup source (`backup`, `sync -1`).
+    pub backup_send: bool,
+    /// This side is the backup destination (`backup -R`, `sync -1 -R`).
+    pub backup_recv: bool,
+    /// `-1`: merge into the destination instead of overwriting it.
+    pub no_backup_overwrite: bool,
+    pub purge_remote: bool,
+    /// `-m ''` / `-g ''`: mailbox tree only.
+    pub no_mail_sync: bool,
+    /// `-l SECS`; 0 = no user lock.
+    pub lock_timeout: u32,
+    pub filter: MailFilter,
+    /// Saved per-mailbox states (`-s STATE`).
+    pub states: Vec<MailboxState>,
+    /// `-m`, `-x`, `-g`: which mailboxes are visible to the sync.
+    pub mailbox_filter: MailboxFilter,
+}
+
+/// Restricts the mailboxes a sync sees (§2.2 step 2). Invisible mailboxes
+/// are neither created nor deleted on the other side.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MailboxFilter {
+    /// `-m NAME`: only names matching this pattern (`*` and `%` wildcards,
+    /// hierarchy separator `/`).
+    pub only_name: Option<Vec<u8>>,
+    /// `-x PATTERN`: names matching any of these are excluded.
+    pub exclude: Vec<Vec<u8>>,
+    /// `-g GUID`: only the mailbox with this GUID (directories skipped).
+    pub guid: Option<Guid128>,
+}
+
+/// IMAP LIST-style wildcard match: `*` matches anything, `%` anything but
+/// the separator.
+fn wildcard(pat: &[u8], name: &[u8], sep: u8) -> bool {
+    match pat.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|i| wildcard(rest, &name[i..], sep)),
+        Some((b'%', rest)) => (0..=name.len())
+            .take_while(|&i| i == 0 || name[i - 1] != sep)
+            .any(|i| wildcard(rest, &name[i..], sep)),
+        Some((c, rest)) => name.first() == Some(c) && wildcard(rest, &name[1..], sep),
+    }
+}
+
+impl MailboxFilter {
+    fn is_empty(&self) -> bool {
+        self.only_name.is_none() && self.exclude.is_empty() && self.guid.is_none()
+    }
+
+    /// Whether a mailbox-list entry is visible.
+    pub fn visible(&self, name: &[Vec<u8>], guid: Option<Guid128>, sep: u8) -> bool {
+        let joined = join_name(name, sep);
+        if let Some(p) = &self.only_name {
+            if !wildcard(p, &joined, sep) {
+                return false;
+            }
+        }
+        if self.exclude.iter().any(|p| wildcard(p, &joined, sep)) {
+            return false;
+        }
+        match self.guid {
+            Some(g) => guid == Some(g),
+            None => true,
+        }
+    }
+
+    fn apply(&self, s: &mut TreeSnapshot) {
+        if self.is_empty() {
+            return;
+        }
+        let sep = s.separator;
+        s.mailboxes.retain(|e| self.visible(&e.name, e.guid, sep));
+        if self.guid.is_some() {
+            s.subscriptions.clear();
+        } else {
+            s.subscriptions.retain(|n| self.visible(n, None, sep));
+        }
+    }
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            sync_type: SyncType::Changed,
+            backup_send: false,
+            backup_recv: false,
+            no_backup_overwrite: false,
+            purge_remote: false,
+            no_mail_sync: false,
+            lock_timeout: 0,
+            filter: MailFilter::default(),
+            states: Vec::new(),
+            mailbox_filter: MailboxFilter::default(),
+        }
+    }
+}
+
+/// Inputs to a [`Brain`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// An item decoded from the peer.
+    Peer(Item),
+    /// The answer to the last [`Output::Query`].
+    Answer(Answer),
+    /// An emitted action could not be applied.
+    ActionFailed { action: Action, error: StorageError },
+    /// The peer's stream ended.
+    PeerClosed,
+}
+
+/// Outputs of a [`Brain`], to be handled in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send an item; for an `M` with `stream`, the body of `body` follows.
+    Send {
+        item: Item,
+        body: Option<BodyRef>,
+    },
+    Query(Query),
+    Action(Action),
+}
+
+/// How the session ended (doveadm's exit codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Ok,
+    /// Finished, but run again (exit 2).
+    ChangesDuringSync,
+    /// Temporary failure (exit 75).
+    TempFail,
+    /// A mail error such as NOTPOSSIBLE (exit 65).
+    DataErr,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Ok => 0,
+            ExitStatus::ChangesDuringSync => 2,
+            ExitStatus::TempFail => 75,
+            ExitStatus::DataErr => 65,
+        }
+    }
+}
+
+/// The result of a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    /// Warnings and errors, in order.
+    pub messages: Vec<String>,
+    pub require_full_resync: bool,
+    /// Master only: the new state table (`None` when a full resync is
+    /// required).
+    pub state: Option<Vec<MailboxState>>,
+}
+
+/// A protocol violation by the peer: the session cannot continue.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("Received unexpected input {got} while {expected}")]
+    Unexpected { got: char, expected: &'static str },
+    #[error("Remote sent mailbox with a wrong GUID: {got} != {want}")]
+    WrongGuid { got: Guid128, want: Guid128 },
+    #[error("{0}")]
+    Remote(String),
+    #[error("peer closed the stream before the session finished")]
+    Closed,
+    #[error("the session already failed")]
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Handshake,
+    RecvStates,
+    TreeQuery,
+    RecvTree,
+    RecvDeletes,
+    Recover,
+    MailboxNext,
+    MailboxQuery,
+    MasterWaitB,
+    Sync,
+    WaitFinish,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recv {
+    Attributes,
+    Changes,
+    Requests,
+    Mails,
+    State,
+}
+
+struct MailboxRun {
+    guid: Guid128,
+    changed_during_sync: bool,
+    snapshot: MailboxSnapshot,
+    remote: Mailbox,
+    lcu: u32,
+    lcm: u64,
+    exporter: bool,
+    importer: bool,
+    recv: Recv,
+    local_changes: BTreeMap<u32, UidChange>,
+    remote_changes: Vec<MailChange>,
+    requests: Vec<MailRequest>,
+    pending: Vec<PendingMail>,
+    last_common_uid: u32,
+    messages: u32,
+    require_full_resync: bool,
+    sent_r_end: bool,
+    sent_m_end: bool,
+    recv_m_end: bool,
+    sent_s: Option<MailboxState>,
+    uid_validity: u32,
+}
+
+/// One dsync brain.
+pub struct Brain {
+    role: Role,
+    hostname: Vec<u8>,
+    now: i64,
+    settings: SyncSettings,
+    out: VecDeque<Output>,
+    inbox: VecDeque<Item>,
+    phase: Phase,
+    answer: Option<Answer>,
+    local_tree: Option<Tree>,
+    remote_nodes: Vec<MailboxTreeNode>,
+    merged: Option<Tree>,
+    states: HashMap<Guid128, MailboxState>,
+    new_states: BTreeMap<Guid128, MailboxState>,
+    queue: VecDeque<Guid128>,
+    slave_b: Option<Mailbox>,
+    master_snapshot: Option<MailboxSnapshot>,
+    run: Option<MailboxRun>,
+    messages: Vec<String>,
+    desync: bool,
+    require_full_resync: bool,
+    failure: Option<ExitStatus>,
+    outcome: Option<Outcome>,
+    error: Option<EngineError>,
+    held_actions: Vec<Action>,
+    recover: VecDeque<(Guid128, MailboxName, i64)>,
+}
+
+impl Brain {
+    /// The master (the side running `doveadm sync/backup`): it owns the
+    /// settings. `now` is used for every timestamp the brain writes.
+    pub fn master(hostname: &[u8], settings: SyncSettings, now: i64) -> Brain {
+        let mut b = Brain::new(Role::Master, hostname, settings, now);
+        for s in &b.settings.states {
+            b.states.insert(s.mailbox_guid, s.clone());
+        }
+        let h = b.handshake();
+        b.send(Item::Handshake(Box::new(h)));
+        b
+    }
+
+    /// The slave (`dsync-server`): takes all settings from the master's `H`.
+    pub fn slave(hostname: &[u8], now: i64) -> Brain {
+        let mut b = Brain::new(Role::Slave, hostname, SyncSettings::default(), now);
+        let h = Handshake {
+            hostname: hostname.to_vec(),
+            send_mail_requests: true,
+            ..Handshake::default()
+        };
+        b.send(Item::Handshake(Box::new(h)));
+        b
+    }
+
+    fn new(role: Role, hostname: &[u8], settings: SyncSettings, now: i64) -> Brain {
+        Brain {
+            role,
+            hostname: hostname.to_vec(),
+            now,
+            settings,
+            out: VecDeque::new(),
+            inbox: VecDeque::new(),
+            phase: Phase::Handshake,
+            answer: None,
+            local_tree: None,
+            remote_nodes: Vec::new(),
+            merged: None,
+            states: HashMap::new(),
+            new_states: BTreeMap::new(),
+            queue: VecDeque::new(),
+            slave_b: None,
+            master_snapshot: None,
+            run: None,
+            messages: Vec::new(),
+            desync: false,
+            require_full_resync: false,
+            failure: None,
+            outcome: None,
+            error: None,
+            held_actions: Vec::new(),
+            recover: VecDeque::new(),
+        }
+    }
+
+    fn handshake(&self) -> Handshake {
+        let s = &self.settings;
+        Handshake {
+            hostname: self.hostname.clone(),
+            sync_type: Some(s.sync_type),
+            send_mail_requests: true,
+            // Direction flags describe the slave's role.
+            backup_send: s.backup_recv,
+            backup_recv: s.backup_send,
+            lock_timeout: s.lock_timeout,
+            no_mail_sync: s.no_mail_sync,
+            no_backup_overwrite: s.no_backup_overwrite,
+            purge_remote: s.purge_remote,
+            sync_since_timestamp: s.filter.since,
+            sync_until_timestamp: s.filter.until,
+            sync_max_size: s.filter.max_size,
+            sync_box: s.mailbox_filter.only_name.clone(),
+            sync_box_guid: s.mailbox_filter.guid,
+            exclude_mailboxes: if s.mailbox_filter.exclude.is_empty() {
+                None
+            } else {
+                Some(s.mailbox_filter.exclude.clone())
+            },
+            sync_flags: s.filter.flag.as_ref().map(|(neg, f)| {
+                let mut v = if *neg { b"-".to_vec() } else { Vec::new() };
+                v.extend_from_slice(f);
+                v
+            }),
+            ..Handshake::default()
+        }
+    }
+
+    /// The role of this brain.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The next output, if any.
+    pub fn poll(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The session result, once finished.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.as_ref()
+    }
+
+    /// Feeds one input and runs the state machine as far as it can go.
+    pub fn feed(&mut self, input: Input) -> Result<(), EngineError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        match input {
+            Input::Peer(item) => self.inbox.push_back(item),
+            Input::Answer(a) => self.answer = Some(a),
+            Input::ActionFailed { action, error } => {
+                self.action_failed(action, error);
+                if self.phase == Phase::Done {
+                    return Ok(());
+                }
+            }
+            Input::PeerClosed => {
+                if self.phase != Phase::Done {
+                    return self.fail(EngineError::Closed);
+                }
+            }
+        }
+        loop {
+            match self.step() {
+                Ok(true) => continue,
+                Ok(false) => return Ok(()),
+                Err(e) => return self.fail(e),
+            }
+        }
+    }
+
+    fn fail(&mut self, e: EngineError) -> Result<(), EngineError> {
+        self.error = Some(e.clone());
+        self.phase = Phase::Done;
+        self.messages.push(e.to_string());
+        self.outcome = Some(Outcome {
+            status: ExitStatus::TempFail,
+            messages: self.messages.clone(),
+            require_full_resync: self.require_full_resync,
+            state: None,
+        });
+        Err(e)
+    }
+
+    fn action_failed(&mut self, action: Action, error: StorageError) {
+        if let Action::LockUser { .. } = action {
+            // Without the lock nothing may be changed: stop here.
+            self.out.clear();
+            self.messages.push(format!("Error: {error}"));
+            self.failure = Some(ExitStatus::TempFail);
+            self.error = Some(EngineError::Remote(error.to_string()));
+            let f = self.finish_item();
+            let _ = f;
+            self.finish();
+            return;
+        }
+        let what = format!("{action:?}: {error}");
+        match (&action, &error) {
+            (_, StorageError::NotPossible(_)) => {
+                self.messages.push(format!("Error: {what}"));
+                self.failure = Some(self.failure.unwrap_or(ExitStatus::DataErr));
+            }
+            (_, StorageError::Temp(_)) => {
+                self.messages.push(format!("Error: {what}"));
+                self.failure = Some(ExitStatus::TempFail);
+            }
+            _ => {
+                self.messages
+                    .push(format!("Mailbox changes caused a desync: {what}"));
+                self.desync = true;
+                // A concurrent change in the mailbox being synced (a UID
+                // taken meanwhile, a mail gone): the state must not claim
+                // more than what was common before this run.
+                if let Some(run) = self.run.as_mut() {
+                    run.changed_during_sync = true;
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, item: Item) {
+        self.out.push_back(Output::Send { item, body: None });
+    }
+
+    fn act(&mut self, a: Action) {
+        self.out.push_back(Output::Action(a));
+    }
+
+    fn backup_send(&self) -> bool {
+        self.settings.backup_send
+    }
+
+    fn tree_mode(&self) -> TreeSyncMode {
+        let s = &self.settings;
+        if s.no_backup_overwrite || (!s.backup_send && !s.backup_recv) {
+            TreeSyncMode::TwoWay
+        } else if s.backup_send {
+            TreeSyncMode::PreserveLocal
+        } else {
+            TreeSyncMode::PreserveRemote
+        }
+    }
+
+    fn take_answer(&mut self) -> Option<Answer> {
+        self.answer.take()
+    }
+
+    fn start_tree(&mut self) {
+        self.out.push_back(Output::Query(Query::Tree));
+        self.phase = Phase::TreeQuery;
+    }
+
+    fn step(&mut self) -> Result<bool, EngineError> {
+        match self.phase {
+            Phase::Handshake => {
+                let Some(item) = self.inbox.pop_front() else {
+                    return Ok(false);
+                };
+                let Item::Handshake(h) = item else {
+                    return Err(unexpected(&item, "waiting for the handshake"));
+                };
+                if self.role == Role::Slave {
+                    self.adopt(&h);
+                }
+                if self.settings.lock_timeout > 0 {
+                    let we_lock = match self.hostname.cmp(&h.hostname) {
+                        std::cmp::Ordering::Less => true,
+                        std::cmp::Ordering::Equal => self.role == Role::Master,
+                        std::cmp::Ordering::Greater => false,
+                    };
+                    if we_lock {
+                        self.act(Action::LockUser {
+                            timeout_secs: self.settings.lock_timeout,
+                        });
+                    }
+                }
+                if self.settings.sync_type == SyncType::State {
+                    if self.role == Role::Master {
+                        let states: Vec<MailboxState> = self.settings.states.clone();
+                        for s in states {
+                            self.send(Item::MailboxState(s));
+                        }
+                        self.send(Item::EndOfList);
+                    } else {
+                        self.phase = Phase::RecvStates;
+                        return Ok(true);
+                    }
+                }
+                self.start_tree();
+                Ok(true)
+            }
+            Phase::RecvStates => {
+                let Some(item) = self.inbox.pop_front() else {
+                    return Ok(false);
+                };
+                match item {
+                    Item::MailboxState(s) => {
+                        self.states.insert(s.mailbox_guid, s);
+                    }
+                    Item::EndOfList => self.start_tree(),
+                    other => return Err(unexpected(&other, "receiving mailbox states")),
+                }
+                Ok(true)
+            }
+            Phase::TreeQuery => {
+                let Some(a) = self.take_answer() else {
+                    return Ok(false);
+                };
+                let Answer::Tree(mut snap) = a else {
+                    return Err(EngineError::Remote("expected a tree answer".into()));
+                };
+                self.settings.mailbox_filter.apply(&mut snap);
+                let t = Tree::from_snapshot(&snap);
+                for n in t.to_items() {
+                    self.send(Item::MailboxTreeNode(n));
+                }
+                self.send(Item::EndOfList);
+                self.send(Item::MailboxDelete(t.deletes_item()));
+                self.local_tree = Some(t);
+                self.phase = Phase::RecvTree;
+                Ok(true)
+            }
+            Phase::RecvTree => {
+                let Some(item) = self.inbox.pop_front() else {
+                    return Ok(false);
+                };
+                match item {
+                    Item::MailboxTreeNode(n) => {
+                        if self.remote_nodes.len() >= 1_000_000 {
+                            return Err(EngineError::Remote("too many mailbox tree nodes".into()));
+                        }
+                        self.remote_nodes.push(n)
+                    }
+                    Item::EndOfList => self.phase = Phase::RecvDeletes,
+                    other => return Err(unexpected(&other, "receiving the mailbox tree")),
+                }
+                Ok(true)
+            }
+            Phase::RecvDeletes => {
+                let Some(item) = self.inbox.pop_front() else {
+                    return Ok(false);
+                };
+                let Item::MailboxDelete(d) = item else {
+                    return Err(unexpected(&item, "waiting for mailbox deletes"));
+                };
+                let remote = Tree::from_items(&self.remote_nodes, &d)
+                    .map_err(|e| EngineError::Remote(e.to_string()))?;
+                let local = self
+                    .local_tree
+                    .take()
+                    .unwrap_or_else(|| Tree::from_snapshot(&empty_tree()));
+                let merged = if self.backup_send() {
+                    local
+                } else {
+                    let m = tree::merge(&local, &remote, self.tree_mode(), self.now);
+                    self.held_actions = m.actions;
+                    self.recover = m.deleted_by_remote.into();
+                    m.local
+                };
+                if self.role == Role::Master && !self.settings.no_mail_sync {
+                    self.queue = merged.mailbox_guids().into();
+                }
+                self.merged = Some(merged);
+                self.phase = Phase::Recover;
+                self.next_recovery();
+                Ok(true)
+            }
+            Phase::Recover => {
+                let Some(a) = self.take_answer() else {
+                    return Ok(false);
+                };
+                let Answer::Mailbox(snap) = a else {
+                    return Err(EngineError::Remote("expected a mailbox answer".into()));
+                };
+                if let (Some(snap), Some((_, name, ts))) = (snap, self.recover.pop_front()) {
+                    self.recover_mails(&snap, &name, ts);
+                }
+                self.next_recovery();
+                Ok(true)
+            }
+            Phase::MailboxNext => {
+                if self.role == Role::Master {
+                    match self.queue.pop_front() {
+                        Some(g) => {
+                            self.out.push_back(Output::Query(Query::Mailbox(g)));
+                            self.phase = Phase::MailboxQuery;
+                        }
+                        None => {
+                            self.send(Item::EndOfList);
+                            self.phase = Phase::WaitFinish;
+                        }
+                    }
+                    return Ok(true);
+                }
+                let Some(item) = self.inbox.pop_front() else {
+                    return Ok(false);
+                };
+                match item {
+                    Item::EndOfList => {
+                        let f = self.finish_item();
+                        self.send(Item::Finish(f));
+                        self.send(Item::Done);
+                        self.finish();
+                    }
+                    Item::Mailbox(b) => {
+                        self.out
+                            .push_back(Output::Query(Query::Mailbox(b.mailbox_guid)));
+                        self.slave_b = Some(b);
+                        self.phase = Phase::MailboxQuery;
+                    }
+                    other => return Err(unexpected(&other, "waiting for a mailbox")),
+                }
+                Ok(true)
+            }
+            Phase::MailboxQuery => {
+                let Some(a) = self.take_answer() else {
+                    return Ok(false);
+                };
+                let Answer::Mailbox(snap) = a else {
+                    return Err(EngineError::Remote("expected a mailbox answer".into()));
+                };
+                if self.role == Role::Master {
+                    self.master_mailbox(snap.map(|b| *b));
+                } else {
+                    self.slave_mailbox(snap.map(|b| *b));
+                }
+                Ok(true)
+            }
+            Phase::MasterWaitB => {
+                let Some(item) = self.inbox.pop_front() else {
+                    return Ok(false);
+                };
+                let Item::Mailbox(b) = item else {
+                    return Err(unexpected(&item, "waiting for the remote mailbox"));
+                };
+                let Some(snap) = self.master_snapshot.take() else {
+                    return Err(EngineError::Failed);
+                };
+                if b.mailbox_guid != snap.status.guid {
+                    return Err(EngineError::WrongGuid {
+                        got: b.mailbox_guid,
+                        want: snap.status.guid,
+                    });
+                }
+                if b.mailbox_ignore {
+                    self.phase = Phase::MailboxNext;
+                    return Ok(true);
+                }
+                if b.mailbox_lost {
+                    self.messages.push(format!(
+                        "Mailbox changes caused a desync: Remote lost mailbox GUID {} (maybe it was just deleted?)",
+                        b.mailbox_guid
+                    ));
+                    self.desync = true;
+                    self.require_full_resync = true;
+                    self.phase = Phase::MailboxNext;
+                    return Ok(true);
+                }
+                self.begin_mailbox(snap, b)?;
+                Ok(true)
+            }
+            Phase::Sync => {
+                let Some(item) = self.inbox.pop_front() else {
+                    return Ok(false);
+                };
+                self.sync_item(item)?;
+                Ok(true)
+            }
+            Phase::WaitFinish => {
+                let Some(item) = self.inbox.pop_front() else {
+                    return Ok(false);
+                };
+                match item {
+                    Item::Finish(f) => {
+                        if let Some(e) = f.error {
+                            self.messages
+                                .push(format!("Remote: {}", String::from_utf8_lossy(&e)));
+                            let st = if f.mail_error == 0 || f.mail_error == 1 {
+                                ExitStatus::TempFail
+                            } else {
+                                ExitStatus::DataErr
+                            };
+                            self.failure = Some(self.failure.unwrap_or(st));
+                        }
+                        if f.require_full_resync {
+                            self.require_full_resync = true;
+                            self.desync = true;
+                        }
+                        self.finish();
+                    }
+                    other => return Err(unexpected(&other, "waiting for the finish item")),
+                }
+                Ok(true)
+            }
+            Phase::Done => {
+                // `X` and anything after the end is ignored.
+                self.inbox.clear();
+                Ok(false)
+            }
+        }
+    }
+
+    /// Asks for the next mailbox whose deletion may destroy unseen mail,
+    /// or releases the tree actions when none is left.
+    fn next_recovery(&mut self) {
+        match self.recover.front() {
+            Some((g, _, _)) => {
+                let g = *g;
+                self.out.push_back(Output::Query(Query::Mailbox(g)));
+            }
+            None => {
+                for a in std::mem::take(&mut self.held_actions) {
+                    self.act(a);
+                }
+                self.phase = Phase::MailboxNext;
+            }
+        }
+    }
+
+    /// Dovecot lets a mailbox deletion destroy mails delivered to it on the
+    /// other side after the deletion. Mails saved at or after the deletion
+    /// time (and not written by an earlier sync, which proves the peer had
+    /// them) are first copied into a new mailbox with a new GUID, which the
+    /// peer later sees as an ordinary new mailbox.
+    fn recover_mails(&mut self, snap: &MailboxSnapshot, name: &MailboxName, deleted_at: i64) {
+        // A mail this side received from a sync (or that a sync touched)
+        // was known to the peer when it deleted the mailbox.
+        let known_to_peer: std::collections::HashSet<u32> = snap
+            .log
+            .iter()
+            .filter(|r| r.sync && r.kind == LogChangeKind::Modseq)
+            .map(|r| r.uid)
+            .collect();
+        let rescued: Vec<&MailRecord> = snap
+            .mails
+            .iter()
+            .filter(|m| m.saved_date >= deleted_at && !known_to_peer.contains(&m.uid))
+            .collect();
+        if rescued.is_empty() {
+            return;
+        }
+        let mut seed = b"homing recovered mailbox ".to_vec();
+        seed.extend_from_slice(&snap.status.guid.0);
+        seed.extend_from_slice(&deleted_at.to_be_bytes());
+        let guid = dsync_protocol::hash::mailbox_name_hash(&seed);
+        let mut new_name = name.clone();
+        if let Some(last) = new_name.last_mut() {
+            last.extend_from_slice(b"-recovered-");
+            last.extend_from_slice(&guid.to_hex().as_bytes()[..8]);
+        }
+        let uid_validity = u32::try_from(self.now).unwrap_or(1).max(1);
+        self.messages.push(format!(
+            "Mailbox {} was deleted by the remote after {} mail(s) arrived; they were kept in {}",
+            String::from_utf8_lossy(&join_name(name, b'/')),
+            rescued.len(),
+            String::from_utf8_lossy(&join_name(&new_name, b'/')),
+        ));
+        // Exit 2: the peer gets the new mailbox on the next run.
+        self.desync = true;
+        self.act(Action::CreateMailbox {
+            name: new_name,
+            guid,
+            uid_validity,
+        });
+        for (i, m) in rescued.iter().enumerate() {
+            let mail = NewMail {
+                uid: u32::try_from(i).unwrap_or(u32::MAX - 1).saturating_add(1),
+                guid: m.guid.clone(),
+                flags: m.flags,
+                keywords: m.keywords.clone(),
+                min_modseq: 0,
+                received_date: m.received_date,
+                saved_date: m.saved_date,
+                pop3_uidl: m.pop3_uidl.clone(),
+                pop3_order: m.pop3_order,
+            };
+            self.act(Action::CopyToMailbox {
+                from_mailbox: snap.status.guid,
+                from_uid: m.uid,
+                to_mailbox: guid,
+                mail,
+            });
+        }
+    }
+
+    fn adopt(&mut self, h: &Handshake) {
+        let s = &mut self.settings;
+        // An absent sync type makes a Dovecot slave behave as for a full sync.
+        s.sync_type = h.sync_type.unwrap_or(SyncType::Full);
+        s.backup_send = h.backup_send;
+        s.backup_recv = h.backup_recv;
+        s.no_backup_overwrite = h.no_backup_overwrite;
+        s.purge_remote = h.purge_remote;
+        s.no_mail_sync = h.no_mail_sync;
+        s.lock_timeout = h.lock_timeout;
+        s.filter.since = h.sync_since_timestamp;
+        s.filter.until = h.sync_until_timestamp;
+        s.filter.max_size = h.sync_max_size;
+        s.mailbox_filter = MailboxFilter {
+            only_name: h.sync_box.clone().filter(|b| !b.is_empty()),
+            exclude: h.exclude_mailboxes.clone().unwrap_or_default(),
+            guid: h.sync_box_guid.filter(|g| !g.is_empty()),
+        };
+        s.filter.flag = h.sync_flags.as_ref().map(|f| match f.strip_prefix(b"-") {
+            Some(rest) => (true, rest.to_vec()),
+            None => (false, f.clone()),
+        });
+    }
+
+    fn finish_item(&self) -> Finish {
+        let error = self.failure.map(|_| {
+            self.messages
+                .iter()
+                .rev()
+                .find(|m| m.starts_with("Error"))
+                .cloned()
+                .unwrap_or_else(|| "failed".into())
+                .into_bytes()
+        });
+        Finish {
+            error,
+            mail_error: match self.failure {
+                Some(ExitStatus::DataErr) => 8,
+                _ => 0,
+            },
+            require_full_resync: self.require_full_resync,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.phase = Phase::Done;
+        let status = match self.failure {
+            Some(f) => f,
+            None if self.desync || self.require_full_resync => ExitStatus::ChangesDuringSync,
+            None => ExitStatus::Ok,
+        };
+        let state = if self.role == Role::Master && !self.require_full_resync {
+            let alive: Vec<Guid128> = self
+                .merged
+                .as_ref()
+                .map(|t| t.mailbox_guids())
+                .unwrap_or_default();
+            let mut all: BTreeMap<Guid128, MailboxState> = BTreeMap::new();
+            for s in &self.settings.states {
+                all.insert(s.mailbox_guid, s.clone());
+            }
+            for (g, s) in &self.new_states {
+                all.insert(*g, s.clone());
+            }
+            Some(alive.iter().filter_map(|g| all.get(g).cloned()).collect())
+        } else {
+            None
+        };
+        self.outcome = Some(Outcome {
+            status,
+            messages: self.messages.clone(),
+            require_full_resync: self.require_full_resync,
+            state,
+        });
+    }
+
+    /// The usable saved state of a mailbox (STATE mode only).
+    fn state_for(&self, guid: Guid128, uid_validity: u32) -> Option<MailboxState> {
+        if self.settings.sync_type != SyncType::State {
+            return None;
+        }
+        self.states
+            .get(&guid)
+            .filter(|s| s.last_uidvalidity != 0 && s.last_uidvalidity == uid_validity)
+            .cloned()
+    }
+
+    fn master_mailbox(&mut self, snap: Option<MailboxSnapshot>) {
+        let Some(snap) = snap else {
+            // Vanished since the tree was read.
+            self.phase = Phase::MailboxNext;
+            return;
+        };
+        let st = &snap.status;
+        if let Some(s) = self.state_for(st.guid, st.uid_validity) {
+            if s.last_common_uid.saturating_add(1) == st.uid_next
+                && s.last_common_modseq == st.highest_modseq
+                && s.last_common_pvt_modseq == st.highest_pvt_modseq
+                && s.last_messages_count == st.messages
+            {
+                self.phase = Phase::MailboxNext;
+                return;
+            }
+        }
+        self.send(Item::Mailbox(status_item(st)));
+        self.master_snapshot = Some(snap);
+        self.phase = Phase::MasterWaitB;
+    }
+
+    fn slave_mailbox(&mut self, snap: Option<MailboxSnapshot>) {
+        let Some(b) = self.slave_b.take() else {
+            self.phase = Phase::MailboxNext;
+            return;
+        };
+        let Some(snap) = snap else {
+            let ignore = self.settings.backup_send && self.settings.no_backup_overwrite;
+            self.send(Item::Mailbox(Mailbox {
+                mailbox_guid: b.mailbox_guid,
+                mailbox_lost: !ignore,
+                mailbox_ignore: ignore,
+                ..Mailbox::default()
+            }));
+            self.phase = Phase::MailboxNext;
+            return;
+        };
+        let st = snap.status;
+        if let Some(s) = self.state_for(st.guid, st.uid_validity) {
+            if st.uid_next < s.last_common_uid || st.highest_modseq < s.last_common_modseq {
+                self.messages.push(format!(
+                    "Failed to do incremental sync for mailbox {}, retry with a full sync (uidnext {} < {})",
+                    st.guid, st.uid_next, s.last_common_uid
+                ));
+                self.require_full_resync = true;
+                self.send(Item::Mailbox(Mailbox {
+                    mailbox_guid: st.guid,
+                    mailbox_lost: true,
+                    ..Mailbox::default()
+                }));
+                self.phase = Phase::MailboxNext;
+                return;
+            }
+        }
+        self.send(Item::Mailbox(status_item(&st)));
+        if let Err(e) = self.begin_mailbox(snap, b) {
+            self.messages.push(e.to_string());
+            self.failure = Some(ExitStatus::TempFail);
+            self.phase = Phase::MailboxNext;
+        }
+    }
+
+    /// Both sides: UIDVALIDITY reconciliation, the sync decision, and the
+    /// start of the exchange.
+    fn begin_mailbox(&mut self, snap: MailboxSnapshot, remote: Mailbox) -> Result<(), EngineError> {
+        let st = snap.status;
+        let mut uid_validity = st.uid_validity;
+        let state = self.state_for(st.guid, st.uid_validity);
+        if st.uid_validity != remote.uid_validity && remote.uid_validity != 0 {
+            let keep = if st.messages > remote.messages_count {
+                st.uid_validity
+            } else if st.messages < remote.messages_count {
+                remote.uid_validity
+            } else {
+                st.uid_validity.max(remote.uid_validity)
+            };
+            if state.as_ref().is_some_and(|s| s.last_common_uid > 0) {
+                self.states.remove(&st.guid);
+                self.messages
+                    .push("UIDVALIDITY changed during a stateful sync, need to restart".into());
+                self.failure = Some(ExitStatus::TempFail);
+            }
+            if keep != st.uid_validity && !self.backup_send() {
+                self.act(Action::SetUidValidity {
+                    mailbox: st.guid,
+                    uid_validity: keep,
+                });
+                uid_validity = keep;
+            }
+        }
+        let needed = match self.settings.sync_type {
+            SyncType::Changed => {
+                st.uid_validity != remote.uid_validity
+                    || st.uid_next != remote.uid_next
+                    || st.messages != remote.messages_count
+                    || st.highest_modseq != remote.highest_modseq
+                    || st.highest_pvt_modseq != remote.highest_pvt_modseq
+                    || st.first_recent_uid != remote.first_recent_uid
+            }
+            SyncType::Full | SyncType::State => true,
+        };
+        if !needed {
+            self.phase = Phase::MailboxNext;
+            return Ok(());
+        }
+        let (lcu, lcm) = match self.settings.sync_type {
+            SyncType::State => state
+                .map(|s| (s.last_common_uid, s.last_common_modseq))
+                .unwrap_or((0, 0)),
+            _ => (0, 0),
+        };
+        let mut lcu = lcu;
+        let mut lcm = lcm;
+        if lcm > 0 && snap.log_first_modseq > lcm.saturating_add(1) {
+            self.messages
+                .push(format!("Modseq {lcm} no longer in transaction log"));
+            // The log no longer proves what changed: fall back to a full
+            // comparison of this mailbox.
+            lcu = 0;
+            lcm = 0;
+        }
+        let exporter = !self.settings.backup_recv;
+        let importer = !self.settings.backup_send;
+        let local_changes = mailbox::scan_log(&snap, lcm);
+        let mut run = MailboxRun {
+            guid: st.guid,
+            changed_during_sync: false,
+            messages: st.messages,
+            snapshot: snap,
+            remote,
+            lcu,
+            lcm,
+            exporter,
+            importer,
+            recv: if importer {
+                Recv::Attributes
+            } else {
+                Recv::Requests
+            },
+            local_changes,
+            remote_changes: Vec::new(),
+            requests: Vec::new(),
+            pending: Vec::new(),
+            last_common_uid: 0,
+            require_full_resync: false,
+            sent_r_end: false,
+            sent_m_end: false,
+            recv_m_end: false,
+            sent_s: None,
+            uid_validity,
+        };
+        if exporter {
+            for a in mailbox::export_attributes(&run.snapshot, lcm) {
+                self.send(Item::Attribute(a));
+            }
+            self.send(Item::EndOfList);
+            let fields = ExportFields {
+                received_timestamp: self.settings.filter.since > 0
+                    || self.settings.filter.until > 0,
+                virtual_size: self.settings.filter.max_size > 0,
+            };
+            for c in mailbox::export_changes(&run.snapshot, &run.local_changes, lcu, fields) {
+                self.send(Item::MailChange(c));
+            }
+            self.send(Item::EndOfList);
+        }
+        run.last_common_uid = run.snapshot.status.uid_next.saturating_sub(1);
+        self.run = Some(run);
+        self.phase = Phase::Sync;
+        Ok(())
+    }
+
+    fn sync_item(&mut self, item: Item) -> Result<(), EngineError> {
+        let Some(mut run) = self.run.take() else {
+            return Err(EngineError::Failed);
+        };
+        let r = self.sync_item_in(&mut run, item);
+        if self.phase == Phase::Sync {
+            self.run = Some(run);
+        }
+        r
+    }
+
+    fn sync_item_in(&mut self, run: &mut MailboxRun, item: Item) -> Result<(), EngineError> {
+        match (run.recv, item) {
+            (Recv::Attributes, Item::Attribute(a)) => {
+                if a.value == dsync_protocol::AttributeValue::Stream {
+                    // The value is in a data block the engine does not
+                    // receive; leave the local value alone rather than
+                    // mistake it for a deletion.
+                    self.messages.push(format!(
+                        "Attribute {} has a streamed value; not synced",
+                        String::from_utf8_lossy(&a.key)
+                    ));
+                } else if run.importer {
+                    let local = run
+                        .snapshot
+                        .attributes
+                        .iter()
+                        .find(|x| x.attr_type == a.attr_type && x.key == a.key);
+                    if let Some(value) = mailbox::import_attribute(local, &a, run.lcm) {
+                        self.act(Action::SetAttribute {
+                            mailbox: run.guid,
+                            attr_type: a.attr_type,
+                            key: a.key.clone(),
+                            value,
+                            last_change: a.last_change,
+                        });
+                    }
+                }
+            }
+            (Recv::Attributes, Item::EndOfList) => run.recv = Recv::Changes,
+            (Recv::Changes, Item::MailChange(c)) => {
+                if run.remote_changes.len() >= 10_000_000 {
+                    return Err(EngineError::Remote("too many mail changes".into()));
+                }
+                run.remote_changes.push(c);
+            }
+            (Recv::Changes, Item::EndOfList) => {
+                self.import_changes(run);
+                run.recv = if run.exporter {
+                    Recv::Requests
+                } else {
+                    Recv::Mails
+                };
+            }
+            (Recv::Requests, Item::MailRequest(r)) => {
+                if run.requests.len() >= 10_000_000 {
+                    return Err(EngineError::Remote("too many mail requests".into()));
+                }
+                run.requests.push(r);
+            }
+            (Recv::Requests, Item::EndOfList) => {
+                for req in std::mem::take(&mut run.requests) {
+                    let (m, body) = mailbox::answer_request(&run.snapshot, &req);
+                    self.out.push_back(Output::Send {
+                        item: Item::Mail(m),
+                        body,
+                    });
+                }
+                self.send(Item::EndOfList);
+                run.sent_m_end = true;
+                run.recv = if run.importer {
+                    Recv::Mails
+                } else {
+                    Recv::State
+                };
+                self.maybe_send_state(run);
+            }
+            (Recv::Mails, Item::Mail(m)) => self.receive_mail(run, &m),
+            (Recv::Mails, Item::EndOfList) => {
+                run.recv_m_end = true;
+                for p in std::mem::take(&mut run.pending) {
+                    self.messages.push(format!(
+                        "Error: Remote didn't send mail GUID={} (UID={})",
+                        String::from_utf8_lossy(&p.guid),
+                        p.remote_uid
+                    ));
+                    self.failure = Some(self.failure.unwrap_or(ExitStatus::TempFail));
+                }
+                if !run.require_full_resync {
+                    self.act(Action::RaiseStatus {
+                        mailbox: run.guid,
+                        uid_next: run
+                            .remote
+                            .uid_next
+                            .max(run.last_common_uid.saturating_add(1)),
+                        highest_modseq: run.remote.highest_modseq,
+                        first_recent_uid: run
+                            .last_common_uid
+                            .saturating_add(1)
+                            .min(run.remote.first_recent_uid),
+                    });
+                }
+                run.recv = Recv::State;
+                self.maybe_send_state(run);
+            }
+            (Recv::State, Item::MailboxState(s)) => {
+                self.maybe_send_state(run);
+                let mine = run.sent_s.clone().unwrap_or_default();
+                let merged = MailboxState {
+                    mailbox_guid: run.guid,
+                    last_uidvalidity: mine.last_uidvalidity,
+                    last_common_uid: mine.last_common_uid.min(s.last_common_uid),
+                    last_common_modseq: mine.last_common_modseq.min(s.last_common_modseq),
+                    last_common_pvt_modseq: mine
+                        .last_common_pvt_modseq
+                        .min(s.last_common_pvt_modseq),
+                    last_messages_count: mine.last_messages_count,
+                    changes_during_sync: false,
+                };
+                if s.changes_during_sync && self.role == Role::Master {
+                    self.messages
+                        .push("Remote notified that changes happened during sync".into());
+                    self.desync = true;
+                }
+                self.new_states.insert(run.guid, merged);
+                self.phase = Phase::MailboxNext;
+            }
+            (phase, other) => {
+                return Err(unexpected(
+                    &other,
+                    match phase {
+                        Recv::Attributes => "receiving attributes",
+                        Recv::Changes => "receiving mail changes",
+                        Recv::Requests => "receiving mail requests",
+                        Recv::Mails => "receiving mails",
+                        Recv::State => "waiting for the mailbox state",
+                    },
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn import_changes(&mut self, run: &mut MailboxRun) {
+        let revert = self.settings.backup_recv && !self.settings.no_backup_overwrite;
+        let filter = self.settings.filter.clone();
+        let plan = mailbox::import(&ImportInput {
+            local: &run.snapshot,
+            local_changes: &run.local_changes,
+            remote: &run.remote,
+            remote_changes: &run.remote_changes,
+            last_common_uid: run.lcu,
+            last_common_modseq: run.lcm,
+            master: self.role == Role::Master,
+            revert,
+            filter: &filter,
+        });
+        if let Some(reason) = &plan.require_full_resync {
+            self.messages.push(format!(
+                "Mailbox {}: {reason}: full resync required",
+                run.guid
+            ));
+            run.require_full_resync = true;
+            self.require_full_resync = true;
+            self.desync = true;
+        } else if let Some(reason) = &plan.delete_mailbox {
+            self.messages
+                .push(format!("Error: Deleting mailbox {}: {reason}", run.guid));
+            self.act(Action::DeleteMailbox {
+                guid: run.guid,
+                timestamp: self.now,
+            });
+            self.failure = Some(self.failure.unwrap_or(ExitStatus::TempFail));
+            run.require_full_resync = true;
+        } else {
+            for a in &plan.actions {
+                // Keep the exporter's view current: bodies are read from
+                // the UIDs the mails have after our own moves.
+                match a {
+                    Action::MoveMail {
+                        from_uid, to_uid, ..
+                    } => {
+                        if let Some(m) = run.snapshot.mails.iter_mut().find(|m| m.uid == *from_uid)
+                        {
+                            m.uid = *to_uid;
+                        }
+                    }
+                    Action::Expunge { uid, .. } => run.snapshot.mails.retain(|m| m.uid != *uid),
+                    _ => {}
+                }
+                self.act(a.clone());
+            }
+            run.snapshot.mails.sort_by_key(|m| m.uid);
+            run.last_common_uid = plan.last_common_uid;
+            run.messages = (run.messages + plan.saved).saturating_sub(plan.expunged);
+            run.pending = plan.pending;
+        }
+        if !run.require_full_resync {
+            for r in &plan.requests {
+                self.send(Item::MailRequest(r.clone()));
+            }
+        }
+        self.send(Item::EndOfList);
+        run.sent_r_end = true;
+    }
+
+    fn receive_mail(&mut self, run: &mut MailboxRun, m: &Mail) {
+        let idx = run.pending.iter().position(|p| match &m.guid {
+            Some(g) if !g.is_empty() => &p.guid == g,
+            _ => p.guid.is_empty() && p.remote_uid == m.uid,
+        });
+        let Some(idx) = idx else {
+            if m.stream {
+                self.messages
+                    .push(format!("Ignoring unrequested mail UID={}", m.uid));
+            }
+            return;
+        };
+        let p = run.pending.remove(idx);
+        if !m.stream {
+            // Expunged on the remote meanwhile.
+            return;
+        }
+        let mut first: Option<u32> = None;
+        for (uid, change) in &p.instances {
+            let mail = mailbox::new_mail_from_change(change, *uid, Some(m));
+            match first {
+                None => {
+                    self.act(Action::SaveMail {
+                        mailbox: run.guid,
+                        mail,
+                        body: BodySource::Incoming,
+                    });
+                    first = Some(*uid);
+                }
+                Some(from_uid) => self.act(Action::CopyMail {
+                    mailbox: run.guid,
+                    from_uid,
+                    mail,
+                }),
+            }
+            run.messages += 1;
+        }
+    }
+
+    fn maybe_send_state(&mut self, run: &mut MailboxRun) {
+        if run.sent_s.is_some() {
+            return;
+        }
+        let export_done = !run.exporter || run.sent_m_end;
+        let import_done = !run.importer || (run.sent_r_end && run.recv_m_end);
+        if !(export_done && import_done) {
+            return;
+        }
+        let st = &run.snapshot.status;
+        let s = if run.importer {
+            MailboxState {
+                mailbox_guid: run.guid,
+                last_uidvalidity: if run.require_full_resync {
+                    0
+                } else {
+                    run.uid_validity
+                },
+                last_common_uid: if run.changed_during_sync {
+                    st.uid_next.saturating_sub(1)
+                } else {
+                    run.last_common_uid
+                },
+                last_common_modseq: if run.changed_during_sync {
+                    st.highest_modseq
+                } else {
+                    run.remote.highest_modseq
+                },
+                last_common_pvt_modseq: if run.changed_during_sync {
+                    st.highest_pvt_modseq
+                } else {
+                    run.remote.highest_pvt_modseq
+                },
+                last_messages_count: run.messages,
+                changes_during_sync: run.require_full_resync || run.changed_during_sync,
+            }
+        } else {
+            MailboxState {
+                mailbox_guid: run.guid,
+                last_uidvalidity: run.uid_validity,
+                last_common_uid: st.uid_next.saturating_sub(1),
+                last_common_modseq: st.highest_modseq,
+                last_common_pvt_modseq: st.highest_pvt_modseq,
+                last_messages_count: st.messages,
+                changes_during_sync: false,
+            }
+        };
+        self.send(Item::MailboxState(s.clone()));
+        run.sent_s = Some(s);
+    }
+}
+
+fn status_item(st: &MailboxStatus) -> Mailbox {
+    Mailbox {
+        mailbox_guid: st.guid,
+        uid_validity: st.uid_validity,
+        uid_next: st.uid_next,
+        messages_count: st.messages,
+        first_recent_uid: st.first_recent_uid,
+        highest_modseq: st.highest_modseq,
+        highest_pvt_modseq: st.highest_pvt_modseq,
+        have_guids: true,
+        have_save_guids: true,
+        ..Mailbox::default()
+    }
+}
+
+fn empty_tree() -> TreeSnapshot {
+    TreeSnapshot {
+        separator: b'/',
+        mailboxes: Vec::new(),
+        subscriptions: Vec::new(),
+        log: Vec::new(),
+    }
+}
+
+fn unexpected(item: &Item, expected: &'static str) -> EngineError {
+    EngineError::Unexpected {
+        got: item.letter() as char,
+        expected,
+    }
+}

@@ -1,0 +1,322 @@
+//! Two brains against each other over in-memory queues, two MemoryReplicas.
+
+use dsync_protocol::{Guid128, MailFlags, SyncType};
+use sync_engine::local::sync_pair;
+use sync_engine::memory::MemoryReplica;
+use sync_engine::SyncSettings;
+
+/// `sync_pair`, also asserting that both byte streams pass the codec's
+/// conversation-order check.
+fn checked<A: sync_engine::local::LocalStore, B: sync_engine::local::LocalStore>(
+    a: &mut A,
+    b: &mut B,
+    s: SyncSettings,
+    now: i64,
+) -> sync_engine::local::PairOutcome {
+    let r = sync_pair(a, b, s, now);
+    assert!(r.wire_errors.is_empty(), "{:?}", r.wire_errors);
+    r
+}
+
+fn g(n: u8) -> Guid128 {
+    let mut b = [0u8; 16];
+    b[15] = n;
+    Guid128(b)
+}
+
+fn full() -> SyncSettings {
+    SyncSettings {
+        sync_type: SyncType::Full,
+        ..SyncSettings::default()
+    }
+}
+
+fn base() -> (MemoryReplica, MemoryReplica) {
+    let mut a = MemoryReplica::new();
+    a.create_mailbox("INBOX", g(1), 1000).unwrap();
+    a.deliver("INBOX", "g01-m1", b"Subject: m1\n\nbody1\n", 0)
+        .unwrap();
+    a.deliver("INBOX", "g02-m2", b"Subject: m2\n\nbody2\n", 0)
+        .unwrap();
+    let mut b = MemoryReplica::new();
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_100);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    (a, b)
+}
+
+fn uids(r: &MemoryReplica, mb: &str) -> Vec<(u32, String)> {
+    r.view().mailboxes[mb]
+        .mails
+        .iter()
+        .map(|(u, (g, _, _))| (*u, g.clone()))
+        .collect()
+}
+
+#[test]
+fn first_sync_copies_everything() {
+    let mut a = MemoryReplica::new();
+    a.create_mailbox("INBOX", g(1), 1000).unwrap();
+    a.create_mailbox("Work", g(0xa1), 2000).unwrap();
+    a.deliver("INBOX", "g01-m1", b"m1", 1_588_672_800).unwrap();
+    a.deliver("INBOX", "g02-m2", b"m2", 0).unwrap();
+    a.add_flags("INBOX", 1, MailFlags::SEEN, &[]);
+    a.add_flags("INBOX", 2, MailFlags::FLAGGED, &["work"]);
+    a.deliver("Work", "g03-m3", b"m3", 0).unwrap();
+    a.subscribe("Work", true);
+    let mut b = MemoryReplica::new();
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_100);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    let m1 = &b.mailbox("INBOX").unwrap().mails[&1];
+    assert_eq!(m1.meta.received_date, 1_588_672_800);
+    assert_eq!(m1.body, b"m1");
+    assert_eq!(b.mailbox("Work").unwrap().uid_validity, 2000);
+}
+
+#[test]
+fn incremental_new_mail_on_slave() {
+    let (mut a, mut b) = base();
+    b.deliver("INBOX", "g03-m3", b"m3", 0).unwrap();
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_200);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    assert_eq!(uids(&a, "INBOX").len(), 3);
+}
+
+#[test]
+fn uid_conflict_both_mails_survive() {
+    let (mut a, mut b) = base();
+    a.deliver("INBOX", "g03-m3", b"m3", 0).unwrap();
+    b.deliver("INBOX", "g04-m4", b"m4", 0).unwrap();
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_200);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    assert_eq!(
+        uids(&a, "INBOX"),
+        vec![
+            (1, "g01-m1".into()),
+            (2, "g02-m2".into()),
+            (4, "g03-m3".into()),
+            (5, "g04-m4".into())
+        ]
+    );
+    assert_eq!(a.mailbox("INBOX").unwrap().uid_next, 6);
+    assert_eq!(b.mailbox("INBOX").unwrap().mails[&5].body, b"m4");
+    assert_eq!(a.mailbox("INBOX").unwrap().mails[&5].body, b"m4");
+}
+
+#[test]
+fn flag_conflict_higher_modseq_wins() {
+    let (mut a, mut b) = base();
+    a.add_flags("INBOX", 1, MailFlags::SEEN, &[]);
+    b.add_flags("INBOX", 1, MailFlags::SEEN, &[]);
+    b.remove_flags("INBOX", 1, MailFlags::SEEN, &[]);
+    let r = checked(&mut a, &mut b, full(), 1_700_000_200);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    assert_eq!(a.view().mailboxes["INBOX"].mails[&1].1, 0);
+}
+
+#[test]
+fn concurrent_different_flags_are_unioned() {
+    let (mut a, mut b) = base();
+    a.add_flags("INBOX", 1, MailFlags::SEEN, &["work"]);
+    b.add_flags("INBOX", 1, MailFlags::FLAGGED, &["home"]);
+    let r = checked(&mut a, &mut b, full(), 1_700_000_200);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    let m = &a.view().mailboxes["INBOX"].mails[&1];
+    assert_eq!(m.1, MailFlags::SEEN | MailFlags::FLAGGED);
+    assert_eq!(m.2, vec!["home".to_string(), "work".to_string()]);
+}
+
+#[test]
+fn expunge_propagates_and_wins_over_flag_change() {
+    let (mut a, mut b) = base();
+    a.expunge("INBOX", 2);
+    b.add_flags("INBOX", 2, MailFlags::FLAGGED, &[]);
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_200);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    assert_eq!(uids(&b, "INBOX"), vec![(1, "g01-m1".into())]);
+}
+
+#[test]
+fn rename_and_delete() {
+    let (mut a, mut b) = base();
+    a.create_mailbox("Work", g(0xa1), 2000).unwrap();
+    a.deliver("Work", "g03-m3", b"m3", 0).unwrap();
+    a.create_mailbox("Old", g(0xa2), 2001).unwrap();
+    assert_eq!(
+        checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_200).exit_code(),
+        0
+    );
+    a.now = 1_700_000_300;
+    a.rename("Work", "Archive").unwrap();
+    b.now = 1_700_000_300;
+    b.delete_mailbox("Old").unwrap();
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_400);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    assert_eq!(a.mailbox_names(), vec!["Archive", "INBOX"]);
+    assert_eq!(uids(&b, "Archive"), vec![(1, "g03-m3".into())]);
+}
+
+#[test]
+fn backup_reverts_destination() {
+    let (mut a, mut b) = base();
+    b.add_flags("INBOX", 1, MailFlags::SEEN, &[]);
+    b.create_mailbox("Extra", g(0xe1), 5000).unwrap();
+    b.deliver("Extra", "g09-m9", b"m9", 0).unwrap();
+    a.deliver("INBOX", "g03-m3", b"m3", 0).unwrap();
+    a.add_flags("INBOX", 2, MailFlags::ANSWERED, &[]);
+    let before = a.view();
+    let s = SyncSettings {
+        backup_send: true,
+        ..SyncSettings::default()
+    };
+    let r = checked(&mut a, &mut b, s, 1_700_000_200);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), before);
+    assert_eq!(a.view().mailboxes, b.view().mailboxes);
+}
+
+#[test]
+fn oneway_keeps_destination_changes() {
+    let (mut a, mut b) = base();
+    a.deliver("INBOX", "g03-m3", b"m3", 0).unwrap();
+    a.expunge("INBOX", 1);
+    b.add_flags("INBOX", 2, MailFlags::SEEN, &[]);
+    b.deliver("INBOX", "g09-m9", b"m9", 0).unwrap();
+    let before = a.view();
+    let s = SyncSettings {
+        backup_send: true,
+        no_backup_overwrite: true,
+        ..SyncSettings::default()
+    };
+    let r = checked(&mut a, &mut b, s, 1_700_000_200);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), before);
+    let v = b.view();
+    let m = &v.mailboxes["INBOX"].mails;
+    assert_eq!(m.get(&2).map(|x| x.1), Some(MailFlags::SEEN));
+    assert_eq!(m.get(&4).map(|x| x.0.as_str()), Some("g03-m3"));
+    assert_eq!(m.get(&5).map(|x| x.0.as_str()), Some("g09-m9"));
+    assert!(!m.contains_key(&1));
+}
+
+#[test]
+fn mail_delivered_into_a_remotely_deleted_mailbox_survives() {
+    let (mut a, mut b) = base();
+    a.create_mailbox("Work", g(0xa1), 2000).unwrap();
+    a.deliver("Work", "g03-m3", b"m3", 0).unwrap();
+    a.now = 1_700_000_150;
+    assert_eq!(
+        checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_150).exit_code(),
+        0
+    );
+    a.now = 1_700_000_300;
+    b.now = 1_700_000_300;
+    a.delete_mailbox("Work").unwrap();
+    b.deliver("Work", "g04-m4", b"m4", 0).unwrap();
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_400);
+    // The slave reports that another run is needed for the new mailbox.
+    assert_eq!(
+        r.slave.status,
+        sync_engine::ExitStatus::ChangesDuringSync,
+        "{r:?}"
+    );
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_500);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    let names = a.mailbox_names();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let rec = names
+        .iter()
+        .find(|n| n.starts_with("Work-recovered-"))
+        .expect("recovery mailbox");
+    assert_eq!(uids(&a, rec), vec![(1, "g04-m4".into())]);
+}
+
+#[test]
+fn renames_at_the_same_second_agree_on_one_name() {
+    let (mut a, mut b) = base();
+    a.create_mailbox("Work", g(0xa1), 2000).unwrap();
+    a.deliver("Work", "g03-m3", b"m3", 0).unwrap();
+    assert_eq!(
+        checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_150).exit_code(),
+        0
+    );
+    for (x, y) in [("Yellow", "Xray"), ("Xray", "Yellow")] {
+        let (mut a2, mut b2) = (a.clone(), b.clone());
+        a2.now = 1_700_000_300;
+        b2.now = 1_700_000_300;
+        a2.rename("Work", x).unwrap();
+        b2.rename("Work", y).unwrap();
+        let r = checked(&mut a2, &mut b2, SyncSettings::default(), 1_700_000_400);
+        assert_eq!(r.exit_code(), 0, "{r:?}");
+        assert_eq!(a2.view(), b2.view());
+        // On a tie the name the walk reaches first (the smaller one) wins.
+        assert_eq!(a2.mailbox_names(), vec!["INBOX", "Xray"]);
+    }
+}
+
+/// A replica whose first save fails as if another process had taken the UID.
+struct Interfered {
+    inner: MemoryReplica,
+    fail_next_save: bool,
+}
+
+impl sync_engine::local::LocalStore for Interfered {
+    fn answer(&mut self, q: &sync_engine::Query) -> sync_engine::Answer {
+        self.inner.answer(q)
+    }
+    fn apply(&mut self, a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
+        if self.fail_next_save && matches!(a, sync_engine::Action::SaveMail { .. }) {
+            self.fail_next_save = false;
+            return Err(sync_engine::StorageError::Exists(
+                "UID taken by a concurrent save".into(),
+            ));
+        }
+        self.inner.apply(a)
+    }
+    fn read_body(&self, r: &sync_engine::BodyRef) -> Option<Vec<u8>> {
+        self.inner.body(r).map(|b| b.to_vec())
+    }
+    fn set_incoming_body(&mut self, body: Vec<u8>) {
+        self.inner.set_incoming_body(body)
+    }
+}
+
+#[test]
+fn concurrent_change_during_sync_reports_and_repairs() {
+    let (mut a, b) = base();
+    a.deliver("INBOX", "g03-m3", b"m3", 0).unwrap();
+    let mut b = Interfered {
+        inner: b,
+        fail_next_save: true,
+    };
+    let s = SyncSettings {
+        sync_type: SyncType::State,
+        ..SyncSettings::default()
+    };
+    let r = checked(&mut a, &mut b, s, 1_700_000_200);
+    assert_eq!(r.exit_code(), 2, "{r:?}");
+    let st = r.master.state.clone().expect("state");
+    assert_eq!(
+        st[0].last_common_uid, 2,
+        "state falls back to what was common before: {st:?}"
+    );
+    let r = sync_pair(
+        &mut a,
+        &mut b,
+        SyncSettings {
+            states: st,
+            sync_type: SyncType::State,
+            ..SyncSettings::default()
+        },
+        1_700_000_300,
+    );
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.inner.view());
+}
