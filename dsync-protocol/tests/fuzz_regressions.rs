@@ -35,6 +35,13 @@ fn replay_fuzz_findings() {
         if let (events, None) = &whole {
             let bytes = encode_events(events).unwrap();
             let again = run(&[&bytes]);
+            if let Some(i) = (0..events.len()).find(|&i| again.0.get(i) != events.get(i)) {
+                panic!(
+                    "event {i} differs after re-encoding:\n{:?}\n{:?}",
+                    events.get(i),
+                    again.0.get(i)
+                );
+            }
             assert_eq!(&again.0, events);
             assert!(again.1.is_none());
         }
