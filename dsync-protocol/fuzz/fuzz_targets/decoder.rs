@@ -46,7 +46,9 @@ fuzz_target!(|data: &[u8]| {
         let bytes = match encode_events(events) {
             Ok(b) => b,
             // The one value the line format cannot carry (see Encoder).
-            Err(EncodeError::InvalidValue { reason, .. }) if reason.contains("only field") => return,
+            Err(EncodeError::InvalidValue { reason, .. }) if reason.contains("only field") => {
+                return
+            }
             Err(e) => panic!("decoded events must re-encode: {e}"),
         };
         let again = run(&[&bytes]);
