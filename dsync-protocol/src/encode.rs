@@ -132,8 +132,13 @@ impl Encoder {
             Item::Mail(m) => (ItemKind::Mail, item::encode_mail(m)),
             Item::Finish(f) => (ItemKind::Finish, item::encode_finish(f)),
         };
+        let start = out.len();
         out.push(kind.letter());
-        self.line_into(kind, fields, out)?;
+        if let Err(e) = self.line_into(kind, fields, out) {
+            // Leave no partial line behind.
+            out.truncate(start);
+            return Err(e);
+        }
         out.push(b'\n');
         if item.has_body() {
             self.body = Some(DotEncoder::new());
@@ -160,6 +165,16 @@ impl Encoder {
         let Some(last) = (0..layout.len()).rev().find(|&p| value_at(p).is_some()) else {
             return Ok(());
         };
+        // A line whose only field is empty has zero fields on the wire, so
+        // the value would arrive as absent.
+        if last == 0 && value_at(0).is_some_and(|v| v.is_empty()) {
+            let key = layout[0].map(|i| kind.keys()[i]).unwrap_or("?");
+            return Err(EncodeError::InvalidValue {
+                item: kind.name(),
+                key,
+                reason: "an empty value as the only field is read back as absent",
+            });
+        }
         for p in 0..=last {
             if p > 0 {
                 out.push(b'\t');

@@ -742,7 +742,12 @@ pub(crate) fn decode_mail(ctx: &Ctx, f: &FieldsIn<'_>) -> Result<Mail, DecodeErr
         uid: ctx.u32_opt(f, 1)?,
         pop3_uidl: ctx.bytes(f, 2),
         pop3_order: ctx.u32_opt(f, 3)?,
-        received_date: ctx.time_opt(f, 4)?,
+        // Dovecot sends it only when positive; a negative value could not be
+        // sent back unchanged, so it is refused.
+        received_date: match ctx.time_opt(f, 4)? {
+            t if t < 0 => return Err(ctx.invalid(4, "negative (only positive dates are sent)")),
+            t => t,
+        },
         saved_date: ctx.time_opt(f, 5)?,
         stream: ctx.flag(f, 6),
     })

@@ -329,9 +329,19 @@ proptest! {
             OwnedEvent::Tables(Tables::standard()),
             OwnedEvent::Item(Item::Handshake(Box::new(h.clone()))),
         ];
-        enc.encode_item(&Item::Handshake(Box::new(h)), &mut wire).unwrap();
+        let lone_empty = |r: &Result<(), EncodeError>| {
+            matches!(r, Err(EncodeError::InvalidValue { reason, .. }) if reason.contains("only field"))
+        };
+        let r = enc.encode_item(&Item::Handshake(Box::new(h)), &mut wire);
+        prop_assume!(!lone_empty(&r));
+        r.unwrap();
         for (it, data, chunk) in &items {
-            enc.encode_item(it, &mut wire).unwrap();
+            let r = enc.encode_item(it, &mut wire);
+            if lone_empty(&r) {
+                // Not representable on the wire; the encoder wrote nothing.
+                continue;
+            }
+            r.unwrap();
             want.push(OwnedEvent::Item(it.clone()));
             if it.has_body() {
                 for c in data.chunks(*chunk) {

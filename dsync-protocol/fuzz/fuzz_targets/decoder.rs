@@ -4,7 +4,7 @@
 #![no_main]
 
 use dsync_protocol::decode::push_owned;
-use dsync_protocol::{encode_events, DecodeError, Decoder, DecoderConfig, OwnedEvent};
+use dsync_protocol::{encode_events, DecodeError, Decoder, DecoderConfig, EncodeError, OwnedEvent};
 use libfuzzer_sys::fuzz_target;
 
 fn config() -> DecoderConfig {
@@ -43,7 +43,14 @@ fuzz_target!(|data: &[u8]| {
     let parts = run(&[&input[..k], &input[k..]]);
     assert_eq!(whole, parts, "split at {k} changed the result");
     if let (events, None) = &whole {
-        let bytes = encode_events(events).expect("decoded events must re-encode");
+        let bytes = match encode_events(events) {
+            Ok(b) => b,
+            // The one value the line format cannot carry (see Encoder).
+            Err(EncodeError::InvalidValue { reason, .. }) if reason.contains("only field") => {
+                return
+            }
+            Err(e) => panic!("decoded events must re-encode: {e}"),
+        };
         let again = run(&[&bytes]);
         assert_eq!(&again.0, events, "re-encoded stream decodes differently");
         assert!(again.1.is_none(), "re-encoded stream fails: {:?}", again.1);
