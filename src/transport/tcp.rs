@@ -381,10 +381,11 @@ impl<R: AsyncRead + Unpin> AsyncRead for DemuxReader<R> {
             this.raw.resize(16 * 1024, 0);
             this.raw_pos = 0;
             let mut rb = ReadBuf::new(&mut this.raw);
-            let res = ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb));
+            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
             let n = rb.filled().len();
+            // Keep only what was read: on Pending (or error) nothing is buffered.
             this.raw.truncate(n);
-            res?;
+            ready!(polled)?;
             if n == 0 {
                 if !this.demux.at_frame_boundary() {
                     return Poll::Ready(Err(TransportError::Eof {

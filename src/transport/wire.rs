@@ -507,7 +507,7 @@ impl ReplyParser {
             }
         }
         let status = match self.status_line.split_first() {
-            Some((b'+', rest)) if rest.is_empty() => ReplyStatus::Success,
+            Some((b'+', [])) => ReplyStatus::Success,
             Some((b'-', code)) => ReplyStatus::Failure(String::from_utf8_lossy(code).into_owned()),
             _ => {
                 return Err(WireError::InvalidReplyStatus(

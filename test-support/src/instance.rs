@@ -70,6 +70,9 @@ pub struct InstanceOptions {
     pub tls: bool,
     /// Use this CA instead of generating one per instance (share it between instances).
     pub ca: Option<Arc<TestCa>>,
+    /// `mail_attribute_dict = file:%h/dovecot-attributes` (mailbox METADATA,
+    /// synced by dsync as `A` items). On by default.
+    pub mail_attributes: bool,
     /// Lines appended verbatim to `dovecot.conf`.
     pub extra_conf: String,
 }
@@ -88,6 +91,7 @@ impl Default for InstanceOptions {
             doveadm_password: "homing-test-secret".into(),
             tls: false,
             ca: None,
+            mail_attributes: true,
             extra_conf: String::new(),
         }
     }
@@ -132,6 +136,10 @@ impl InstanceOptions {
     }
     pub fn ca(mut self, ca: Arc<TestCa>) -> Self {
         self.ca = Some(ca);
+        self
+    }
+    pub fn mail_attributes(mut self, on: bool) -> Self {
+        self.mail_attributes = on;
         self
     }
     pub fn extra_conf(mut self, lines: impl Into<String>) -> Self {
@@ -419,6 +427,9 @@ impl DovecotInstance {
             );
         } else {
             c.push_str("ssl = no\n");
+        }
+        if opts.mail_attributes {
+            c.push_str("mail_attribute_dict = file:%h/dovecot-attributes\n");
         }
         if !opts.extra_conf.is_empty() {
             c.push_str(&opts.extra_conf);
