@@ -412,3 +412,33 @@ async fn stalled_peers_hit_the_idle_timeout() {
         "{outcome}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remoteprefix_sends_the_user_line_first() {
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    // A trusted wrapper that reads the user name, then becomes the server.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nread u\nexec {} -c {} dsync-server -u \"$u\"\n",
+            test_support::DOVEADM,
+            inst.config_path().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dest = Destination::parse(&["remoteprefix:somehost".to_string()]).unwrap();
+    let opts = OpenOptions {
+        user: Some("dave".into()),
+        remote_cmd: format!("{} %{{host}}", wrapper.display()),
+        ..OpenOptions::default()
+    };
+    let stream = transport::open(&dest, &opts).await.unwrap();
+    let (out, outcome) = replay(stream).await;
+    check_full_session(&out);
+    outcome.unwrap();
+    check_replica(&inst, "dave");
+}
