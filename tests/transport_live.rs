@@ -98,6 +98,20 @@ fn check_replica(inst: &DovecotInstance, user: &str) {
 
 fn check_full_session(out: &[u8]) {
     check_server_handshake(out);
+    // The whole server stream decodes with the dsync codec: VERSION, tables,
+    // H, …, F, X.
+    use homing::protocol::{decode_all, DecoderConfig, Item, OwnedEvent};
+    let events = decode_all(out, DecoderConfig::default()).expect("server stream decodes");
+    assert!(matches!(events.first(), Some(OwnedEvent::Version(_))));
+    assert!(matches!(events.get(1), Some(OwnedEvent::Tables(_))));
+    assert!(matches!(
+        events.get(2),
+        Some(OwnedEvent::Item(Item::Handshake(_)))
+    ));
+    let n = events.len();
+    assert!(n > 4);
+    assert!(matches!(&events[n - 2], OwnedEvent::Item(Item::Finish(_))));
+    assert!(matches!(&events[n - 1], OwnedEvent::Item(Item::Done)));
     assert!(
         out.ends_with(b"F\nX\n"),
         "session must end with F and X: {:?}",
