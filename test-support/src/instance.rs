@@ -616,6 +616,15 @@ impl DovecotInstance {
             self.tls_port.expect("instance started without tls"),
         ))
     }
+    /// `tcp:127.0.0.1:PORT`, a `doveadm sync` destination; panics without `doveadm_tcp`.
+    pub fn tcp_destination(&self) -> String {
+        format!("tcp:{}", self.tcp_addr())
+    }
+    /// `tcps:127.0.0.1:PORT`; panics without `tls`. The client must trust
+    /// [`ca_path`](Self::ca_path) (`-o ssl_client_ca_file=...` for doveadm).
+    pub fn tcps_destination(&self) -> String {
+        format!("tcps:{}", self.tls_addr())
+    }
     /// `doveadm_password`.
     pub fn doveadm_password(&self) -> &str {
         &self.doveadm_password
@@ -691,10 +700,10 @@ impl DovecotInstance {
         })
     }
 
-    /// Runs a mail command for one user: `doveadm [GLOBAL] CMD -u USER REST...`
-    /// where `args[0]` is the command word(s) up to the first argument starting
-    /// with something else. Simpler form: `doveadm_user("bob", &["mailbox", "list"])`
-    /// becomes `doveadm mailbox list -u bob`. Errors on a non-zero exit status.
+    /// Runs a mail command for one user and returns its stdout: `-u USER` is
+    /// put right after the command words, so `doveadm_user("bob", &["mailbox",
+    /// "status", "messages", "INBOX"])` runs `doveadm mailbox status -u bob
+    /// messages INBOX`. Errors on a non-zero exit status.
     pub fn doveadm_user(&self, user: &str, args: &[&str]) -> Result<String, HarnessError> {
         // doveadm takes command options right after the command words; the
         // command words are the leading arguments without '-' that name a
