@@ -793,6 +793,68 @@ mod tests {
         assert!(text.ends_with("[truncated]"));
     }
 
+    proptest::proptest! {
+        /// Any frame sequence split anywhere demultiplexes to the same channel
+        /// 0 bytes and log lines as the frames that were encoded.
+        #[test]
+        fn demux_is_split_independent(
+            frames in proptest::collection::vec(
+                (proptest::prop_oneof![proptest::strategy::Just(0u8), proptest::strategy::Just(b'L'), proptest::strategy::Just(b'Q')],
+                 proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+                0..20),
+            chunk in 1usize..64,
+            max in 1usize..64,
+        ) {
+            let mut wire = Vec::new();
+            let mut want0 = Vec::new();
+            let mut want_logs = Vec::new();
+            for (ch, payload) in &frames {
+                if *ch == b'L' {
+                    // Log payloads are whole lines: level byte, text, LF.
+                    let text: Vec<u8> = payload.iter().map(|b| if *b == b'\n' { b' ' } else { *b }).collect();
+                    let text = String::from_utf8_lossy(&text).into_owned();
+                    encode_log(LogLevel::Info, &text, &mut wire);
+                    want_logs.push(2u8);
+                    want_logs.extend_from_slice(text.as_bytes());
+                    want_logs.push(b'\n');
+                } else {
+                    encode_frame(*ch, payload, &mut wire);
+                    if *ch == 0 {
+                        want0.extend_from_slice(payload);
+                    }
+                }
+            }
+            let (ch0, logs) = demux_all(&wire, chunk, max);
+            proptest::prop_assert_eq!(ch0, want0);
+            proptest::prop_assert_eq!(logs, want_logs);
+        }
+
+        /// Garbage never panics and every byte is accounted for.
+        #[test]
+        fn demux_survives_garbage(data in proptest::collection::vec(proptest::num::u8::ANY, 0..2000)) {
+            let mut d = Demuxer::new();
+            let mut off = 0;
+            let mut guard = 0;
+            while off < data.len() {
+                let (used, ev) = d.next(&data[off..], 17);
+                off += used;
+                if ev.is_none() {
+                    proptest::prop_assert_eq!(off, data.len());
+                }
+                guard += 1;
+                proptest::prop_assert!(guard <= data.len() + 1);
+            }
+            let mut rp = ReplyParser::new();
+            let _ = rp.push(&data);
+            let mut hs = ClientHandshake::new("doveadm", Some("pw"), Vec::new());
+            for line in data.split(|b| *b == b'\n') {
+                if hs.on_line(line).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
     #[test]
     fn reply_parser_rejects_bad_status_and_bounds_fields() {
         assert!(matches!(
