@@ -70,6 +70,9 @@ pub struct InstanceOptions {
     pub tls: bool,
     /// Use this CA instead of generating one per instance (share it between instances).
     pub ca: Option<Arc<TestCa>>,
+    /// `mail_attribute_dict = file:%h/dovecot-attributes` (mailbox METADATA,
+    /// synced by dsync as `A` items). On by default.
+    pub mail_attributes: bool,
     /// Lines appended verbatim to `dovecot.conf`.
     pub extra_conf: String,
 }
@@ -88,6 +91,7 @@ impl Default for InstanceOptions {
             doveadm_password: "homing-test-secret".into(),
             tls: false,
             ca: None,
+            mail_attributes: true,
             extra_conf: String::new(),
         }
     }
@@ -132,6 +136,10 @@ impl InstanceOptions {
     }
     pub fn ca(mut self, ca: Arc<TestCa>) -> Self {
         self.ca = Some(ca);
+        self
+    }
+    pub fn mail_attributes(mut self, on: bool) -> Self {
+        self.mail_attributes = on;
         self
     }
     pub fn extra_conf(mut self, lines: impl Into<String>) -> Self {
@@ -180,7 +188,12 @@ impl DoveadmOutput {
 }
 
 /// Why Dovecot cannot be used for tests on this machine, or None when it can.
+/// Setting `HOMING_NO_DOVECOT` makes Dovecot count as unavailable (to check
+/// the skip path).
 pub fn dovecot_unavailable_reason() -> Option<String> {
+    if std::env::var_os("HOMING_NO_DOVECOT").is_some() {
+        return Some("HOMING_NO_DOVECOT is set".into());
+    }
     for bin in [DOVECOT, DOVEADM] {
         if !Path::new(bin).exists() {
             return Some(format!(
@@ -210,7 +223,13 @@ pub fn require_dovecot(name: &str) -> bool {
             {
                 panic!("{name}: Dovecot is required under CI but unavailable: {reason}");
             }
-            eprintln!("SKIPPED {name}: Dovecot unavailable: {reason}");
+            // Written to the real stderr, not through eprintln!, which the
+            // test harness captures and hides for passing tests.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {name}: Dovecot unavailable: {reason}"
+            );
             false
         }
     }
@@ -420,6 +439,9 @@ impl DovecotInstance {
         } else {
             c.push_str("ssl = no\n");
         }
+        if opts.mail_attributes {
+            c.push_str("mail_attribute_dict = file:%h/dovecot-attributes\n");
+        }
         if !opts.extra_conf.is_empty() {
             c.push_str(&opts.extra_conf);
             c.push('\n');
@@ -594,6 +616,15 @@ impl DovecotInstance {
             self.tls_port.expect("instance started without tls"),
         ))
     }
+    /// `tcp:127.0.0.1:PORT`, a `doveadm sync` destination; panics without `doveadm_tcp`.
+    pub fn tcp_destination(&self) -> String {
+        format!("tcp:{}", self.tcp_addr())
+    }
+    /// `tcps:127.0.0.1:PORT`; panics without `tls`. The client must trust
+    /// [`ca_path`](Self::ca_path) (`-o ssl_client_ca_file=...` for doveadm).
+    pub fn tcps_destination(&self) -> String {
+        format!("tcps:{}", self.tls_addr())
+    }
     /// `doveadm_password`.
     pub fn doveadm_password(&self) -> &str {
         &self.doveadm_password
@@ -669,10 +700,10 @@ impl DovecotInstance {
         })
     }
 
-    /// Runs a mail command for one user: `doveadm [GLOBAL] CMD -u USER REST...`
-    /// where `args[0]` is the command word(s) up to the first argument starting
-    /// with something else. Simpler form: `doveadm_user("bob", &["mailbox", "list"])`
-    /// becomes `doveadm mailbox list -u bob`. Errors on a non-zero exit status.
+    /// Runs a mail command for one user and returns its stdout: `-u USER` is
+    /// put right after the command words, so `doveadm_user("bob", &["mailbox",
+    /// "status", "messages", "INBOX"])` runs `doveadm mailbox status -u bob
+    /// messages INBOX`. Errors on a non-zero exit status.
     pub fn doveadm_user(&self, user: &str, args: &[&str]) -> Result<String, HarnessError> {
         // doveadm takes command options right after the command words; the
         // command words are the leading arguments without '-' that name a

@@ -44,7 +44,10 @@ pub use tls::{IssuedCert, TestCa};
 #[macro_export]
 macro_rules! dovecot_or_skip {
     ($opts:expr) => {{
-        if !$crate::require_dovecot(module_path!()) {
+        fn __test_name_probe() {}
+        let name = ::std::any::type_name_of_val(&__test_name_probe);
+        let name = name.strip_suffix("::__test_name_probe").unwrap_or(name);
+        if !$crate::require_dovecot(name) {
             return;
         }
         match $crate::DovecotInstance::start($opts) {

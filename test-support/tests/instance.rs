@@ -75,7 +75,8 @@ fn two_instances_sync_over_tcp_and_match() {
     assert!(b.snapshot("bob").unwrap().mailboxes.is_empty());
 
     // A real dsync over the doveadm protocol: A's doveadm is the client, B's doveadm-server the peer.
-    let dest = format!("tcp:127.0.0.1:{}", b.port().unwrap());
+    let dest = b.tcp_destination();
+    assert_eq!(dest, format!("tcp:127.0.0.1:{}", b.port().unwrap()));
     let out = a.doveadm(["sync", "-u", "bob", &dest]).unwrap();
     assert!(out.success(), "doveadm sync failed: {}", out.stderr_str());
 
@@ -156,5 +157,17 @@ fn tls_listener_and_snapshot_options() {
     assert_eq!(quick.message_count(), 5);
     assert!(quick.mails.iter().all(|m| m.sha256.is_none()));
     assert!(inst.populate("nobody-here", &mails).is_err());
+
+    // Real doveadm over the TLS listener, trusting the instance's test CA.
+    let client = dovecot_or_skip!(InstanceOptions::new().users(&["zoe"]));
+    let ca_opt = format!("ssl_client_ca_file={}", ca.display());
+    let out = client
+        .doveadm(["-o", &ca_opt, "sync", "-u", "zoe", &inst.tcps_destination()])
+        .unwrap();
+    assert!(out.success(), "tcps sync failed: {}", out.stderr_str());
+    inst.snapshot("zoe")
+        .unwrap()
+        .assert_same(&client.snapshot("zoe").unwrap(), "after tcps sync");
     inst.assert_log_clean();
+    client.assert_log_clean();
 }
