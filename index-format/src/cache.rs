@@ -1220,6 +1220,22 @@ fn field_json(cache: &Cache<'_>, fd: &FieldData<'_>) -> Value {
     v
 }
 
+/// The fields of one message's record chain (newest record first), rendered
+/// as in [`to_json`]'s records; a broken link ends the list with an `error`.
+pub fn chain_json(cache: &Cache<'_>, offset: u32) -> Value {
+    let mut fields = Vec::new();
+    for fd in cache.record_chain(offset) {
+        match fd {
+            Ok(fd) => fields.push(field_json(cache, &fd)),
+            Err(e) => {
+                fields.push(json!({ "error": e.to_string() }));
+                break;
+            }
+        }
+    }
+    Value::Array(fields)
+}
+
 /// Renders a parsed cache as the JSON value documented in `docs/dump-json.md`.
 pub fn to_json(cache: &Cache<'_>) -> Value {
     let h = cache.header();

@@ -44,7 +44,7 @@ pub fn dump(path: &Path, kind: Option<FileKind>) -> Result<(FileKind, serde_json
     let value = match kind {
         FileKind::Index => crate::index::dump(path)?,
         FileKind::Log => crate::log::dump(path)?,
-        FileKind::Cache => crate::cache::dump(path)?,
+        FileKind::Cache => cache_with_messages(path)?,
         FileKind::Uidlist
         | FileKind::Keywords
         | FileKind::Uidvalidity
@@ -55,4 +55,46 @@ pub fn dump(path: &Path, kind: Option<FileKind>) -> Result<(FileKind, serde_json
         FileKind::Attributes => crate::attributes::dump(path)?,
     };
     Ok((kind, value))
+}
+
+/// The cache dump, plus each message's fields by UID when the mailbox's
+/// `dovecot.index` lies beside the cache (as `doveadm dump` shows them).
+fn cache_with_messages(path: &Path) -> Result<serde_json::Value> {
+    let mut value = crate::cache::dump(path)?;
+    let Some(index_path) = path
+        .to_str()
+        .and_then(|p| p.strip_suffix(".cache"))
+        .map(std::path::PathBuf::from)
+    else {
+        return Ok(value);
+    };
+    if !index_path.exists() {
+        return Ok(value);
+    }
+    // The index is optional context: a broken one leaves the cache dump as it is.
+    let Ok(view) = crate::view::MailboxView::open(&index_path) else {
+        return Ok(value);
+    };
+    let file = crate::cache::CacheFile::open(path)?;
+    let cache = file.cache()?;
+    let reset_id = view.extension("cache").map(|e| e.reset_id).unwrap_or(0);
+    let matches = cache.matches_index(view.header().indexid, reset_id);
+    let mut messages = Vec::new();
+    if matches {
+        for msg in view.messages() {
+            let Some(offset) = msg.cache_offset().filter(|o| *o != 0) else {
+                continue;
+            };
+            messages.push(serde_json::json!({
+                "uid": msg.uid(),
+                "offset": offset,
+                "fields": crate::cache::chain_json(&cache, offset),
+            }));
+        }
+    }
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("index_matches".into(), matches.into());
+        obj.insert("messages".into(), messages.into());
+    }
+    Ok(value)
 }
