@@ -855,3 +855,152 @@ async fn sync_request_times_out_when_nothing_can_run() {
     assert!(runner.calls().is_empty());
     daemon.shutdown().await.unwrap();
 }
+
+/// Spec 5.3 and 7.3.11: a stock Dovecot with `mail_plugins = notify
+/// replication` and its own aggregator feeds homing's `replicator` socket.
+/// Saving mail with `replication_sync_timeout` set goes through the `sync`
+/// path (answered after homing's sync finished); without it, `high` arrives
+/// asynchronously through the FIFO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_mail_processes_and_aggregator_feed_homing() {
+    if !have_dovecot() {
+        eprintln!("dovecot not installed; skipping");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let passwd = tmp.path().join("passwd");
+    write_passwd(&passwd);
+
+    // homing first: the aggregator connects to its socket lazily.
+    let hdir = tmp.path().join("homing");
+    std::fs::create_dir_all(hdir.join("run")).unwrap();
+    std::fs::create_dir_all(hdir.join("state")).unwrap();
+    let mut config = ReplicatorConfig::with_dirs(&hdir.join("run"), &hdir.join("state"));
+    config.max_conns = 1;
+    config.doveadm_server_socket = None;
+    config.aggregator_fifo = None;
+    config.aggregator_socket = None;
+    let runner = RecordingRunner::new(
+        SyncOutcome::Ok {
+            state: "AQAAAHm4+Jk=".into(),
+        },
+        Duration::from_millis(200),
+    );
+    let daemon = Daemon::start(config, Arc::new(runner.clone()), Arc::new(SystemClock))
+        .await
+        .unwrap();
+
+    let real_dir = tmp.path().join("real");
+    for d in ["run", "state", "log", "home"] {
+        std::fs::create_dir_all(real_dir.join(d)).unwrap();
+    }
+    let _ = Command::new("chown")
+        .arg("5000:5000")
+        .arg(real_dir.join("home"))
+        .status();
+    let d = real_dir.display();
+    let conf = format!(
+        "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/log/dovecot.log\n\
+         instance_name = homing-agg-{pid}\nlisten = 127.0.0.1\nprotocols =\nssl = no\n\
+         default_internal_user = root\ndefault_internal_group = root\n\
+         default_login_user = dovenull\nfirst_valid_uid = 1\n\
+         mail_location = maildir:~/Maildir\nmail_plugins = $mail_plugins notify replication\n\
+         passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {passwd}\n}}\n\
+         userdb {{\n  driver = passwd-file\n  args = {passwd}\n  default_fields = uid=5000 gid=5000 home={d}/home/%u\n}}\n\
+         plugin {{\n  mail_replica = tcp:127.0.0.1:1\n  replication_sync_timeout = 3\n}}\n\
+         replicator_host = {h}/run/replicator\n\
+         service aggregator {{\n  chroot =\n  fifo_listener replication-notify-fifo {{\n    mode = 0666\n  }}\n  unix_listener replication-notify {{\n    mode = 0666\n  }}\n}}\n",
+        pid = std::process::id(),
+        passwd = passwd.display(),
+        h = hdir.display()
+    );
+    std::fs::write(real_dir.join("dovecot.conf"), conf).unwrap();
+    let st = Command::new("/usr/sbin/dovecot")
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .arg("-c")
+        .arg(real_dir.join("dovecot.conf"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let real = RealDovecot {
+        dir: real_dir.clone(),
+    };
+    for _ in 0..50 {
+        if real.run_dir().join("auth-userdb").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let save = |user: &str, extra: &[&str]| -> (i32, Duration) {
+        use std::process::Stdio;
+        let t = std::time::Instant::now();
+        let mut cmd = Command::new("doveadm");
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .arg("-c")
+            .arg(real.conf())
+            .args(extra)
+            .args(["save", "-u", user])
+            .stdin(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n")
+            .unwrap();
+        let st = child.wait().unwrap();
+        (st.code().unwrap_or(-1), t.elapsed())
+    };
+
+    // Sync path: the save waits for homing's sync of bob, then returns.
+    let (code, took) = tokio::task::block_in_place(|| save("bob", &[]));
+    assert_eq!(code, 0);
+    let calls = runner.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].username, "bob");
+    assert!(
+        took < Duration::from_millis(2900),
+        "answered before the plugin's timeout: {took:?}"
+    );
+    let log = std::fs::read_to_string(real_dir.join("log/dovecot.log")).unwrap_or_default();
+    assert!(!log.contains("Sync failure"), "{log}");
+
+    // Asynchronous path: high through the FIFO and the aggregator.
+    let (code, _) =
+        tokio::task::block_in_place(|| save("alice", &["-o", "plugin/replication_sync_timeout=0"]));
+    assert_eq!(code, 0);
+    let mut seen = false;
+    for _ in 0..50 {
+        if runner.calls().iter().any(|c| c.username == "alice") {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "alice's high notification reached homing");
+    let st = client::run(
+        &hdir.join("run/replicator-doveadm"),
+        &ClientCommand::Status {
+            mask: Some("*".into()),
+        },
+        Some(Formatter::Tab),
+        80,
+    )
+    .await;
+    let users: Vec<&str> = st
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').next().unwrap_or(""))
+        .collect();
+    let mut users = users;
+    users.sort();
+    assert_eq!(users, ["alice", "bob"]);
+    tokio::task::block_in_place(|| real.stop());
+    daemon.shutdown().await.unwrap();
+}

@@ -75,7 +75,7 @@ pub fn render(fmt: Formatter, columns: &[Column], rows: &[Vec<String>], width: u
     }
 }
 
-fn cell<'a>(row: &'a [String], i: usize) -> &'a str {
+fn cell(row: &[String], i: usize) -> &str {
     row.get(i).map(String::as_str).unwrap_or("")
 }
 
