@@ -1004,3 +1004,162 @@ async fn real_mail_processes_and_aggregator_feed_homing() {
     tokio::task::block_in_place(|| real.stop());
     daemon.shutdown().await.unwrap();
 }
+
+/// homing's scheduler running real syncs through a real Dovecot
+/// `doveadm-server` socket (`DoveadmServerRunner`, the same command line as
+/// Dovecot's replicator), with a per-user local `mail_replica`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_through_real_doveadm_server() {
+    if !have_dovecot() {
+        eprintln!("dovecot not installed; skipping");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let real_dir = tmp.path().join("real");
+    for d in ["run", "state", "log", "home", "replica"] {
+        std::fs::create_dir_all(real_dir.join(d)).unwrap();
+    }
+    for d in ["home", "replica"] {
+        let _ = Command::new("chown")
+            .arg("5000:5000")
+            .arg(real_dir.join(d))
+            .status();
+    }
+    let d = real_dir.display();
+    let passwd = tmp.path().join("passwd");
+    std::fs::write(
+        &passwd,
+        format!("bob:{{PLAIN}}pw::::::userdb_mail_replica=maildir:{d}/replica/bob\n"),
+    )
+    .unwrap();
+    let conf = format!(
+        "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/log/dovecot.log\n\
+         instance_name = homing-dsrv-{pid}\nlisten = 127.0.0.1\nprotocols =\nssl = no\n\
+         default_internal_user = root\ndefault_internal_group = root\n\
+         default_login_user = dovenull\nfirst_valid_uid = 1\n\
+         mail_location = maildir:~/Maildir\n\
+         passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {passwd}\n}}\n\
+         userdb {{\n  driver = passwd-file\n  args = {passwd}\n  default_fields = uid=5000 gid=5000 home={d}/home/%u\n}}\n",
+        pid = std::process::id(),
+        passwd = passwd.display(),
+    );
+    std::fs::write(real_dir.join("dovecot.conf"), conf).unwrap();
+    let st = Command::new("/usr/sbin/dovecot")
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .arg("-c")
+        .arg(real_dir.join("dovecot.conf"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let real = RealDovecot {
+        dir: real_dir.clone(),
+    };
+    for _ in 0..50 {
+        if real.run_dir().join("doveadm-server").exists()
+            && real.run_dir().join("auth-userdb").exists()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One message for bob.
+    tokio::task::block_in_place(|| {
+        use std::process::Stdio;
+        let mut child = Command::new("doveadm")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .arg("-c")
+            .arg(real.conf())
+            .args(["save", "-u", "bob"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n")
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    });
+
+    let hdir = tmp.path().join("homing");
+    std::fs::create_dir_all(hdir.join("run")).unwrap();
+    std::fs::create_dir_all(hdir.join("state")).unwrap();
+    let mut config = ReplicatorConfig::with_dirs(&hdir.join("run"), &hdir.join("state"));
+    config.max_conns = 2;
+    config.userdb_passwd_file = Some(passwd.clone());
+    // A local replica, so no -N (that needs a remote).
+    let runner = homing::replicator::runner::DoveadmServerRunner::new(
+        real.run_dir().join("doveadm-server"),
+        "-d -l 30 -U",
+    );
+    let daemon = Daemon::start(config, Arc::new(runner), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let sock = hdir.join("run/replicator-doveadm");
+    // zed is unknown to the userdb: its sync answers NOUSER and it is dropped.
+    client::run(
+        &sock,
+        &ClientCommand::Replicate {
+            priority: "high".into(),
+            full: false,
+            mask: "zed".into(),
+        },
+        None,
+        80,
+    )
+    .await;
+    let mut bob_state = None;
+    for _ in 0..100 {
+        let recs = daemon.records();
+        let bob = recs.iter().find(|r| r.username == "bob").cloned();
+        let zed_gone = !recs.iter().any(|r| r.username == "zed");
+        if let Some(b) = bob.filter(|b| b.last_successful_sync != 0) {
+            if zed_gone {
+                bob_state = Some(b);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bob = bob_state.expect("bob synced and zed removed");
+    assert!(!bob.last_sync_failed);
+    let state = bob.state.expect("a dsync state came back");
+    assert!(state.starts_with("AQAAA"), "{state}");
+    // The replica received the message.
+    let replica_new = real_dir.join("replica/bob");
+    let count = walk_files(&replica_new)
+        .iter()
+        .filter(|p| {
+            let s = p.to_string_lossy();
+            (s.contains("/cur/") || s.contains("/new/")) && !s.contains("dovecot")
+        })
+        .count();
+    assert_eq!(count, 1, "one message in the replica");
+
+    daemon.shutdown().await.unwrap();
+    tokio::task::block_in_place(|| real.stop());
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -66,20 +66,26 @@ enum ReplicatorCommand {
         /// none, low, high or sync.
         #[arg(short = 'p', default_value = "low")]
         priority: String,
-        mask: String,
+        mask: Option<String>,
     },
     /// Add users (a mask is matched against the userdb listing).
     Add {
         #[command(flatten)]
         socket: SocketArgs,
-        mask: String,
+        mask: Option<String>,
     },
     /// Remove a user from the queue.
     Remove {
         #[command(flatten)]
         socket: SocketArgs,
-        user: String,
+        user: Option<String>,
     },
+}
+
+/// Prints a usage line like doveadm does for a missing argument; exit 64.
+fn usage(line: &str) -> u8 {
+    eprintln!("homing replicator {line}");
+    64
 }
 
 /// Fails every sync: used when no doveadm-server socket is configured.
@@ -220,19 +226,26 @@ pub fn run(args: ReplicatorArgs) -> u8 {
             full,
             priority,
             mask,
-        } => client_command(
-            &socket,
-            ClientCommand::Replicate {
-                priority,
-                full,
-                mask,
-            },
-        ),
-        ReplicatorCommand::Add { socket, mask } => {
-            client_command(&socket, ClientCommand::Add { mask })
-        }
-        ReplicatorCommand::Remove { socket, user } => {
-            client_command(&socket, ClientCommand::Remove { user })
-        }
+        } => match mask {
+            Some(mask) => client_command(
+                &socket,
+                ClientCommand::Replicate {
+                    priority,
+                    full,
+                    mask,
+                },
+            ),
+            None => {
+                usage("replicate [-a <replicator socket path>] [-f] [-p <priority>] <user mask>")
+            }
+        },
+        ReplicatorCommand::Add { socket, mask } => match mask {
+            Some(mask) => client_command(&socket, ClientCommand::Add { mask }),
+            None => usage("add [-a <replicator socket path>] <user mask>"),
+        },
+        ReplicatorCommand::Remove { socket, user } => match user {
+            Some(user) => client_command(&socket, ClientCommand::Remove { user }),
+            None => usage("remove [-a <replicator socket path>] <username>"),
+        },
     }
 }
