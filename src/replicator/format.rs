@@ -84,37 +84,41 @@ fn char_len(s: &str) -> usize {
 }
 
 fn table_widths(columns: &[Column], rows: &[Vec<String>], term_width: usize) -> Vec<usize> {
+    // Each column starts at its title length; the minimum is the shortest
+    // value (or the title), the width the longest.
     let mut widths: Vec<usize> = columns.iter().map(|c| char_len(c.title)).collect();
-    let mins = widths.clone();
+    let mut mins = widths.clone();
     for row in rows {
-        for (i, w) in widths.iter_mut().enumerate() {
-            *w = (*w).max(char_len(cell(row, i)));
+        for i in 0..widths.len() {
+            let len = char_len(cell(row, i));
+            mins[i] = mins[i].min(len);
+            widths[i] = widths[i].max(len);
         }
     }
-    let total = |w: &[usize]| w.iter().sum::<usize>() + w.len().saturating_sub(1);
-    let mut sum = total(&widths);
-    if sum > term_width {
-        // Shrink from the last column backwards, each giving up half of its
-        // slack unless it can absorb the whole excess.
-        let mut excess = sum - term_width;
+    let mut total = widths.iter().sum::<usize>() + widths.len().saturating_sub(1);
+    // Too wide: one pass from the last column backwards. A column whose
+    // slack covers the excess takes all of it; others give up half their
+    // slack (which, as in doveadm, does not count towards the total).
+    while total > term_width {
+        let before = total;
         for i in (0..widths.len()).rev() {
-            if excess == 0 {
+            let slack = widths[i] - mins[i];
+            if total - slack <= term_width {
+                let cut = total - term_width;
+                widths[i] -= cut;
+                total -= cut;
                 break;
             }
-            let slack = widths[i] - mins[i];
-            if slack >= excess {
-                widths[i] -= excess;
-                excess = 0;
-            } else {
-                let give = slack / 2;
-                widths[i] -= give;
-                excess -= give;
+            if slack > 0 {
+                widths[i] -= if slack == 1 { 1 } else { slack / 2 };
             }
         }
-        sum = total(&widths);
+        if total == before {
+            break;
+        }
     }
-    if sum < term_width && !widths.is_empty() {
-        let extra = (term_width - sum) / 2;
+    if total < term_width && !widths.is_empty() {
+        let extra = (term_width - total) / 2;
         let idx = columns
             .iter()
             .position(|c| c.expand)
@@ -129,11 +133,10 @@ fn table_row(out: &mut String, values: &[&str], widths: &[usize]) {
         if i > 0 {
             out.push(' ');
         }
+        // Values are padded but never cut, even when the column shrank.
         let v = values.get(i).copied().unwrap_or("");
-        let taken: String = v.chars().take(*w).collect();
-        let len = char_len(&taken);
-        out.push_str(&taken);
-        out.extend(std::iter::repeat_n(' ', w - len));
+        out.push_str(v);
+        out.extend(std::iter::repeat_n(' ', w.saturating_sub(char_len(v))));
     }
     out.push('\n');
 }
@@ -348,9 +351,20 @@ mod tests {
     fn narrow_terminal_shrinks_from_the_end() {
         let cols = [Column::new("a"), Column::new("b")];
         let long = "x".repeat(50);
-        let out = render(Formatter::Table, &cols, &rows(&[&[&long, &long]]), 80);
-        let first = out.lines().nth(1).unwrap();
-        assert_eq!(char_len(first), 80);
+        let r = rows(&[&[&long, &long], &["y", "y"]]);
+        let out = render(Formatter::Table, &cols, &r, 80);
+        let mut lines = out.lines();
+        // Column b (slack 49) absorbs the whole excess of 21: width 29; the
+        // long value is not cut.
+        assert_eq!(
+            lines.next().unwrap(),
+            format!("a{} b{}", " ".repeat(49), " ".repeat(28))
+        );
+        assert_eq!(lines.next().unwrap(), format!("{long} {long}"));
+        assert_eq!(
+            lines.next().unwrap(),
+            format!("y{} y{}", " ".repeat(49), " ".repeat(28))
+        );
     }
 
     #[test]
