@@ -1165,3 +1165,48 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_is_dumped_periodically_with_mode_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("run")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("state")).unwrap();
+    let mut config =
+        ReplicatorConfig::with_dirs(&tmp.path().join("run"), &tmp.path().join("state"));
+    config.max_conns = 0;
+    config.dump_interval = 1;
+    config.doveadm_server_socket = None;
+    let runner = RecordingRunner::new(
+        SyncOutcome::Ok {
+            state: String::new(),
+        },
+        Duration::ZERO,
+    );
+    let daemon = Daemon::start(config, Arc::new(runner), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let r = client::run(
+        &tmp.path().join("run/replicator-doveadm"),
+        &ClientCommand::Replicate {
+            priority: "high".into(),
+            full: false,
+            mask: "bob".into(),
+        },
+        None,
+        80,
+    )
+    .await;
+    assert_eq!(r.stdout, "1 users updated\n");
+    let db = tmp.path().join("state/replicator.db");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = std::fs::read_to_string(&db).expect("dumped without a shutdown");
+    assert!(text.starts_with("bob\t2\t"), "{text}");
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    daemon.shutdown().await.unwrap();
+    // The sockets are gone after a clean stop.
+    assert!(!tmp.path().join("run/replicator-doveadm").exists());
+}
