@@ -227,6 +227,9 @@ fn raw(sock: &Path, lines: &[&str]) -> String {
         if s.write_all(format!("{l}\n").as_bytes()).is_err() {
             break;
         }
+        // Dovecot 2.3.19.1 leaves pipelined lines unread after a `-` reply
+        // until more input arrives; send one request at a time.
+        std::thread::sleep(Duration::from_millis(100));
     }
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
