@@ -309,7 +309,7 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Raw protocol exchanges (spec 7.1.1, 7.1.2) must give the same bytes.
-    let raw_cases: [&[&str]; 7] = [
+    let raw_cases: [&[&str]; 9] = [
         &["VERSION\treplicator-doveadm-client\t1\t0", "STATUS-DSYNC"],
         &["STATUS"],
         &["VERSION\treplicator-doveadm-client\t2\t0", "STATUS"],
@@ -325,6 +325,16 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
             "REPLICATE\tbogus\t\talice",
             "REMOVE\tnobody",
             "STATUS\tnobody*",
+        ],
+        // NOTIFY from a peer (spec 2.6): times set, state stored, prio kept.
+        &[
+            "VERSION\treplicator-doveadm-client\t1\t0",
+            "NOTIFY\tcarol\tf\tSTATE1",
+        ],
+        &[
+            "VERSION\treplicator-doveadm-client\t1\t0",
+            "NOTIFY\tbob\t\tSTATE2",
+            "NOTIFY\tbob",
         ],
     ];
     for case in raw_cases {

@@ -928,4 +928,18 @@ mod tests {
         assert!(q.get("gone").is_none());
         assert_eq!(q.next_due_time(), None);
     }
+
+    #[test]
+    fn changes_during_sync_keep_state_and_requeue() {
+        let mut q = q();
+        q.add("u", 0);
+        let j = q.pop_due(5000).unwrap();
+        q.finish_sync(&j.username, SyncResult::Again { state: "N".into() }, 5001);
+        let r = q.get("u").unwrap();
+        assert_eq!(r.state.as_deref(), Some("N"));
+        assert_eq!(r.priority, Priority::Low);
+        assert!(!r.last_sync_failed);
+        let j = q.pop_due(5002).unwrap();
+        assert_eq!(j.kind, SyncKind::Incremental);
+    }
 }
