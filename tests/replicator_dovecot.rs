@@ -1190,6 +1190,8 @@ async fn database_is_dumped_periodically_with_mode_0600() {
     config.max_conns = 0;
     config.dump_interval = 1;
     config.doveadm_server_socket = None;
+    config.socket_owner = Some((5000, 5000));
+    config.socket_mode = 0o660;
     let runner = RecordingRunner::new(
         SyncOutcome::Ok {
             state: String::new(),
@@ -1211,6 +1213,22 @@ async fn database_is_dumped_periodically_with_mode_0600() {
     )
     .await;
     assert_eq!(r.stdout, "1 users updated\n");
+    {
+        use std::os::unix::fs::MetadataExt;
+        for name in [
+            "replicator-doveadm",
+            "replicator",
+            "replication-notify",
+            "replication-notify-fifo",
+        ] {
+            let m = std::fs::metadata(tmp.path().join("run").join(name)).unwrap();
+            assert_eq!(
+                (m.uid(), m.gid(), m.mode() & 0o777),
+                (5000, 5000, 0o660),
+                "{name}"
+            );
+        }
+    }
     let db = tmp.path().join("state/replicator.db");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let text = std::fs::read_to_string(&db).expect("dumped without a shutdown");

@@ -47,6 +47,9 @@ pub struct ReplicatorConfig {
     pub aggregator_socket: Option<PathBuf>,
     /// Mode of the created sockets and FIFO.
     pub socket_mode: u32,
+    /// Owner (uid, gid) given to the sockets and FIFO, e.g. the mail user, so
+    /// that mail processes can write notifications; `None` = unchanged.
+    pub socket_owner: Option<(u32, u32)>,
     /// Dovecot `doveadm-server` socket used to run syncs; empty = none.
     pub doveadm_server_socket: Option<PathBuf>,
     pub dsync_parameters: String,
@@ -73,6 +76,7 @@ impl Default for ReplicatorConfig {
             queue: QueueSettings::default(),
             dump_interval: 900,
             socket_mode: 0o600,
+            socket_owner: None,
             dsync_parameters: "-d -N -l 30 -U".into(),
             userdb_passwd_file: None,
             userdb_list_command: None,
@@ -185,6 +189,14 @@ impl ReplicatorConfig {
             "socket_mode" => {
                 self.socket_mode = u32::from_str_radix(value.trim(), 8).map_err(|_| bad())?
             }
+            "socket_user" => {
+                self.socket_owner = if value.is_empty() {
+                    None
+                } else {
+                    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+                    Some(resolve_user(&passwd, value).ok_or_else(bad)?)
+                }
+            }
             "userdb_passwd_file" => {
                 self.userdb_passwd_file = (!value.is_empty()).then(|| PathBuf::from(value))
             }
@@ -236,9 +248,34 @@ impl ReplicatorConfig {
     }
 }
 
+/// Finds `user` (a name or a numeric uid) in `/etc/passwd` text and returns
+/// its uid and primary gid. A number not in the file is taken as uid = gid.
+pub fn resolve_user(passwd: &str, user: &str) -> Option<(u32, u32)> {
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 4 {
+            continue;
+        }
+        if f[0] == user || f[2] == user {
+            return Some((f[2].parse().ok()?, f[3].parse().ok()?));
+        }
+    }
+    let n: u32 = user.parse().ok()?;
+    Some((n, n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users() {
+        let pw = "root:x:0:0:root:/root:/bin/sh\nvmail:x:5000:5001::/var/vmail:/usr/sbin/nologin\n";
+        assert_eq!(resolve_user(pw, "vmail"), Some((5000, 5001)));
+        assert_eq!(resolve_user(pw, "5000"), Some((5000, 5001)));
+        assert_eq!(resolve_user(pw, "1234"), Some((1234, 1234)));
+        assert_eq!(resolve_user(pw, "nobody-here"), None);
+    }
 
     #[test]
     fn times() {

@@ -85,7 +85,23 @@ pub struct Daemon {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
+/// Gives a created socket or FIFO its owner and mode.
+fn set_access(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::Listen {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(err)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
+}
+
+fn bind_unix(
+    path: &Path,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<UnixListener, DaemonError> {
     let err = |source| DaemonError::Listen {
         path: path.display().to_string(),
         source,
@@ -104,11 +120,11 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
         }
     }
     let l = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    set_access(path, mode, owner)?;
     Ok(l)
 }
 
-fn make_fifo(path: &Path, mode: u32) -> Result<(), DaemonError> {
+fn make_fifo(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(), DaemonError> {
     let err = |source| DaemonError::Listen {
         path: path.display().to_string(),
         source,
@@ -133,7 +149,7 @@ fn make_fifo(path: &Path, mode: u32) -> Result<(), DaemonError> {
             }
         }
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
+    set_access(path, mode, owner)
 }
 
 /// Loads the userdb listing (failures are logged, as Dovecot does).
@@ -202,22 +218,23 @@ impl Daemon {
             metrics_addr: None,
         };
         let mode = config.socket_mode;
+        let owner = config.socket_owner;
 
-        let l = bind_unix(&config.doveadm_socket, mode)?;
+        let l = bind_unix(&config.doveadm_socket, mode, owner)?;
         daemon.socket_paths.push(config.doveadm_socket.clone());
         daemon.spawn_accept(l, serve_doveadm);
         if let Some(p) = &config.notify_socket {
-            let l = bind_unix(p, mode)?;
+            let l = bind_unix(p, mode, owner)?;
             daemon.socket_paths.push(p.clone());
             daemon.spawn_accept(l, serve_notify);
         }
         if let Some(p) = &config.aggregator_socket {
-            let l = bind_unix(p, mode)?;
+            let l = bind_unix(p, mode, owner)?;
             daemon.socket_paths.push(p.clone());
             daemon.spawn_accept(l, serve_aggregator_socket);
         }
         if let Some(p) = &config.aggregator_fifo {
-            make_fifo(p, mode)?;
+            make_fifo(p, mode, owner)?;
             let rx = tokio::net::unix::pipe::OpenOptions::new()
                 .read_write(true)
                 .open_receiver(p)
