@@ -26,11 +26,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replication queue daemon and its admin commands (drop-in for Dovecot's replicator).
+    Replicator(homing::replicator::cli::ReplicatorArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Replicator(args) => return ExitCode::from(homing::replicator::cli::run(args)),
         Command::Dump { path, json } => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();

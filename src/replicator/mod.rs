@@ -1,0 +1,26 @@
+//! `homing replicator`: a drop-in for Dovecot 2.3's replicator and aggregator.
+//!
+//! * [`queue`]: per-user records, priorities, the due rule and order;
+//! * [`db`]: `replicator.db` in Dovecot's format;
+//! * [`server`]: the daemon (scheduler and sockets);
+//! * [`client`]: the `homing replicator status|...` commands;
+//! * [`runner`]: the [`runner::SyncRunner`] trait the scheduler calls.
+//!
+//! See `docs/replicator.md`.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod format;
+pub mod metrics;
+pub mod queue;
+pub mod runner;
+pub mod server;
+pub mod tabescape;
+pub mod users;
+
+pub use config::ReplicatorConfig;
+pub use queue::{Clock, ManualClock, Priority, SystemClock};
+pub use runner::{SyncFuture, SyncOutcome, SyncRequest, SyncRunner};
+pub use server::Daemon;
