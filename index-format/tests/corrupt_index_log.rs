@@ -171,3 +171,16 @@ fn damaged_file_on_disk_gives_an_error_with_its_path() {
     assert!(msg.contains("header_size"), "{msg}");
     let _ = Path::new(&p);
 }
+
+/// Found by fuzzing: a log whose initial modseq is the largest u64 and that
+/// appends a message must not overflow the modseq counter.
+#[test]
+fn modseq_counter_saturates() {
+    let mut log =
+        std::fs::read(fixtures().join("index/maildir/Maildir/dovecot.index.log.2")).unwrap();
+    log[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+    let lf = LogFile::parse(&log).unwrap();
+    assert_eq!(lf.highest_modseq(), u64::MAX);
+    let v = MailboxView::from_bytes(None, &[&log]).unwrap();
+    assert_eq!(v.messages_count(), 4);
+}
