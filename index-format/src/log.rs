@@ -437,13 +437,16 @@ impl ModseqCounter {
                 }
             }
             _ if self.cur == 0 => {}
-            RecordType::Expunge | RecordType::ExpungeGuid if external => self.cur += 1,
+            // Saturating: a damaged initial_modseq near u64::MAX must not overflow.
+            RecordType::Expunge | RecordType::ExpungeGuid if external => {
+                self.cur = self.cur.saturating_add(1)
+            }
             RecordType::Append
             | RecordType::KeywordUpdate
             | RecordType::KeywordReset
-            | RecordType::AttributeUpdate => self.cur += 1,
+            | RecordType::AttributeUpdate => self.cur = self.cur.saturating_add(1),
             RecordType::FlagUpdate if self.minor < 3 || flag_update_bumps_modseq(payload) => {
-                self.cur += 1
+                self.cur = self.cur.saturating_add(1)
             }
             RecordType::ModseqUpdate => {
                 for c in payload.chunks_exact(12) {

@@ -27,10 +27,10 @@ const ANY_RECORD_SIZE: u32 = 0xffff_fff8;
 
 /// Upper bound of all extension headers together (Dovecot's own limit is
 /// 16 MiB per extension).
-const MAX_HEADER_BYTES: usize = 64 << 20;
+const MAX_HEADER_BYTES: usize = 32 << 20;
 /// Record arrays may always grow to this size through relayouts; beyond it
 /// only up to four times their current size.
-const MAX_RECORDS_BYTES_FLOOR: usize = 256 << 20;
+const MAX_RECORDS_BYTES_FLOOR: usize = 64 << 20;
 
 /// Keep at most this many replay problems (the rest are counted).
 const MAX_PROBLEMS: usize = 64;
@@ -246,7 +246,14 @@ impl MailboxView {
             })
             .collect();
         self.record_size = f.header().record_size as usize;
-        self.records = f.records_bytes().to_vec();
+        // Room for appends the log may hold (each append entry is 8 log bytes),
+        // so that replaying them does not move the whole array.
+        let log_bytes: usize = self.logs.iter().map(|l| l.src.bytes().len()).sum();
+        let extra = (log_bytes / 8).min(1 << 20) * self.record_size;
+        let src = f.records_bytes();
+        let mut recs = Vec::with_capacity(src.len() + extra);
+        recs.extend_from_slice(src);
+        self.records = recs;
         self.dead = Vec::new();
         self.dead_count = 0;
         self.keywords = f
@@ -942,15 +949,23 @@ impl MailboxView {
             return;
         }
         let rs = self.record_size;
+        let n = self.n_slots();
         let mut w = 0usize;
-        for i in 0..self.n_slots() {
+        let mut i = 0usize;
+        // Move runs of live records at once; expunges are usually sparse.
+        while i < n {
             if self.dead.get(i).copied().unwrap_or(false) {
+                i += 1;
                 continue;
             }
-            if w != i {
-                self.records.copy_within(i * rs..(i + 1) * rs, w * rs);
+            let start = i;
+            while i < n && !self.dead.get(i).copied().unwrap_or(false) {
+                i += 1;
             }
-            w += 1;
+            if w != start {
+                self.records.copy_within(start * rs..i * rs, w * rs);
+            }
+            w += i - start;
         }
         self.records.truncate(w * rs);
         self.dead.clear();

@@ -100,7 +100,7 @@ fn forty_keywords_grow_the_keyword_record_during_replay() {
 fn large_mailbox_with_cache_offsets() {
     let v = MailboxView::open(sdbox("Large")).unwrap();
     assert!(v.problems().is_empty());
-    assert_eq!(v.messages_count(), 1400);
+    assert_eq!(v.messages_count(), 1900);
     assert!(v.lookup_uid(99).is_some() && v.lookup_uid(100).is_none());
     assert!(v.lookup_uid(199).is_none() && v.lookup_uid(200).is_some());
     let cache_len = std::fs::metadata(sdbox("Large").join("dovecot.index.cache"))
@@ -110,7 +110,7 @@ fn large_mailbox_with_cache_offsets() {
         let off = m.cache_offset().expect("every message has cache data");
         assert!(u64::from(off) < cache_len);
         assert_eq!(m.flags() & DELETED, 0);
-        let seen = m.uid() <= 1000 || (m.uid() % 3 == 0 && m.uid() < 1490);
+        let seen = m.uid() <= 1000 || (m.uid() % 3 == 0 && m.uid() < 1990);
         assert_eq!(m.flags() & SEEN != 0, seen, "uid {}", m.uid());
         assert_eq!(m.flags() & FLAGGED != 0, (1500..=1600).contains(&m.uid()));
     }
@@ -123,5 +123,5 @@ fn large_mailbox_with_cache_offsets() {
         .filter(|m| m.keywords().any(|k| k == "$Later"))
         .map(|m| m.uid())
         .collect();
-    assert_eq!(later, [1500], "the only uid of 1500:1600 that exists");
+    assert_eq!(later, (1500..=1600).collect::<Vec<_>>());
 }
