@@ -116,7 +116,9 @@ fn inputs() -> Vec<(String, Reader, Vec<u8>)> {
         if name.ends_with(".txt") {
             continue;
         }
-        let Some(kind) = dump::detect(&p) else { continue };
+        let Some(kind) = dump::detect(&p) else {
+            continue;
+        };
         use index_format::FileKind as K;
         let reader = match kind {
             K::Cache => Reader::Cache,
@@ -152,7 +154,8 @@ fn check(what: &str, reader: Reader, data: &[u8]) {
 #[test]
 fn truncated_and_flipped_fixtures_never_panic() {
     let inputs = inputs();
-    let kinds: std::collections::BTreeSet<String> = inputs.iter().map(|(_, r, _)| format!("{r:?}")).collect();
+    let kinds: std::collections::BTreeSet<String> =
+        inputs.iter().map(|(_, r, _)| format!("{r:?}")).collect();
     assert_eq!(kinds.len(), 9, "every reader has a fixture: {kinds:?}");
     let start = Instant::now();
     let mut runs = 0u64;
@@ -183,5 +186,8 @@ fn truncated_and_flipped_fixtures_never_panic() {
     }
     let elapsed = start.elapsed();
     assert!(runs > 10_000, "{runs} damaged inputs");
-    assert!(elapsed < Duration::from_secs(120), "{runs} runs took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(120),
+        "{runs} runs took {elapsed:?}"
+    );
 }
