@@ -4,6 +4,7 @@
 //! See `docs/ARCHITECTURE.md` for the parts and how data flows between them.
 
 pub mod dump;
+pub mod storage;
 pub mod transport;
 
 pub use dsync_protocol as protocol;
