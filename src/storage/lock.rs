@@ -85,13 +85,41 @@ impl DotlockSettings {
 }
 
 impl Dotlock {
-    /// Takes `<target>.lock` with O_CREAT|O_EXCL, waiting up to the timeout.
-    pub fn acquire(target: &Path, settings: DotlockSettings, owner: Option<Owner>) -> Result<Dotlock> {
+    /// Takes `<target>.lock` with O_CREAT|O_EXCL, waiting up to the timeout;
+    /// the lock file holds `pid:host`.
+    pub fn acquire(
+        target: &Path,
+        settings: DotlockSettings,
+        owner: Option<Owner>,
+    ) -> Result<Dotlock> {
+        Self::acquire_inner(target, settings, owner, true)
+    }
+
+    /// Like [`Dotlock::acquire`] for replace-style updates: the lock file
+    /// stays empty, to receive the new content ([`Dotlock::replace`]).
+    pub fn acquire_for_replace(
+        target: &Path,
+        settings: DotlockSettings,
+        owner: Option<Owner>,
+    ) -> Result<Dotlock> {
+        Self::acquire_inner(target, settings, owner, false)
+    }
+
+    fn acquire_inner(
+        target: &Path,
+        settings: DotlockSettings,
+        owner: Option<Owner>,
+        write_pid: bool,
+    ) -> Result<Dotlock> {
         let mut lock_path = target.as_os_str().to_os_string();
         lock_path.push(".lock");
         let lock_path = PathBuf::from(lock_path);
         let start = Instant::now();
-        let me = format!("{}:{}", rustix::process::getpid().as_raw_nonzero(), hostname());
+        let me = format!(
+            "{}:{}",
+            rustix::process::getpid().as_raw_nonzero(),
+            hostname()
+        );
         let mut delay = Duration::from_millis(5);
         loop {
             match OpenOptions::new()
@@ -102,7 +130,9 @@ impl Dotlock {
             {
                 Ok(mut f) => {
                     Owner::apply_fd(owner, &f, &lock_path)?;
-                    f.write_all(me.as_bytes()).map_err(io_err(&lock_path))?;
+                    if write_pid {
+                        f.write_all(me.as_bytes()).map_err(io_err(&lock_path))?;
+                    }
                     return Ok(Dotlock {
                         path: lock_path,
                         file: Some(f),
@@ -181,9 +211,7 @@ fn is_stale(lock: &Path, target: &Path, stale_timeout: Duration) -> bool {
                         .ok()
                         .and_then(rustix::process::Pid::from_raw)
                     {
-                        if rustix::process::test_kill_process(pid)
-                            == Err(rustix::io::Errno::SRCH)
-                        {
+                        if rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH) {
                             return true;
                         }
                     }
@@ -220,7 +248,12 @@ impl FcntlLock {
         Self::lock(path, timeout, true, owner)
     }
 
-    fn lock(path: &Path, timeout: Duration, create: bool, owner: Option<Owner>) -> Result<FcntlLock> {
+    fn lock(
+        path: &Path,
+        timeout: Duration,
+        create: bool,
+        owner: Option<Owner>,
+    ) -> Result<FcntlLock> {
         let start = Instant::now();
         loop {
             let file = OpenOptions::new()

@@ -81,7 +81,9 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-pub(crate) fn io_err(path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> StorageError {
+pub(crate) fn io_err(
+    path: impl Into<std::path::PathBuf>,
+) -> impl FnOnce(std::io::Error) -> StorageError {
     let path = path.into();
     move |source| StorageError::Io { path, source }
 }
@@ -189,16 +191,42 @@ pub struct LogChange {
 /// The kinds of logged changes a sync cares about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogChangeKind {
-    Append { uids: Vec<u32> },
-    Flags { uid1: u32, uid2: u32, add: u8, remove: u8 },
-    Keyword { add: bool, name: String, ranges: Vec<(u32, u32)> },
-    KeywordReset { ranges: Vec<(u32, u32)> },
+    Append {
+        uids: Vec<u32>,
+    },
+    Flags {
+        uid1: u32,
+        uid2: u32,
+        add: u8,
+        remove: u8,
+    },
+    Keyword {
+        add: bool,
+        name: String,
+        ranges: Vec<(u32, u32)>,
+    },
+    KeywordReset {
+        ranges: Vec<(u32, u32)>,
+    },
     /// Expunge; `guid` is `None` for legacy records or "don't verify" (zero).
-    Expunge { uid: u32, guid: Option<[u8; 16]> },
-    ExpungeRange { uid1: u32, uid2: u32 },
+    Expunge {
+        uid: u32,
+        guid: Option<[u8; 16]>,
+    },
+    ExpungeRange {
+        uid1: u32,
+        uid2: u32,
+    },
     /// uid 0 = only the mailbox's highest modseq was raised.
-    Modseq { uid: u32, modseq: u64 },
-    Attribute { key: String, set: bool, private: bool },
+    Modseq {
+        uid: u32,
+        modseq: u64,
+    },
+    Attribute {
+        key: String,
+        set: bool,
+        private: bool,
+    },
 }
 
 /// Changes since a modseq, or the fact that the log no longer reaches back.
@@ -309,7 +337,12 @@ pub trait MailStore {
     fn find_mailbox(&self, guid: &MailboxGuid) -> Result<Option<String>>;
     fn begin(&self, name: &str) -> Result<Box<dyn MailboxTransaction + '_>>;
     /// Creates a mailbox with the given GUID and UIDVALIDITY (fresh ones when `None`).
-    fn create_mailbox(&self, name: &str, guid: Option<MailboxGuid>, uid_validity: Option<u32>) -> Result<MailboxGuid>;
+    fn create_mailbox(
+        &self,
+        name: &str,
+        guid: Option<MailboxGuid>,
+        uid_validity: Option<u32>,
+    ) -> Result<MailboxGuid>;
     /// Creates a `\NoSelect` directory.
     fn create_dir(&self, name: &str) -> Result<()>;
     /// Renames a mailbox and its children; logs a rename record at `now`.

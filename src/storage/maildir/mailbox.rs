@@ -16,8 +16,8 @@ use index_format::view::MailboxView;
 
 use super::{log_gate_read, MaildirStore, UIDLIST};
 use crate::storage::{
-    io_err, Attribute, Changes, LogChange, LogChangeKind, Mailbox, MailboxGuid, MailboxStatus, MessageInfo, Result,
-    StorageError,
+    io_err, Attribute, Changes, LogChange, LogChangeKind, Mailbox, MailboxGuid, MailboxStatus,
+    MessageInfo, Result, StorageError,
 };
 
 /// Where a message file is now.
@@ -187,7 +187,8 @@ impl MaildirMailbox {
             path: dir.join(UIDLIST),
             why: "uidlist vanished".into(),
         })?;
-        let listed: std::collections::HashSet<&str> = uidlist.entries.iter().map(|e| e.base.as_str()).collect();
+        let listed: std::collections::HashSet<&str> =
+            uidlist.entries.iter().map(|e| e.base.as_str()).collect();
         if files.keys().any(|b| !listed.contains(b.as_str())) {
             // New deliveries: give them UIDs now, as Dovecot's sync does.
             // An empty commit only gives UIDs to unlisted files.
@@ -243,6 +244,11 @@ impl MaildirMailbox {
         };
         let path = self.file_path(loc);
         let md = fs::metadata(&path).ok();
+        let vsize = match e.vsize.or(parsed.virtual_size) {
+            Some(v) => Some(v),
+            // Plain deliveries carry no W=: count line ends as Dovecot would.
+            None => virtual_size_of(&path).ok(),
+        };
         Ok(Some(MessageInfo {
             uid: e.uid,
             guid: e.guid.clone().unwrap_or_else(|| e.base.clone()),
@@ -250,7 +256,7 @@ impl MaildirMailbox {
             keywords,
             modseq,
             pvt_modseq: pvt,
-            virtual_size: e.vsize.or(parsed.virtual_size),
+            virtual_size: vsize,
             physical_size: e
                 .psize
                 .or(parsed.physical_size)
@@ -279,6 +285,23 @@ impl MaildirMailbox {
     }
 }
 
+/// Size with CRLF line ends, streaming the file.
+fn virtual_size_of(path: &Path) -> std::io::Result<u64> {
+    let mut f = fs::File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut size, mut prev_cr) = (0u64, false);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(size);
+        }
+        for &b in &buf[..n] {
+            size += if b == b'\n' && !prev_cr { 2 } else { 1 };
+            prev_cr = b == b'\r';
+        }
+    }
+}
+
 fn ranges(r: index_format::log::UidRanges<'_>) -> Vec<(u32, u32)> {
     r.collect()
 }
@@ -296,7 +319,11 @@ impl Mailbox for MaildirMailbox {
             .filter(|e| self.files.contains_key(&e.base))
             .count() as u32;
         let (hm, next_idx, first_recent) = match &self.view {
-            Some(v) => (v.highest_modseq().max(1), v.next_uid(), v.header().first_recent_uid),
+            Some(v) => (
+                v.highest_modseq().max(1),
+                v.next_uid(),
+                v.header().first_recent_uid,
+            ),
             None => (1, 1, 1),
         };
         MailboxStatus {
@@ -370,7 +397,9 @@ impl Mailbox for MaildirMailbox {
                     name: String::from_utf8_lossy(name).into_owned(),
                     ranges: ranges(uids),
                 }),
-                RecordBody::KeywordReset(u) => push(LogChangeKind::KeywordReset { ranges: ranges(u) }),
+                RecordBody::KeywordReset(u) => {
+                    push(LogChangeKind::KeywordReset { ranges: ranges(u) })
+                }
                 RecordBody::ExpungeGuid(g) => {
                     for (uid, guid) in g {
                         push(LogChangeKind::Expunge {
@@ -417,7 +446,10 @@ impl Mailbox for MaildirMailbox {
             .binary_search_by_key(&uid, |e| e.uid)
             .map(|i| &self.uidlist.entries[i])
             .map_err(|_| StorageError::NoSuchUid(uid))?;
-        let loc = self.files.get(&e.base).ok_or(StorageError::NoSuchUid(uid))?;
+        let loc = self
+            .files
+            .get(&e.base)
+            .ok_or(StorageError::NoSuchUid(uid))?;
         let path = self.file_path(loc);
         match fs::File::open(&path) {
             Ok(f) => Ok(Box::new(f)),

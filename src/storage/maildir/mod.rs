@@ -25,8 +25,8 @@ pub use txn::MaildirTransaction;
 
 use super::lock::{Dotlock, DotlockSettings, FcntlLock, Owner};
 use super::{
-    io_err, MailStore, Mailbox, MailboxEntry, MailboxGuid, MailboxLogEntry, MailboxLogKind, MailboxTransaction,
-    Namespace, Result, StorageError,
+    io_err, MailStore, Mailbox, MailboxEntry, MailboxGuid, MailboxLogEntry, MailboxLogKind,
+    MailboxTransaction, Namespace, Result, StorageError,
 };
 
 /// How folder names map to directories.
@@ -277,7 +277,12 @@ impl MaildirStore {
 
     /// Gives a mailbox that has no uidlist yet one (GUID, UIDVALIDITY), as
     /// Dovecot does on first open, under the uidlist lock.
-    pub(crate) fn ensure_uidlist(&self, dir: &Path, guid: Option<MailboxGuid>, uid_validity: Option<u32>) -> Result<(MailboxGuid, u32)> {
+    pub(crate) fn ensure_uidlist(
+        &self,
+        dir: &Path,
+        guid: Option<MailboxGuid>,
+        uid_validity: Option<u32>,
+    ) -> Result<(MailboxGuid, u32)> {
         let path = dir.join(UIDLIST);
         let _lock = Dotlock::acquire(&path, DotlockSettings::UIDLIST, self.owner)?;
         if let Some((Some(g), v, _)) = Self::uidlist_header(dir)? {
@@ -315,7 +320,9 @@ impl MaildirStore {
                     let name = e.file_name();
                     let Some(name) = name.to_str() else { continue };
                     // ".." prefixes are Dovecot's trash/temporary directories.
-                    let Some(rest) = name.strip_prefix('.') else { continue };
+                    let Some(rest) = name.strip_prefix('.') else {
+                        continue;
+                    };
                     if rest.is_empty() || rest.starts_with('.') || !e.path().is_dir() {
                         continue;
                     }
@@ -381,7 +388,8 @@ impl MaildirStore {
     /// false when nothing changed.
     fn update_subscriptions(&self, change: impl FnOnce(&mut Vec<String>) -> bool) -> Result<bool> {
         let path = self.root.join("subscriptions");
-        let mut lock = Dotlock::acquire(&path, DotlockSettings::SUBSCRIPTIONS, self.owner)?;
+        let mut lock =
+            Dotlock::acquire_for_replace(&path, DotlockSettings::SUBSCRIPTIONS, self.owner)?;
         let mut names = self.read_subscriptions()?;
         if !change(&mut names) {
             return Ok(false);
@@ -562,7 +570,12 @@ impl MailStore for MaildirStore {
         Ok(Box::new(MaildirTransaction::new(self, dir)?))
     }
 
-    fn create_mailbox(&self, name: &str, guid: Option<MailboxGuid>, uid_validity: Option<u32>) -> Result<MailboxGuid> {
+    fn create_mailbox(
+        &self,
+        name: &str,
+        guid: Option<MailboxGuid>,
+        uid_validity: Option<u32>,
+    ) -> Result<MailboxGuid> {
         let comps = self.components(name)?;
         let dir = self.dir_of(&comps);
         if Self::is_mailbox_dir(&dir) {
@@ -635,10 +648,14 @@ impl MailStore for MaildirStore {
                 let old_prefix = format!(".{}.", oc.join("."));
                 let new_prefix = format!(".{}.", nc.join("."));
                 let mut children = Vec::new();
-                for e in fs::read_dir(&self.root).map_err(io_err(&self.root))?.flatten() {
+                for e in fs::read_dir(&self.root)
+                    .map_err(io_err(&self.root))?
+                    .flatten()
+                {
                     if let Some(n) = e.file_name().to_str() {
                         if let Some(rest) = n.strip_prefix(&old_prefix) {
-                            children.push((e.path(), self.root.join(format!("{new_prefix}{rest}"))));
+                            children
+                                .push((e.path(), self.root.join(format!("{new_prefix}{rest}"))));
                         }
                     }
                 }
@@ -677,7 +694,9 @@ impl MailStore for MaildirStore {
             }
         }
         // Move it out of sight first (".." names are never listed), then remove.
-        let trash = self.root.join(format!("..DOVECOT-TRASH.{}.{}", std::process::id(), now));
+        let trash = self
+            .root
+            .join(format!("..DOVECOT-TRASH.{}.{}", std::process::id(), now));
         match self.opts.layout {
             Layout::MaildirPlusPlus => {
                 fs::rename(&dir, &trash).map_err(io_err(&trash))?;

@@ -138,7 +138,8 @@ impl<'s> MaildirTransaction<'s> {
             .collect();
         if !missing.is_empty() {
             let path = self.dir.join("dovecot-keywords");
-            let mut lock = Dotlock::acquire(&path, DotlockSettings::UIDLIST, self.store.owner())?;
+            let mut lock =
+                Dotlock::acquire_for_replace(&path, DotlockSettings::UIDLIST, self.store.owner())?;
             have = read_keywords(&self.dir)?;
             let mut changed = false;
             for n in missing {
@@ -185,7 +186,8 @@ impl<'s> MaildirTransaction<'s> {
         if UidlistState::read(&dir)?.and_then(|u| u.guid).is_none() {
             store.ensure_uidlist(&dir, None, None)?;
         }
-        let _uidlist_lock = Dotlock::acquire(&uidlist_path, DotlockSettings::UIDLIST, store.owner())?;
+        let _uidlist_lock =
+            Dotlock::acquire(&uidlist_path, DotlockSettings::UIDLIST, store.owner())?;
         let uidlist = UidlistState::read(&dir)?.ok_or_else(|| StorageError::Inconsistent {
             path: uidlist_path.clone(),
             why: "uidlist vanished".into(),
@@ -236,14 +238,19 @@ impl<'s> MaildirTransaction<'s> {
             let lf = LogFile::parse(&log_bytes)?;
             sync_offset = lf.sync_offset();
             // Appends made after our mapping (under Dovecot's lock, before ours).
-            for r in lf.records_from(v.head().offset.max(lf.header().hdr_size as u32))?.flatten() {
+            for r in lf
+                .records_from(v.head().offset.max(lf.header().hdr_size as u32))?
+                .flatten()
+            {
                 match r.body() {
                     Ok(RecordBody::Append(a)) => {
                         for e in a {
                             index_next = index_next.max(e.uid.saturating_add(1));
                         }
                     }
-                    Ok(RecordBody::ExtIntro(i)) if i.iter().any(|x| x.name == b"modseq") => has_modseq_ext = true,
+                    Ok(RecordBody::ExtIntro(i)) if i.iter().any(|x| x.name == b"modseq") => {
+                        has_modseq_ext = true
+                    }
                     _ => {}
                 }
             }
@@ -275,16 +282,22 @@ impl<'s> MaildirTransaction<'s> {
         for s in &me.saves {
             let uid = match s.msg.uid {
                 Some(u) if u < n => {
-                    return Err(StorageError::UidTooLow { uid: u, next_uid: n });
+                    return Err(StorageError::UidTooLow {
+                        uid: u,
+                        next_uid: n,
+                    });
                 }
                 Some(u) => u,
                 None => n,
             };
             uids.push(uid);
-            n = uid.checked_add(1).ok_or(StorageError::UidTooLow { uid, next_uid: n })?;
+            n = uid
+                .checked_add(1)
+                .ok_or(StorageError::UidTooLow { uid, next_uid: n })?;
         }
         // Deliveries that are not in the uidlist yet get UIDs after ours.
-        let listed: std::collections::HashSet<&str> = uidlist.entries.iter().map(|e| e.base.as_str()).collect();
+        let listed: std::collections::HashSet<&str> =
+            uidlist.entries.iter().map(|e| e.base.as_str()).collect();
         let mut unlisted: Vec<(String, FileLoc)> = files
             .iter()
             .filter(|(b, _)| !listed.contains(b.as_str()))
@@ -343,7 +356,9 @@ impl<'s> MaildirTransaction<'s> {
             } else {
                 uidlist_name.clone()
             };
-            let dest = dir.join(if to_cur { "cur" } else { "new" }).join(&file_name);
+            let dest = dir
+                .join(if to_cur { "cur" } else { "new" })
+                .join(&file_name);
             fs::rename(&s.tmp, &dest).map_err(io_err(&dest))?;
             if to_cur {
                 dirs_touched.1 = true;
@@ -431,7 +446,9 @@ impl<'s> MaildirTransaction<'s> {
             }
             let new_name = parsed.with_flags(&newf);
             if new_name != loc.name || loc.new_dir {
-                let from = dir.join(if loc.new_dir { "new" } else { "cur" }).join(&loc.name);
+                let from = dir
+                    .join(if loc.new_dir { "new" } else { "cur" })
+                    .join(&loc.name);
                 let to = dir.join("cur").join(&new_name);
                 match fs::rename(&from, &to) {
                     Ok(()) => {}
@@ -488,7 +505,9 @@ impl<'s> MaildirTransaction<'s> {
                 result.already_expunged.push(uid);
                 continue;
             };
-            let p = dir.join(if loc.new_dir { "new" } else { "cur" }).join(&loc.name);
+            let p = dir
+                .join(if loc.new_dir { "new" } else { "cur" })
+                .join(&loc.name);
             match fs::remove_file(&p) {
                 Ok(()) => {
                     if loc.new_dir {
@@ -498,7 +517,9 @@ impl<'s> MaildirTransaction<'s> {
                     }
                     tx.expunge_guid(uid, [0; 16])?;
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => result.already_expunged.push(uid),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    result.already_expunged.push(uid)
+                }
                 Err(err) => return Err(io_err(&p)(err)),
             }
         }
@@ -517,12 +538,34 @@ impl<'s> MaildirTransaction<'s> {
 
         // 4. Uidlist.
         let uv = me.new_uid_validity.unwrap_or(uidlist.uid_validity);
-        let header_next = if me.min_uid_next > next { me.min_uid_next } else { 0 };
-        if me.new_uid_validity.is_some_and(|v| v != uidlist.uid_validity) || header_next != 0 || uidlist.partial_tail {
+        let header_next = if me.min_uid_next > next {
+            me.min_uid_next
+        } else {
+            0
+        };
+        if me
+            .new_uid_validity
+            .is_some_and(|v| v != uidlist.uid_validity)
+            || header_next != 0
+            || uidlist.partial_tail
+        {
             let old = fs::read(&uidlist_path).map_err(io_err(&uidlist_path))?;
-            let body_start = old.iter().position(|&b| b == b'\n').map(|p| p + 1).unwrap_or(old.len());
-            let body_end = old.iter().rposition(|&b| b == b'\n').map(|p| p + 1).unwrap_or(0).max(body_start);
-            let other: Vec<(char, &str)> = uidlist.header_ext.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let body_start = old
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|p| p + 1)
+                .unwrap_or(old.len());
+            let body_end = old
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map(|p| p + 1)
+                .unwrap_or(0)
+                .max(body_start);
+            let other: Vec<(char, &str)> = uidlist
+                .header_ext
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect();
             let mut content = index_format::write::uidlist_header(
                 uv,
                 header_next.max(next).max(uidlist.next_uid),
@@ -538,14 +581,18 @@ impl<'s> MaildirTransaction<'s> {
                 .append(true)
                 .open(&uidlist_path)
                 .map_err(io_err(&uidlist_path))?;
-            f.write_all(new_lines.as_bytes()).map_err(io_err(&uidlist_path))?;
+            f.write_all(new_lines.as_bytes())
+                .map_err(io_err(&uidlist_path))?;
             if fsync {
                 f.sync_data().map_err(io_err(&uidlist_path))?;
             }
         }
 
         // 5. The log transaction.
-        if me.new_uid_validity.is_some_and(|v| v != uidlist.uid_validity) {
+        if me
+            .new_uid_validity
+            .is_some_and(|v| v != uidlist.uid_validity)
+        {
             tx.header_update(header_offsets::UID_VALIDITY, &uv.to_le_bytes())?;
         }
         if header_next != 0 {
@@ -599,7 +646,9 @@ fn read_all(f: &File, path: &Path) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut off = 0;
     while off < len {
-        let n = f.read_at(&mut buf[off..], off as u64).map_err(io_err(path))?;
+        let n = f
+            .read_at(&mut buf[off..], off as u64)
+            .map_err(io_err(path))?;
         if n == 0 {
             break;
         }

@@ -1,0 +1,496 @@
+//! The Maildir storage against a real Dovecot 2.3: what homing reads equals
+//! what `doveadm` reports, and after each kind of homing write `doveadm`
+//! shows exactly the intended state with a clean Dovecot log.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use homing::storage::maildir::{MaildirOptions, MaildirStore};
+use homing::storage::{flags, Changes, FlagChange, LogChangeKind, MailStore, NewMessage};
+use test_support::{require_dovecot, DovecotInstance, InstanceOptions};
+
+const USER: &str = "alice";
+
+fn start() -> DovecotInstance {
+    DovecotInstance::start(InstanceOptions::new()).expect("start dovecot")
+}
+
+fn store(inst: &DovecotInstance) -> MaildirStore {
+    MaildirStore::open(inst.mail_dir(USER), MaildirOptions::default()).expect("open store")
+}
+
+/// `doveadm -f tab fetch` rows as field maps.
+fn fetch(inst: &DovecotInstance, mailbox: &str, fields: &str) -> Vec<BTreeMap<String, String>> {
+    let out = inst
+        .doveadm([
+            "-f", "tab", "fetch", "-u", USER, fields, "mailbox", mailbox, "all",
+        ])
+        .expect("run doveadm")
+        .ok()
+        .expect("doveadm fetch");
+    table(&out.stdout_str())
+}
+
+fn status(inst: &DovecotInstance, mailbox: &str) -> BTreeMap<String, String> {
+    let out = inst
+        .doveadm([
+            "-f",
+            "tab",
+            "mailbox",
+            "status",
+            "-u",
+            USER,
+            "messages uidnext uidvalidity highestmodseq guid",
+            mailbox,
+        ])
+        .expect("run doveadm")
+        .ok()
+        .expect("doveadm mailbox status");
+    table(&out.stdout_str())
+        .into_iter()
+        .next()
+        .expect("one row")
+}
+
+fn table(s: &str) -> Vec<BTreeMap<String, String>> {
+    let mut lines = s.lines();
+    let Some(head) = lines.next() else {
+        return Vec::new();
+    };
+    let cols: Vec<&str> = head.split('\t').collect();
+    lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            cols.iter()
+                .zip(l.split('\t').chain(std::iter::repeat("")))
+                .map(|(c, v)| (c.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// IMAP flags text as doveadm prints it (without \Recent), sorted.
+fn flag_words(system: u8, keywords: &[String]) -> Vec<String> {
+    let mut v = Vec::new();
+    for (bit, name) in [
+        (flags::ANSWERED, "\\Answered"),
+        (flags::FLAGGED, "\\Flagged"),
+        (flags::DELETED, "\\Deleted"),
+        (flags::SEEN, "\\Seen"),
+        (flags::DRAFT, "\\Draft"),
+    ] {
+        if system & bit != 0 {
+            v.push(name.to_string());
+        }
+    }
+    v.extend(keywords.iter().cloned());
+    v.sort();
+    v
+}
+
+fn doveadm_flag_words(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .split(' ')
+        .filter(|w| !w.is_empty() && *w != "\\Recent")
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Every file and directory below `dir` belongs to the mail user.
+fn assert_owned_by(dir: &Path, uid: u32) {
+    for e in walk(dir) {
+        let md = std::fs::symlink_metadata(&e).unwrap();
+        assert_eq!(
+            md.uid(),
+            uid,
+            "{} is not owned by the mail user",
+            e.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn mail(n: u32) -> Vec<u8> {
+    format!(
+        "From: sender{n}@example.org\nTo: alice@example.org\nSubject: message {n}\nMessage-ID: <m{n}@example.org>\n\nbody line {n}\nsecond line\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn reads_what_dovecot_wrote() {
+    if !require_dovecot("reads_what_dovecot_wrote") {
+        return;
+    }
+    let inst = start();
+    for n in 0..5 {
+        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
+    }
+    inst.save_message(USER, "Work/Reports", &mail(9)).unwrap();
+    inst.doveadm_user(
+        USER,
+        &[
+            "flags",
+            "add",
+            "\\Seen $Label1",
+            "mailbox",
+            "INBOX",
+            "uid",
+            "2:3",
+        ],
+    )
+    .unwrap();
+    inst.doveadm_user(
+        USER,
+        &["flags", "add", "\\Flagged", "mailbox", "INBOX", "uid", "4"],
+    )
+    .unwrap();
+    inst.doveadm_user(USER, &["expunge", "mailbox", "INBOX", "uid", "5"])
+        .unwrap();
+    // A plain Maildir delivery Dovecot has not seen yet.
+    let root = inst.mail_dir(USER);
+    let delivered = root.join("new").join("1700000000.M1P1.delivered");
+    std::fs::write(&delivered, mail(42)).unwrap();
+    let (vuid, vgid) = inst.vmail_ids();
+    std::os::unix::fs::chown(&delivered, Some(vuid), Some(vgid)).unwrap();
+
+    let st = store(&inst);
+    let names: Vec<String> = st
+        .list_mailboxes()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec!["INBOX", "Work/Reports"]);
+
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let ours: Vec<_> = mb.messages().collect::<Result<_, _>>().unwrap();
+    let theirs = fetch(
+        &inst,
+        "INBOX",
+        "uid guid flags modseq size.virtual size.physical",
+    );
+    assert_eq!(ours.len(), 5, "4 saved + 1 delivered");
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(&theirs) {
+        assert_eq!(o.uid.to_string(), t["uid"]);
+        assert_eq!(o.guid, t["guid"]);
+        assert_eq!(
+            flag_words(o.flags, &o.keywords),
+            doveadm_flag_words(&t["flags"])
+        );
+        assert_eq!(
+            o.virtual_size.map(|v| v.to_string()).as_deref(),
+            Some(t["size.virtual"].as_str())
+        );
+        assert_eq!(
+            o.physical_size.map(|v| v.to_string()).as_deref(),
+            Some(t["size.physical"].as_str())
+        );
+    }
+    // The delivered file got the next UID (6) from us, and Dovecot agrees.
+    assert_eq!(ours[4].uid, 6);
+    assert_eq!(ours[4].guid, "1700000000.M1P1.delivered");
+
+    // Modseqs and status agree once Dovecot has synced the same state.
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let theirs = fetch(&inst, "INBOX", "uid modseq");
+    let mb2 = st.open_mailbox("INBOX").unwrap();
+    for (o, t) in mb2.messages().map(|m| m.unwrap()).zip(&theirs) {
+        assert_eq!(o.modseq.to_string(), t["modseq"], "modseq of uid {}", o.uid);
+    }
+    let s = mb2.status();
+    let ds = status(&inst, "INBOX");
+    assert_eq!(s.messages.to_string(), ds["messages"]);
+    assert_eq!(s.uid_next.to_string(), ds["uidnext"]);
+    assert_eq!(s.uid_validity.to_string(), ds["uidvalidity"]);
+    assert_eq!(s.highest_modseq.to_string(), ds["highestmodseq"]);
+    assert_eq!(hex(&s.guid), ds["guid"]);
+    drop(mb);
+
+    // The log scan sees the expunge of uid 5 and the flag changes.
+    match mb2.changes_since(1).unwrap() {
+        Changes::Since(ch) => {
+            assert!(ch
+                .iter()
+                .any(|c| matches!(c.kind, LogChangeKind::Expunge { uid: 5, .. }) && c.external));
+            assert!(ch.iter().any(|c| matches!(&c.kind, LogChangeKind::Keyword { add: true, name, .. } if name == "$Label1")));
+        }
+        Changes::TooOld => panic!("log starts at the mailbox creation"),
+    }
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut mb2.open_body(1).unwrap(), &mut body).unwrap();
+    assert_eq!(body.as_bytes(), mail(0));
+    inst.assert_log_clean();
+}
+
+#[test]
+fn saves_flags_and_expunges_as_dovecot_does() {
+    if !require_dovecot("saves_flags_and_expunges_as_dovecot_does") {
+        return;
+    }
+    let inst = start();
+    for n in 0..3 {
+        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
+    }
+    let before = status(&inst, "INBOX");
+    let hm0: u64 = before["highestmodseq"].parse().unwrap();
+    let st = store(&inst);
+
+    // Save with explicit UIDs, GUID, flags, keywords, dates and POP3 fields.
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.save(
+        NewMessage {
+            uid: Some(10),
+            guid: Some("replicated-guid-10".into()),
+            flags: flags::SEEN | flags::ANSWERED,
+            keywords: vec!["$Label1".into(), "project-x".into()],
+            received: Some(1_700_000_000),
+            pop3_uidl: Some("uidl-10".into()),
+            pop3_order: Some(4),
+            ..Default::default()
+        },
+        &mut &mail(10)[..],
+    )
+    .unwrap();
+    tx.save(
+        NewMessage {
+            uid: Some(11),
+            ..Default::default()
+        },
+        &mut &mail(11)[..],
+    )
+    .unwrap();
+    let r = tx.commit().unwrap();
+    assert_eq!(r.saved_uids, vec![10, 11]);
+    assert_eq!(r.uid_next, 12);
+    // Two appends + two keyword records.
+    assert_eq!(r.highest_modseq, hm0 + 3);
+    // Our records are in the log, external, before Dovecot touched anything.
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let Changes::Since(ch) = mb.changes_since(hm0).unwrap() else {
+        panic!("log must reach back")
+    };
+    assert!(ch
+        .iter()
+        .any(|c| c.external && c.kind == LogChangeKind::Append { uids: vec![10, 11] }));
+    assert_eq!(mb.status().highest_modseq, hm0 + 3);
+    drop(mb);
+
+    let rows = fetch(
+        &inst,
+        "INBOX",
+        "uid guid flags modseq pop3.uidl date.received size.virtual size.physical",
+    );
+    assert_eq!(rows.len(), 5);
+    let r10 = &rows[3];
+    assert_eq!(r10["uid"], "10");
+    assert_eq!(r10["guid"], "replicated-guid-10");
+    assert_eq!(
+        doveadm_flag_words(&r10["flags"]),
+        vec!["$Label1", "\\Answered", "\\Seen", "project-x"]
+    );
+    assert_eq!(r10["pop3.uidl"], "uidl-10");
+    assert_eq!(r10["date.received"], "2023-11-14 22:13:20");
+    let m10 = mail(10);
+    assert_eq!(r10["size.physical"], m10.len().to_string());
+    let lfs = m10.iter().filter(|&&b| b == b'\n').count();
+    assert_eq!(r10["size.virtual"], (m10.len() + lfs).to_string());
+    assert_eq!(rows[4]["uid"], "11");
+    let s = status(&inst, "INBOX");
+    assert_eq!(s["uidnext"], "12");
+    assert_eq!(
+        s["highestmodseq"],
+        (hm0 + 3).to_string(),
+        "Dovecot accepted our modseqs without a resync"
+    );
+    let body = inst
+        .doveadm(["fetch", "-u", USER, "body", "mailbox", "INBOX", "uid", "10"])
+        .unwrap()
+        .ok()
+        .unwrap()
+        .stdout_str();
+    assert!(body.contains("body line 10"));
+
+    // Flag and keyword changes.
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.update_flags(
+        1,
+        FlagChange {
+            add: flags::FLAGGED | flags::SEEN,
+            add_keywords: vec!["project-x".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    tx.update_flags(
+        10,
+        FlagChange {
+            remove: flags::SEEN,
+            remove_keywords: vec!["$Label1".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let rows = fetch(&inst, "INBOX", "uid flags");
+    assert_eq!(
+        doveadm_flag_words(&rows[0]["flags"]),
+        vec!["\\Flagged", "\\Seen", "project-x"]
+    );
+    assert_eq!(
+        doveadm_flag_words(&rows[3]["flags"]),
+        vec!["\\Answered", "project-x"]
+    );
+
+    // Expunge (one real, one already gone).
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.expunge(2, None).unwrap();
+    tx.expunge(99, None).unwrap();
+    let r = tx.commit().unwrap();
+    assert_eq!(r.already_expunged, vec![99]);
+    let rows = fetch(&inst, "INBOX", "uid");
+    let uids: Vec<&str> = rows.iter().map(|r| r["uid"].as_str()).collect();
+    assert_eq!(uids, vec!["1", "3", "10", "11"]);
+
+    // Raising UIDNEXT.
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.raise_uid_next(50).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(status(&inst, "INBOX")["uidnext"], "50");
+
+    // Our view agrees with Dovecot's after all of it.
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
+    let theirs = fetch(&inst, "INBOX", "uid guid flags modseq");
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(&theirs) {
+        assert_eq!(o.uid.to_string(), t["uid"]);
+        assert_eq!(o.guid, t["guid"]);
+        assert_eq!(
+            flag_words(o.flags, &o.keywords),
+            doveadm_flag_words(&t["flags"])
+        );
+    }
+    let (vuid, _) = inst.vmail_ids();
+    assert_owned_by(&inst.mail_dir(USER), vuid);
+    inst.assert_log_clean();
+}
+
+#[test]
+fn tree_changes_as_dovecot_sees_them() {
+    if !require_dovecot("tree_changes_as_dovecot_sees_them") {
+        return;
+    }
+    let inst = start();
+    inst.save_message(USER, "INBOX", &mail(1)).unwrap();
+    let st = store(&inst);
+    let guid = [0x5a; 16];
+    assert_eq!(
+        st.create_mailbox("Projects/Alpha", Some(guid), Some(4242))
+            .unwrap(),
+        guid
+    );
+    st.create_mailbox("Projects/Alpha/Sub", None, None).unwrap();
+    let s = status(&inst, "Projects/Alpha");
+    assert_eq!(s["guid"], hex(&guid));
+    assert_eq!(s["uidvalidity"], "4242");
+    assert_eq!(s["uidnext"], "1");
+
+    // A save into the new mailbox before Dovecot ever indexed it.
+    let mut tx = st.begin("Projects/Alpha").unwrap();
+    tx.save(
+        NewMessage {
+            uid: Some(7),
+            flags: flags::SEEN,
+            ..Default::default()
+        },
+        &mut &mail(7)[..],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let rows = fetch(&inst, "Projects/Alpha", "uid flags");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["uid"], "7");
+
+    st.set_subscribed("Projects/Alpha", true, 1_800_000_000)
+        .unwrap();
+    st.set_subscribed("INBOX", true, 1_800_000_001).unwrap();
+    let subs = inst.doveadm_user(USER, &["mailbox", "list", "-s"]).unwrap();
+    let mut subs: Vec<&str> = subs.lines().collect();
+    subs.sort();
+    assert_eq!(subs, vec!["INBOX", "Projects/Alpha"]);
+
+    st.rename_mailbox("Projects/Alpha", "Archive/Alpha", 1_800_000_002)
+        .unwrap();
+    let mut names = inst.mailbox_names(USER).unwrap();
+    names.sort();
+    assert!(names.contains(&"Archive/Alpha".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"Archive/Alpha/Sub".to_string()),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"Projects/Alpha".to_string()), "{names:?}");
+    assert_eq!(status(&inst, "Archive/Alpha")["guid"], hex(&guid));
+
+    st.delete_mailbox("Archive/Alpha/Sub", None, 1_800_000_003)
+        .unwrap();
+    let sub_guid = {
+        let log = st.mailbox_log().unwrap();
+        log.last().copied().unwrap()
+    };
+    let names = inst.mailbox_names(USER).unwrap();
+    assert!(
+        !names.contains(&"Archive/Alpha/Sub".to_string()),
+        "{names:?}"
+    );
+
+    // The mailbox log as doveadm dump reads it.
+    let dump = inst
+        .doveadm([
+            "dump",
+            inst.mail_dir(USER)
+                .join("dovecot.mailbox.log")
+                .to_str()
+                .unwrap(),
+        ])
+        .unwrap()
+        .ok()
+        .unwrap()
+        .stdout_str();
+    assert!(dump.contains("subscribe"), "{dump}");
+    assert!(dump.contains("rename"), "{dump}");
+    assert!(dump.contains("delete-mailbox"), "{dump}");
+    assert!(dump.contains(&hex(&sub_guid.id)), "{dump}");
+    let kinds: Vec<_> = st.mailbox_log().unwrap().iter().map(|e| e.kind).collect();
+    use homing::storage::MailboxLogKind as K;
+    assert_eq!(
+        kinds,
+        vec![K::Subscribe, K::Subscribe, K::Rename, K::DeleteMailbox]
+    );
+    assert!(st.delete_mailbox("INBOX", None, 0).is_err());
+    let (vuid, _) = inst.vmail_ids();
+    assert_owned_by(&inst.mail_dir(USER), vuid);
+    inst.assert_log_clean();
+}
