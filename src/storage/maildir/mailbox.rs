@@ -192,7 +192,7 @@ impl MaildirMailbox {
         if files.keys().any(|b| !listed.contains(b.as_str())) {
             // New deliveries: give them UIDs now, as Dovecot's sync does.
             // An empty commit only gives UIDs to unlisted files.
-            Box::new(super::txn::MaildirTransaction::new(store, dir.clone())?).commit_inner()?;
+            super::txn::MaildirTransaction::new(store, dir.clone())?.commit_inner()?;
             files = scan_files(&dir)?;
             uidlist = UidlistState::read(&dir)?.ok_or_else(|| StorageError::Inconsistent {
                 path: dir.join(UIDLIST),

@@ -745,7 +745,7 @@ impl MailStore for MaildirStore {
         let comps = self.components(name)?;
         let full = self.full_name(&comps);
         let changed = self.update_subscriptions(|subs| {
-            let had = subs.iter().any(|s| *s == full);
+            let had = subs.contains(&full);
             if had == subscribed {
                 return false;
             }

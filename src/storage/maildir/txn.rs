@@ -177,8 +177,8 @@ impl<'s> MaildirTransaction<'s> {
             .collect())
     }
 
-    pub(crate) fn commit_inner(self: Box<Self>) -> Result<CommitResult> {
-        let mut me = *self;
+    pub(crate) fn commit_inner(mut self) -> Result<CommitResult> {
+        let me = &mut self;
         let store = me.store;
         let dir = me.dir.clone();
         let fsync = store.options().fsync;
@@ -779,7 +779,7 @@ impl MailboxTransaction for MaildirTransaction<'_> {
     }
 
     fn commit(self: Box<Self>) -> Result<CommitResult> {
-        self.commit_inner()
+        (*self).commit_inner()
     }
 }
 
