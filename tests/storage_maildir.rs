@@ -494,3 +494,111 @@ fn tree_changes_as_dovecot_sees_them() {
     assert_owned_by(&inst.mail_dir(USER), vuid);
     inst.assert_log_clean();
 }
+
+/// Dovecot saves, flags and expunges in a loop in the same mailbox while
+/// homing commits saves and flag changes; afterwards nothing is lost, both
+/// sides see the same state and Dovecot's log is clean.
+#[test]
+fn concurrent_with_dovecot() {
+    if !require_dovecot("concurrent_with_dovecot") {
+        return;
+    }
+    let inst = start();
+    for n in 0..20 {
+        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    let dovecot_saved = std::thread::scope(|s| {
+        let inst = &inst;
+        let dovecot = s.spawn(move || {
+            let mut saved = Vec::new();
+            let mut i = 0u32;
+            while std::time::Instant::now() < deadline {
+                let n = 1000 + i;
+                inst.save_message(USER, "INBOX", &mail(n)).unwrap();
+                saved.push(n);
+                let uid = (i % 10 + 1).to_string();
+                inst.doveadm_user(USER, &["flags", "add", "\\Flagged $Dove", "mailbox", "INBOX", "uid", &uid])
+                    .unwrap();
+                if i < 5 {
+                    // Dovecot expunges uids 1..5 (mails it saved at the start).
+                    inst.doveadm_user(USER, &["expunge", "mailbox", "INBOX", "uid", &(i + 1).to_string()])
+                        .unwrap();
+                }
+                i += 1;
+            }
+            saved
+        });
+        let st = store(inst);
+        let mut ours = Vec::new();
+        let mut i = 0u32;
+        while std::time::Instant::now() < deadline {
+            let n = 2000 + i;
+            let mut tx = st.begin("INBOX").unwrap();
+            tx.save(
+                NewMessage {
+                    flags: if i % 2 == 0 { flags::SEEN } else { 0 },
+                    keywords: vec!["homing".into()],
+                    ..Default::default()
+                },
+                &mut &mail(n)[..],
+            )
+            .unwrap();
+            tx.update_flags(
+                11 + i % 10,
+                FlagChange {
+                    add: flags::ANSWERED,
+                    add_keywords: vec![format!("kw{}", i % 3)],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let r = tx.commit().unwrap();
+            ours.push((n, r.saved_uids[0]));
+            i += 1;
+        }
+        (dovecot.join().unwrap(), ours)
+    });
+    let (dsaved, hsaved) = dovecot_saved;
+    assert!(!dsaved.is_empty() && !hsaved.is_empty());
+    eprintln!(
+        "concurrent: Dovecot saved {} mails, homing committed {} transactions",
+        dsaved.len(),
+        hsaved.len()
+    );
+
+    let rows = fetch(&inst, "INBOX", "uid guid flags hdr.subject");
+    let subjects: Vec<&str> = rows.iter().map(|r| r["hdr.subject"].as_str()).collect();
+    for n in (5..20).chain(dsaved.iter().copied()) {
+        assert!(subjects.contains(&format!("message {n}").as_str()), "Dovecot's mail {n} lost");
+    }
+    for (n, uid) in &hsaved {
+        let row = rows
+            .iter()
+            .find(|r| r["hdr.subject"] == format!("message {n}"))
+            .unwrap_or_else(|| panic!("homing's mail {n} lost"));
+        assert_eq!(row["uid"], uid.to_string(), "mail {n} kept the uid homing gave it");
+        assert!(doveadm_flag_words(&row["flags"]).contains(&"homing".to_string()));
+    }
+    for n in 0..5 {
+        assert!(!subjects.contains(&format!("message {n}").as_str()), "expunged mail {n} came back");
+    }
+    for uid in 11..=20u32 {
+        let row = rows.iter().find(|r| r["uid"] == uid.to_string()).unwrap();
+        assert!(doveadm_flag_words(&row["flags"]).contains(&"\\Answered".to_string()), "uid {uid}");
+    }
+    // Both readers agree.
+    let st = store(&inst);
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
+    assert_eq!(ours.len(), rows.len());
+    for (o, t) in ours.iter().zip(&rows) {
+        assert_eq!(o.uid.to_string(), t["uid"]);
+        assert_eq!(o.guid, t["guid"]);
+        assert_eq!(flag_words(o.flags, &o.keywords), doveadm_flag_words(&t["flags"]));
+    }
+    let s = status(&inst, "INBOX");
+    assert_eq!(s["messages"], rows.len().to_string());
+    assert_eq!(mb.status().highest_modseq.to_string(), s["highestmodseq"]);
+    inst.assert_log_clean();
+}
