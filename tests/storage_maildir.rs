@@ -380,6 +380,25 @@ fn saves_flags_and_expunges_as_dovecot_does() {
     tx.commit().unwrap();
     assert_eq!(status(&inst, "INBOX")["uidnext"], "50");
 
+    // Raising HIGHESTMODSEQ (the index has no modseq extension yet: homing
+    // introduces it the way Dovecot does).
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.raise_highest_modseq(500).unwrap();
+    let r = tx.commit().unwrap();
+    assert_eq!(r.highest_modseq, 500);
+    assert_eq!(status(&inst, "INBOX")["highestmodseq"], "500");
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.update_flags(
+        3,
+        FlagChange {
+            add: flags::DELETED,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(tx.commit().unwrap().highest_modseq, 501);
+    assert_eq!(status(&inst, "INBOX")["highestmodseq"], "501");
+
     // Our view agrees with Dovecot's after all of it.
     let mb = st.open_mailbox("INBOX").unwrap();
     let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
@@ -418,7 +437,13 @@ fn tree_changes_as_dovecot_sees_them() {
     assert_eq!(s["uidvalidity"], "4242");
     assert_eq!(s["uidnext"], "1");
 
-    // A save into the new mailbox before Dovecot ever indexed it.
+    // A new UIDVALIDITY for the empty mailbox (replication picked the peer's).
+    let mut tx = st.begin("Projects/Alpha").unwrap();
+    tx.set_uid_validity(5000).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(status(&inst, "Projects/Alpha")["uidvalidity"], "5000");
+
+    // A save into the new mailbox.
     let mut tx = st.begin("Projects/Alpha").unwrap();
     tx.save(
         NewMessage {
@@ -518,12 +543,26 @@ fn concurrent_with_dovecot() {
                 inst.save_message(USER, "INBOX", &mail(n)).unwrap();
                 saved.push(n);
                 let uid = (i % 10 + 1).to_string();
-                inst.doveadm_user(USER, &["flags", "add", "\\Flagged $Dove", "mailbox", "INBOX", "uid", &uid])
-                    .unwrap();
+                inst.doveadm_user(
+                    USER,
+                    &[
+                        "flags",
+                        "add",
+                        "\\Flagged $Dove",
+                        "mailbox",
+                        "INBOX",
+                        "uid",
+                        &uid,
+                    ],
+                )
+                .unwrap();
                 if i < 5 {
                     // Dovecot expunges uids 1..5 (mails it saved at the start).
-                    inst.doveadm_user(USER, &["expunge", "mailbox", "INBOX", "uid", &(i + 1).to_string()])
-                        .unwrap();
+                    inst.doveadm_user(
+                        USER,
+                        &["expunge", "mailbox", "INBOX", "uid", &(i + 1).to_string()],
+                    )
+                    .unwrap();
                 }
                 i += 1;
             }
@@ -570,22 +609,35 @@ fn concurrent_with_dovecot() {
     let rows = fetch(&inst, "INBOX", "uid guid flags hdr.subject");
     let subjects: Vec<&str> = rows.iter().map(|r| r["hdr.subject"].as_str()).collect();
     for n in (5..20).chain(dsaved.iter().copied()) {
-        assert!(subjects.contains(&format!("message {n}").as_str()), "Dovecot's mail {n} lost");
+        assert!(
+            subjects.contains(&format!("message {n}").as_str()),
+            "Dovecot's mail {n} lost"
+        );
     }
     for (n, uid) in &hsaved {
         let row = rows
             .iter()
             .find(|r| r["hdr.subject"] == format!("message {n}"))
             .unwrap_or_else(|| panic!("homing's mail {n} lost"));
-        assert_eq!(row["uid"], uid.to_string(), "mail {n} kept the uid homing gave it");
+        assert_eq!(
+            row["uid"],
+            uid.to_string(),
+            "mail {n} kept the uid homing gave it"
+        );
         assert!(doveadm_flag_words(&row["flags"]).contains(&"homing".to_string()));
     }
     for n in 0..5 {
-        assert!(!subjects.contains(&format!("message {n}").as_str()), "expunged mail {n} came back");
+        assert!(
+            !subjects.contains(&format!("message {n}").as_str()),
+            "expunged mail {n} came back"
+        );
     }
     for uid in 11..=20u32 {
         let row = rows.iter().find(|r| r["uid"] == uid.to_string()).unwrap();
-        assert!(doveadm_flag_words(&row["flags"]).contains(&"\\Answered".to_string()), "uid {uid}");
+        assert!(
+            doveadm_flag_words(&row["flags"]).contains(&"\\Answered".to_string()),
+            "uid {uid}"
+        );
     }
     // Both readers agree.
     let st = store(&inst);
@@ -595,7 +647,10 @@ fn concurrent_with_dovecot() {
     for (o, t) in ours.iter().zip(&rows) {
         assert_eq!(o.uid.to_string(), t["uid"]);
         assert_eq!(o.guid, t["guid"]);
-        assert_eq!(flag_words(o.flags, &o.keywords), doveadm_flag_words(&t["flags"]));
+        assert_eq!(
+            flag_words(o.flags, &o.keywords),
+            doveadm_flag_words(&t["flags"])
+        );
     }
     let s = status(&inst, "INBOX");
     assert_eq!(s["messages"], rows.len().to_string());
@@ -611,7 +666,10 @@ fn crash_writer_child() {
     let Ok(root) = std::env::var("HOMING_CRASH_ROOT") else {
         return;
     };
-    let round: u32 = std::env::var("HOMING_CRASH_ROUND").unwrap().parse().unwrap();
+    let round: u32 = std::env::var("HOMING_CRASH_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
     let st = MaildirStore::open(root, MaildirOptions::default()).unwrap();
     for batch in 0.. {
         let mut tx = st.begin("INBOX").unwrap();
@@ -665,7 +723,12 @@ fn crash_while_writing() {
         | 1;
     for round in 1..=8u32 {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash_writer_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_writer_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("HOMING_CRASH_ROOT", &root)
             .env("HOMING_CRASH_ROUND", round.to_string())
             .stdout(std::process::Stdio::piped())
@@ -686,18 +749,29 @@ fn crash_while_writing() {
             }
         }
         // Dovecot works on the mailbox between crashes, as it would in production.
-        inst.save_message(USER, "INBOX", &mail(900 + round)).unwrap();
+        inst.save_message(USER, "INBOX", &mail(900 + round))
+            .unwrap();
     }
     assert!(!committed.is_empty(), "the writer never committed");
-    eprintln!("crash: {} mails committed before the kills", committed.len());
+    eprintln!(
+        "crash: {} mails committed before the kills",
+        committed.len()
+    );
 
     let rows = fetch(&inst, "INBOX", "uid guid flags hdr.subject");
-    let subjects: std::collections::HashSet<&str> = rows.iter().map(|r| r["hdr.subject"].as_str()).collect();
+    let subjects: std::collections::HashSet<&str> =
+        rows.iter().map(|r| r["hdr.subject"].as_str()).collect();
     for n in &committed {
-        assert!(subjects.contains(format!("message {n}").as_str()), "committed mail {n} lost");
+        assert!(
+            subjects.contains(format!("message {n}").as_str()),
+            "committed mail {n} lost"
+        );
     }
     for n in (0..5).chain(901..=908) {
-        assert!(subjects.contains(format!("message {n}").as_str()), "Dovecot's mail {n} lost");
+        assert!(
+            subjects.contains(format!("message {n}").as_str()),
+            "Dovecot's mail {n} lost"
+        );
     }
     let mut uids: Vec<u32> = rows.iter().map(|r| r["uid"].parse().unwrap()).collect();
     let len = uids.len();
@@ -710,8 +784,57 @@ fn crash_while_writing() {
     for (o, t) in ours.iter().zip(&rows) {
         assert_eq!(o.uid.to_string(), t["uid"]);
         assert_eq!(o.guid, t["guid"]);
-        assert_eq!(flag_words(o.flags, &o.keywords), doveadm_flag_words(&t["flags"]));
+        assert_eq!(
+            flag_words(o.flags, &o.keywords),
+            doveadm_flag_words(&t["flags"])
+        );
     }
-    assert_eq!(mb.status().highest_modseq.to_string(), status(&inst, "INBOX")["highestmodseq"]);
+    assert_eq!(
+        mb.status().highest_modseq.to_string(),
+        status(&inst, "INBOX")["highestmodseq"]
+    );
+    inst.assert_log_clean();
+}
+
+/// `LAYOUT=fs`: folders are nested directories; INBOX stays at the root.
+#[test]
+fn layout_fs() {
+    if !require_dovecot("layout_fs") {
+        return;
+    }
+    let inst =
+        DovecotInstance::start(InstanceOptions::new().mail_location("maildir:~/Maildir:LAYOUT=fs"))
+            .expect("start dovecot");
+    inst.save_message(USER, "INBOX", &mail(1)).unwrap();
+    inst.save_message(USER, "Lists/rust", &mail(2)).unwrap();
+    let st = MaildirStore::open(
+        inst.mail_dir(USER),
+        MaildirOptions {
+            layout: homing::storage::maildir::Layout::Fs,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let names: Vec<String> = st
+        .list_mailboxes()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.contains(&"INBOX".to_string()), "{names:?}");
+    assert!(names.contains(&"Lists/rust".to_string()), "{names:?}");
+    let mb = st.open_mailbox("Lists/rust").unwrap();
+    assert_eq!(mb.messages().count(), 1);
+    drop(mb);
+    st.create_mailbox("Projects/Beta", Some([7; 16]), Some(77))
+        .unwrap();
+    let mut tx = st.begin("Projects/Beta").unwrap();
+    tx.save(NewMessage::default(), &mut &mail(3)[..]).unwrap();
+    tx.commit().unwrap();
+    let s = status(&inst, "Projects/Beta");
+    assert_eq!(s["guid"], hex(&[7; 16]));
+    assert_eq!(s["uidvalidity"], "77");
+    assert_eq!(s["messages"], "1");
+    assert!(inst.mail_dir(USER).join("Projects/Beta/cur").is_dir());
     inst.assert_log_clean();
 }

@@ -32,6 +32,7 @@ pub struct ExtGeometry {
 pub struct TransactionBuilder {
     external: bool,
     sync: bool,
+    ext_headers: Vec<Rec>,
     header_updates: Vec<Rec>,
     appends: Vec<u8>,
     flag_updates: Vec<u8>,
@@ -82,13 +83,46 @@ impl TransactionBuilder {
 
     /// True if no record was added.
     pub fn is_empty(&self) -> bool {
-        self.header_updates.is_empty()
+        self.ext_headers.is_empty()
+            && self.header_updates.is_empty()
             && self.appends.is_empty()
             && self.flag_updates.is_empty()
             && self.ext_rec.is_empty()
             && self.keyword_updates.is_empty()
             && self.modseq_updates.is_empty()
             && self.expunges.is_empty()
+    }
+
+    /// EXT_INTRO (name form, NO_SHRINK) + EXT_HDR_UPDATE writing `data` at
+    /// `offset` of the extension header (4.3.5, 4.3.7). Introducing an
+    /// extension that does not exist yet creates it with this geometry.
+    pub fn ext_hdr_update(
+        &mut self,
+        ext: &ExtGeometry,
+        offset: u16,
+        data: &[u8],
+    ) -> Result<(), BuildError> {
+        let size = data.len() as u16;
+        if data.is_empty()
+            || data.len() > u16::MAX as usize
+            || offset as u32 + size as u32 > ext.hdr_size
+        {
+            return Err(BuildError::Unaligned { offset, size });
+        }
+        let mut p = Vec::with_capacity(4 + data.len() + 3);
+        p.extend_from_slice(&offset.to_le_bytes());
+        p.extend_from_slice(&size.to_le_bytes());
+        p.extend_from_slice(data);
+        pad4(&mut p);
+        self.ext_headers.push(Rec {
+            ty: types::EXT_INTRO,
+            payload: ext_intro_payload(ext),
+        });
+        self.ext_headers.push(Rec {
+            ty: types::EXT_HDR_UPDATE,
+            payload: p,
+        });
+        Ok(())
     }
 
     /// Base header update (4.3.4): `data` written at `offset`.
@@ -238,6 +272,7 @@ impl TransactionBuilder {
     /// The records in Dovecot's order (spec 4.4), without boundary.
     fn records(&self) -> Vec<Rec> {
         let mut out = Vec::new();
+        out.extend(self.ext_headers.iter().cloned());
         out.extend(self.header_updates.iter().cloned());
         if !self.appends.is_empty() {
             out.push(Rec {
@@ -467,6 +502,38 @@ mod tests {
             RecordBody::Append(a) => assert_eq!(a.count(), 2),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn ext_header_update_follows_its_intro() {
+        let mut b = TransactionBuilder::new(false);
+        let g = ExtGeometry {
+            name: "modseq".into(),
+            reset_id: 0,
+            hdr_size: 16,
+            record_size: 8,
+            record_align: 8,
+        };
+        b.ext_hdr_update(&g, 0, &[4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+            .unwrap();
+        b.modseq_update(0, 100);
+        let bytes = log_with(&b.encode());
+        let lf = LogFile::parse(&bytes).unwrap();
+        let kinds: Vec<_> = lf
+            .records()
+            .map(|r| r.unwrap().record_type().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                RecordType::Boundary,
+                RecordType::ExtIntro,
+                RecordType::ExtHdrUpdate,
+                RecordType::ModseqUpdate
+            ]
+        );
+        assert_eq!(lf.highest_modseq(), 100);
+        assert!(b.ext_hdr_update(&g, 12, &[0; 8]).is_err());
     }
 
     #[test]

@@ -296,6 +296,8 @@ pub struct CommitResult {
     pub already_expunged: Vec<u32>,
     /// Flag changes whose message was already gone.
     pub missing_for_flags: Vec<u32>,
+    /// Expunges skipped because the message has another GUID than the one given.
+    pub guid_mismatch: Vec<u32>,
     /// Status after the commit.
     pub uid_next: u32,
     pub highest_modseq: u64,

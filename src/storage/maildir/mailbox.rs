@@ -355,11 +355,8 @@ impl Mailbox for MaildirMailbox {
 
     fn changes_since(&self, modseq: u64) -> Result<Changes> {
         let Some(view) = &self.view else {
-            return Ok(if modseq >= 1 {
-                Changes::Since(Vec::new())
-            } else {
-                Changes::TooOld
-            });
+            // Never indexed: no change was ever logged.
+            return Ok(Changes::Since(Vec::new()));
         };
         let changes = view.changes_since(modseq)?;
         if !changes.is_complete() {

@@ -232,11 +232,13 @@ impl<'s> MaildirTransaction<'s> {
         let mut index_next = 0u32;
         let mut sync_offset = 0u32;
         let mut has_modseq_ext = false;
+        let mut log_modseq = 1u64;
         if let Some(v) = &view {
             index_next = v.next_uid();
             has_modseq_ext = v.extension(index_format::ext::MODSEQ).is_some();
             let lf = LogFile::parse(&log_bytes)?;
             sync_offset = lf.sync_offset();
+            log_modseq = lf.highest_modseq();
             // Appends made after our mapping (under Dovecot's lock, before ours).
             for r in lf
                 .records_from(v.head().offset.max(lf.header().hdr_size as u32))?
@@ -495,10 +497,8 @@ impl<'s> MaildirTransaction<'s> {
             if let Some(g) = &want_guid {
                 let have = e.guid.as_deref().unwrap_or(&e.base);
                 if have != g {
-                    return Err(StorageError::BadMessage {
-                        uid,
-                        why: format!("expunge asked for GUID {g:?} but the message has {have:?}"),
-                    });
+                    result.guid_mismatch.push(uid);
+                    continue;
                 }
             }
             let Some(loc) = files.get(&e.base) else {
@@ -602,9 +602,18 @@ impl<'s> MaildirTransaction<'s> {
             if let Some(v) = &view {
                 if v.highest_modseq() < me.min_modseq {
                     if !has_modseq_ext {
-                        return Err(StorageError::Unsupported(
-                            "raising HIGHESTMODSEQ of an index without the modseq extension",
-                        ));
+                        // Enable modseq tracking first, as Dovecot does:
+                        // intro + header {highest modseq now, log seq 0, offset 0}.
+                        let g = index_format::write::ExtGeometry {
+                            name: index_format::ext::MODSEQ.into(),
+                            reset_id: 0,
+                            hdr_size: 16,
+                            record_size: 8,
+                            record_align: 8,
+                        };
+                        let mut hdr = [0u8; 16];
+                        hdr[..8].copy_from_slice(&log_modseq.to_le_bytes());
+                        tx.ext_hdr_update(&g, 0, &hdr)?;
                     }
                     tx.modseq_update(0, me.min_modseq);
                 }
