@@ -200,7 +200,9 @@ fn bench(c: &mut Criterion) {
                 let t = Instant::now();
                 doveadm_ok(&inst, &["import", "-u", USER, &src_loc, &parent, "all"]);
                 total += t.elapsed();
-                doveadm_ok(&inst, &["mailbox", "delete", "-u", USER, "-r", &parent]);
+                // The import lands in `<parent>/INBOX`; the parent is only a name level.
+                let imported = format!("{parent}/INBOX");
+                doveadm_ok(&inst, &["mailbox", "delete", "-u", USER, &imported]);
             }
             total
         })
