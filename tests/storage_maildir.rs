@@ -296,6 +296,11 @@ fn saves_flags_and_expunges_as_dovecot_does() {
         .iter()
         .any(|c| c.external && c.kind == LogChangeKind::Append { uids: vec![10, 11] }));
     assert_eq!(mb.status().highest_modseq, hm0 + 3);
+    let m10 = mb.message(10).unwrap().unwrap();
+    assert_eq!(m10.received, Some(1_700_000_000));
+    assert_eq!(m10.pop3_uidl.as_deref(), Some("uidl-10"));
+    assert_eq!(m10.pop3_order, Some(4));
+    assert_eq!(m10.keywords.len(), 2);
     drop(mb);
 
     let rows = fetch(

@@ -250,8 +250,12 @@ pub trait Mailbox {
     /// Full name in the store's namespace.
     fn name(&self) -> &str;
     fn status(&self) -> MailboxStatus;
-    /// Messages in UID order.
+    /// Messages in UID order. To stay one pass over the index, the listing
+    /// may leave [`MessageInfo::received`] and [`MessageInfo::saved`] `None`
+    /// when they cost a file access per message (Maildir); [`Mailbox::message`]
+    /// fills them.
     fn messages(&self) -> Box<dyn Iterator<Item = Result<MessageInfo>> + '_>;
+    /// One message with every field.
     fn message(&self, uid: u32) -> Result<Option<MessageInfo>>;
     /// Log changes with modseq above `modseq`.
     fn changes_since(&self, modseq: u64) -> Result<Changes>;

@@ -211,7 +211,9 @@ impl MaildirMailbox {
         })
     }
 
-    fn info(&self, e: &UidEntry) -> Result<Option<MessageInfo>> {
+    /// `with_file`: also stat the file for the dates (and sizes missing from
+    /// the name); listing all messages skips that (one syscall per mail).
+    fn info(&self, e: &UidEntry, with_file: bool) -> Result<Option<MessageInfo>> {
         let Some(loc) = self.files.get(&e.base) else {
             return Ok(None);
         };
@@ -242,12 +244,16 @@ impl MaildirMailbox {
             ),
             None => (1, 0),
         };
-        let path = self.file_path(loc);
-        let md = fs::metadata(&path).ok();
-        let vsize = match e.vsize.or(parsed.virtual_size) {
-            Some(v) => Some(v),
+        let psize = e.psize.or(parsed.physical_size);
+        let vsize = e.vsize.or(parsed.virtual_size);
+        let need_file = with_file || psize.is_none() || vsize.is_none();
+        let path = need_file.then(|| self.file_path(loc));
+        let md = path.as_ref().and_then(|p| fs::metadata(p).ok());
+        let vsize = match (vsize, &path) {
+            (Some(v), _) => Some(v),
             // Plain deliveries carry no W=: count line ends as Dovecot would.
-            None => virtual_size_of(&path).ok(),
+            (None, Some(p)) => virtual_size_of(p).ok(),
+            (None, None) => None,
         };
         Ok(Some(MessageInfo {
             uid: e.uid,
@@ -257,12 +263,9 @@ impl MaildirMailbox {
             modseq,
             pvt_modseq: pvt,
             virtual_size: vsize,
-            physical_size: e
-                .psize
-                .or(parsed.physical_size)
-                .or(md.as_ref().map(|m| m.len())),
-            received: md.as_ref().map(|m| m.mtime()),
-            saved: md.as_ref().map(|m| m.ctime()),
+            physical_size: psize.or(md.as_ref().map(|m| m.len())),
+            received: md.as_ref().filter(|_| with_file).map(|m| m.mtime()),
+            saved: md.as_ref().filter(|_| with_file).map(|m| m.ctime()),
             pop3_uidl: e.pop3_uidl.clone(),
             pop3_order: e.pop3_order,
         }))
@@ -342,13 +345,13 @@ impl Mailbox for MaildirMailbox {
             self.uidlist
                 .entries
                 .iter()
-                .filter_map(move |e| self.info(e).transpose()),
+                .filter_map(move |e| self.info(e, false).transpose()),
         )
     }
 
     fn message(&self, uid: u32) -> Result<Option<MessageInfo>> {
         match self.uidlist.entries.binary_search_by_key(&uid, |e| e.uid) {
-            Ok(i) => self.info(&self.uidlist.entries[i]),
+            Ok(i) => self.info(&self.uidlist.entries[i], true),
             Err(_) => Ok(None),
         }
     }
