@@ -179,14 +179,17 @@ pub(crate) fn open_view(dir: &Path) -> Result<Option<MailboxView>> {
 
 impl MaildirMailbox {
     pub(crate) fn open(store: &MaildirStore, name: String, dir: PathBuf) -> Result<MaildirMailbox> {
-        if UidlistState::read(&dir)?.and_then(|u| u.guid).is_none() {
-            store.ensure_uidlist(&dir, None, None)?;
-        }
+        let mut uidlist = match UidlistState::read(&dir)? {
+            Some(u) if u.guid.is_some() => u,
+            _ => {
+                store.ensure_uidlist(&dir, None, None)?;
+                UidlistState::read(&dir)?.ok_or_else(|| StorageError::Inconsistent {
+                    path: dir.join(UIDLIST),
+                    why: "uidlist vanished".into(),
+                })?
+            }
+        };
         let mut files = scan_files(&dir)?;
-        let mut uidlist = UidlistState::read(&dir)?.ok_or_else(|| StorageError::Inconsistent {
-            path: dir.join(UIDLIST),
-            why: "uidlist vanished".into(),
-        })?;
         let listed: std::collections::HashSet<&str> =
             uidlist.entries.iter().map(|e| e.base.as_str()).collect();
         if files.keys().any(|b| !listed.contains(b.as_str())) {
