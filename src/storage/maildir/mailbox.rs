@@ -146,6 +146,8 @@ pub struct MaildirMailbox {
     files: HashMap<String, FileLoc>,
     keywords: Vec<(u8, String)>,
     view: Option<MailboxView>,
+    modseq_handle: Option<index_format::view::ExtHandle>,
+    highest_modseq: u64,
 }
 
 impl std::fmt::Debug for MaildirMailbox {
@@ -204,7 +206,14 @@ impl MaildirMailbox {
         }
         let keywords = read_keywords(&dir)?;
         let view = open_view(&dir)?;
+        let modseq_handle = view
+            .as_ref()
+            .and_then(|v| v.ext_handle(index_format::ext::MODSEQ))
+            .filter(|h| h.size == 8);
+        let highest_modseq = view.as_ref().map(|v| v.highest_modseq()).unwrap_or(1);
         Ok(MaildirMailbox {
+            modseq_handle,
+            highest_modseq,
             name,
             dir,
             uidlist,
@@ -239,12 +248,20 @@ impl MaildirMailbox {
             None => (0, Vec::new()),
         };
         let (modseq, pvt) = match &self.view {
-            Some(v) => (
-                v.lookup_uid(e.uid)
-                    .map(|m| m.modseq())
-                    .unwrap_or_else(|| v.highest_modseq()),
-                0,
-            ),
+            Some(v) => {
+                // The handle is looked up once per view, not per message.
+                let m = match (v.lookup_uid(e.uid), self.modseq_handle) {
+                    (Some(m), Some(h)) => m
+                        .ext(h)
+                        .and_then(|d| d.get(..8))
+                        .map(|d| {
+                            u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+                        })
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+                (if m == 0 { self.highest_modseq } else { m }, 0)
+            }
             None => (1, 0),
         };
         let psize = e.psize.or(parsed.physical_size);
