@@ -53,8 +53,12 @@ impl MailboxLogType {
     }
 
     /// True when the GUID field holds a mailbox GUID (not a name hash).
+    ///
+    /// Only mailbox deletions do: a rename record holds the SHA-1 prefix of the
+    /// mailbox's *new* name, as a live Dovecot 2.3.19.1 writes it (checked with
+    /// `doveadm dump`) and as dsync reads it, although the format notes say a GUID.
     pub fn has_mailbox_guid(self) -> bool {
-        matches!(self, Self::DeleteMailbox | Self::Rename)
+        matches!(self, Self::DeleteMailbox)
     }
 }
 
