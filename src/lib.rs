@@ -3,7 +3,10 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the parts and how data flows between them.
 
+pub mod cli;
+pub mod demo;
 pub mod dump;
+pub mod session;
 pub mod transport;
 
 pub use dsync_protocol as protocol;
