@@ -21,16 +21,43 @@ fn sync_args(argv: &[&str]) -> (bool, homing::cli::SyncArgs) {
 
 #[test]
 fn options_come_before_the_destination() {
-    let (oneway, a) = sync_args(&["homing", "sync", "-1", "-f", "-u", "alice", "-s", "", "maildir:/x", "-f"]);
+    let (oneway, a) = sync_args(&[
+        "homing",
+        "sync",
+        "-1",
+        "-f",
+        "-u",
+        "alice",
+        "-s",
+        "",
+        "maildir:/x",
+        "-f",
+    ]);
     assert!(oneway);
     assert!(a.full);
     assert_eq!(a.user.as_deref(), Some("alice"));
     assert_eq!(a.state.as_deref(), Some(""));
     // Everything from the first positional word on is the destination.
     assert_eq!(a.destination, ["maildir:/x", "-f"]);
-    let (_, a) = sync_args(&["homing", "sync", "-u", "bob", "doveadm", "-c", "/c", "dsync-server", "-u", "bob"]);
-    assert_eq!(a.destination, ["doveadm", "-c", "/c", "dsync-server", "-u", "bob"]);
-    let (_, a) = sync_args(&["homing", "sync", "-x", "Trash", "-x", "Spam", "-m", "", "-O", "-\\Seen", "tcp:h:1"]);
+    let (_, a) = sync_args(&[
+        "homing",
+        "sync",
+        "-u",
+        "bob",
+        "doveadm",
+        "-c",
+        "/c",
+        "dsync-server",
+        "-u",
+        "bob",
+    ]);
+    assert_eq!(
+        a.destination,
+        ["doveadm", "-c", "/c", "dsync-server", "-u", "bob"]
+    );
+    let (_, a) = sync_args(&[
+        "homing", "sync", "-x", "Trash", "-x", "Spam", "-m", "", "-O", "-\\Seen", "tcp:h:1",
+    ]);
     assert_eq!(a.exclude, ["Trash", "Spam"]);
     assert_eq!(a.mailbox.as_deref(), Some(""));
     assert_eq!(a.sync_flag, ["-\\Seen"]);
@@ -38,7 +65,17 @@ fn options_come_before_the_destination() {
 
 #[test]
 fn global_options_go_before_the_subcommand() {
-    let cli = Cli::try_parse_from(["homing", "-D", "-o", "mail_location=memory:", "sync", "-u", "a", "tcp:h"]).unwrap();
+    let cli = Cli::try_parse_from([
+        "homing",
+        "-D",
+        "-o",
+        "mail_location=memory:",
+        "sync",
+        "-u",
+        "a",
+        "tcp:h",
+    ])
+    .unwrap();
     assert!(cli.debug);
     assert_eq!(cli.overrides, ["mail_location=memory:"]);
 }
@@ -64,10 +101,27 @@ fn usage_errors_exit_64() {
     let (c, _, err) = code(&["backup", "-u", "alice"]);
     assert_eq!(c, 64);
     assert!(err.contains("backup [-fPRU]"), "{err}");
-    let out = homing().env_remove("USER").args(["sync", "tcp:h"]).output().unwrap();
+    let out = homing()
+        .env_remove("USER")
+        .args(["sync", "tcp:h"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("USER environment is missing"));
-    assert_eq!(code(&["-o", "mail_location=memory:", "sync", "-u", "a", "-n", "nope/", "memory:"]).0, 64);
+    assert_eq!(
+        code(&[
+            "-o",
+            "mail_location=memory:",
+            "sync",
+            "-u",
+            "a",
+            "-n",
+            "nope/",
+            "memory:"
+        ])
+        .0,
+        64
+    );
 }
 
 #[test]
@@ -83,7 +137,10 @@ fn bad_option_values_exit_75_and_bad_ints_are_ignored() {
     assert!(err.contains("Invalid -g parameter: xyz"), "{err}");
     let (c, _, err) = run(&["-O", "\\Bogus", "memory:b"]);
     assert_eq!(c, 75);
-    assert!(err.contains("Invalid system flag given for -O parameter: '\\Bogus'"), "{err}");
+    assert!(
+        err.contains("Invalid system flag given for -O parameter: '\\Bogus'"),
+        "{err}"
+    );
     assert_eq!(run(&["-t", "garbage", "memory:b"]).0, 75);
     let (c, _, err) = run(&["-t", "2024-02-01", "-e", "2024-01-01", "memory:b"]);
     assert_eq!(c, 75);
@@ -97,8 +154,24 @@ fn bad_option_values_exit_75_and_bad_ints_are_ignored() {
     assert_eq!(out, "AQAAAHm4+Jk=\n");
     let (c, _, err) = run(&["-s", "garbage!!", "memory:b"]);
     assert_eq!(c, 0);
-    assert!(err.contains("Saved sync state is invalid, falling back to full sync"), "{err}");
-    assert_eq!(code(&["-o", "plugin/mail_replica=", "-o", "mail_location=memory:", "sync", "-u", "a", "-d"]).0, 68);
+    assert!(
+        err.contains("Saved sync state is invalid, falling back to full sync"),
+        "{err}"
+    );
+    assert_eq!(
+        code(&[
+            "-o",
+            "plugin/mail_replica=",
+            "-o",
+            "mail_location=memory:",
+            "sync",
+            "-u",
+            "a",
+            "-d"
+        ])
+        .0,
+        68
+    );
     assert_eq!(run(&["tcp:127.0.0.1:1"]).0, 75);
 }
 
@@ -106,5 +179,8 @@ fn bad_option_values_exit_75_and_bad_ints_are_ignored() {
 fn demo_runs_and_verifies() {
     let (c, out, err) = code(&["demo"]);
     assert_eq!(c, 0, "{out}\n{err}");
-    assert!(out.contains("Verified: replicas identical, no mail lost"), "{out}");
+    assert!(
+        out.contains("Verified: replicas identical, no mail lost"),
+        "{out}"
+    );
 }

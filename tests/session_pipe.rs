@@ -43,7 +43,10 @@ async fn two_way_sync_with_spooled_bodies_and_conflicts() {
     assert_eq!(ra.exit_code(), 0, "{:?} {:?}", ra.outcome, ra.error);
     assert_eq!(rb.exit_code(), 0, "{:?} {:?}", rb.outcome, rb.error);
     assert_eq!(rb.stats.bodies_received, 3);
-    assert_eq!(rb.stats.bodies_spooled, 2, "the two large bodies are spooled");
+    assert_eq!(
+        rb.stats.bodies_spooled, 2,
+        "the two large bodies are spooled"
+    );
     assert_eq!(ra.stats.bodies_sent, 3);
     let (mut a, mut b) = (ra.store, rb.store);
     assert_eq!(a.view(), b.view());
@@ -71,7 +74,10 @@ async fn two_way_sync_with_spooled_bodies_and_conflicts() {
     assert_eq!(guids, ["m1", "m2", "a-new", "b-new"]);
     assert_eq!(*inbox.mails.keys().last().unwrap(), 5);
     let m2 = &inbox.mails[&2];
-    assert_eq!(m2.1 & (MailFlags::SEEN | MailFlags::ANSWERED), MailFlags::SEEN | MailFlags::ANSWERED);
+    assert_eq!(
+        m2.1 & (MailFlags::SEEN | MailFlags::ANSWERED),
+        MailFlags::SEEN | MailFlags::ANSWERED
+    );
     assert_eq!(m2.2, vec!["kw".to_string()]);
 }
 
@@ -100,7 +106,10 @@ async fn garbage_from_the_peer_ends_the_session_with_tempfail() {
     assert_eq!(res.exit_code(), 75);
     assert!(res.error.is_some());
     let sent = peer.await.unwrap();
-    assert!(sent.starts_with(b"VERSION\tdsync\t3\t5\n"), "we spoke first");
+    assert!(
+        sent.starts_with(b"VERSION\tdsync\t3\t5\n"),
+        "we spoke first"
+    );
 }
 
 #[tokio::test]

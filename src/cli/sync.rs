@@ -281,10 +281,21 @@ pub async fn run_sync(globals: &Globals, mode: Mode, a: &SyncArgs) -> i32 {
 }
 
 async fn run_sync_inner(globals: &Globals, mode: Mode, a: &SyncArgs) -> Result<i32, Failure> {
-    if let Some(w) = a.destination.first().filter(|w| w.starts_with('-') && w.len() > 1) {
-        let name = if mode == Mode::Backup { "backup" } else { "sync" };
+    if let Some(w) = a
+        .destination
+        .first()
+        .filter(|w| w.starts_with('-') && w.len() > 1)
+    {
+        let name = if mode == Mode::Backup {
+            "backup"
+        } else {
+            "sync"
+        };
         let letter = w.chars().nth(1).unwrap_or('-');
-        return Err(fatal(EX_USAGE, format!("{name}: invalid option -- '{letter}'")));
+        return Err(fatal(
+            EX_USAGE,
+            format!("{name}: invalid option -- '{letter}'"),
+        ));
     }
     if a.all_users || a.user_file.is_some() {
         return Err(fatal(
