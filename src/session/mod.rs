@@ -20,6 +20,7 @@
 //! transport, collecting the transport's outcome) and [`run_local_pair`]
 //! (two local stores through an in-process duplex pipe and the wire codec).
 
+pub mod maildir_store;
 pub mod store;
 
 use std::io::Read;
