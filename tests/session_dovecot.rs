@@ -328,3 +328,73 @@ fn cli_sync_maildir_local_side_with_dsync_server() {
     let log = inst.log();
     assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
 }
+
+#[test]
+fn doveadm_sync_against_homing_dsync_server_on_maildir() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
+    seed(&inst);
+    let root = make_mail_root(&inst, "alice");
+    // Real doveadm (bob's account) is the master; homing serves alice's
+    // Maildir as the slave over stdio.
+    let cmd = format!(
+        "{} -o mail_location=maildir:{} dsync-server -u alice",
+        env!("CARGO_BIN_EXE_homing"),
+        root.display()
+    );
+    let out = inst.doveadm(["sync", "-u", USER, &cmd]).unwrap();
+    assert!(out.success(), "doveadm sync failed: {}\n{}", out.stderr_str(), inst.log());
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, USER));
+
+    inst.save_message("alice", "INBOX", &message("a-new")).expect("save");
+    inst.save_message(USER, "INBOX", &message("b-new")).expect("save");
+    inst.doveadm_user("alice", &["flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "2"]).expect("flags");
+    let out = inst.doveadm(["sync", "-u", USER, "-f", &cmd]).unwrap();
+    assert!(out.success(), "second doveadm sync failed: {}", out.stderr_str());
+    let (ab, av) = full_view(&inst, "alice");
+    let (bb, bv) = full_view(&inst, USER);
+    assert_eq!(ab, bb);
+    assert_eq!(av, bv);
+    assert_eq!(av.iter().filter(|x| x.0 == "INBOX").count(), 4, "{av:?}");
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}
+
+#[test]
+fn cli_sync_between_two_local_maildirs() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&["alice", "carol"]));
+    inst.save_message("alice", "INBOX", &message("m1")).expect("save");
+    inst.save_message("alice", "Work", &message("m2")).expect("save");
+    inst.doveadm_user("alice", &["flags", "add", "\\Flagged", "mailbox", "Work", "uid", "1"]).expect("flags");
+    let a = inst.mail_dir("alice");
+    let c = make_mail_root(&inst, "carol");
+    let run = || {
+        homing()
+            .args([
+                "-o",
+                &format!("mail_location=maildir:{}", a.display()),
+                "sync",
+                "-u",
+                "alice",
+                &format!("maildir:{}", c.display()),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, "carol"));
+    inst.save_message("carol", "INBOX", &message("m3")).expect("save");
+    let out = run();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, av) = full_view(&inst, "alice");
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, "carol"));
+    assert_eq!(av.len(), 3);
+    // The same directory on both sides is refused.
+    let out = homing()
+        .args(["-o", &format!("mail_location=maildir:{}", a.display()), "sync", "-u", "alice", &format!("maildir:{}", a.display())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75));
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}
