@@ -342,14 +342,29 @@ fn doveadm_sync_against_homing_dsync_server_on_maildir() {
         root.display()
     );
     let out = inst.doveadm(["sync", "-u", USER, &cmd]).unwrap();
-    assert!(out.success(), "doveadm sync failed: {}\n{}", out.stderr_str(), inst.log());
+    assert!(
+        out.success(),
+        "doveadm sync failed: {}\n{}",
+        out.stderr_str(),
+        inst.log()
+    );
     assert_eq!(full_view(&inst, "alice"), full_view(&inst, USER));
 
-    inst.save_message("alice", "INBOX", &message("a-new")).expect("save");
-    inst.save_message(USER, "INBOX", &message("b-new")).expect("save");
-    inst.doveadm_user("alice", &["flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "2"]).expect("flags");
+    inst.save_message("alice", "INBOX", &message("a-new"))
+        .expect("save");
+    inst.save_message(USER, "INBOX", &message("b-new"))
+        .expect("save");
+    inst.doveadm_user(
+        "alice",
+        &["flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "2"],
+    )
+    .expect("flags");
     let out = inst.doveadm(["sync", "-u", USER, "-f", &cmd]).unwrap();
-    assert!(out.success(), "second doveadm sync failed: {}", out.stderr_str());
+    assert!(
+        out.success(),
+        "second doveadm sync failed: {}",
+        out.stderr_str()
+    );
     let (ab, av) = full_view(&inst, "alice");
     let (bb, bv) = full_view(&inst, USER);
     assert_eq!(ab, bb);
@@ -362,9 +377,15 @@ fn doveadm_sync_against_homing_dsync_server_on_maildir() {
 #[test]
 fn cli_sync_between_two_local_maildirs() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&["alice", "carol"]));
-    inst.save_message("alice", "INBOX", &message("m1")).expect("save");
-    inst.save_message("alice", "Work", &message("m2")).expect("save");
-    inst.doveadm_user("alice", &["flags", "add", "\\Flagged", "mailbox", "Work", "uid", "1"]).expect("flags");
+    inst.save_message("alice", "INBOX", &message("m1"))
+        .expect("save");
+    inst.save_message("alice", "Work", &message("m2"))
+        .expect("save");
+    inst.doveadm_user(
+        "alice",
+        &["flags", "add", "\\Flagged", "mailbox", "Work", "uid", "1"],
+    )
+    .expect("flags");
     let a = inst.mail_dir("alice");
     let c = make_mail_root(&inst, "carol");
     let run = || {
@@ -381,17 +402,35 @@ fn cli_sync_between_two_local_maildirs() {
             .unwrap()
     };
     let out = run();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(full_view(&inst, "alice"), full_view(&inst, "carol"));
-    inst.save_message("carol", "INBOX", &message("m3")).expect("save");
+    inst.save_message("carol", "INBOX", &message("m3"))
+        .expect("save");
     let out = run();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (_, av) = full_view(&inst, "alice");
     assert_eq!(full_view(&inst, "alice"), full_view(&inst, "carol"));
     assert_eq!(av.len(), 3);
     // The same directory on both sides is refused.
     let out = homing()
-        .args(["-o", &format!("mail_location=maildir:{}", a.display()), "sync", "-u", "alice", &format!("maildir:{}", a.display())])
+        .args([
+            "-o",
+            &format!("mail_location=maildir:{}", a.display()),
+            "sync",
+            "-u",
+            "alice",
+            &format!("maildir:{}", a.display()),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(75));

@@ -92,6 +92,12 @@ impl SessionStore for LocalReplica {
             LocalReplica::Maildir(m) => m.set_incoming_body(body),
         }
     }
+    fn finish(&mut self) -> Result<(), sync_engine::StorageError> {
+        match self {
+            LocalReplica::Memory(_) => Ok(()),
+            LocalReplica::Maildir(m) => m.finish(),
+        }
+    }
     fn spool_dir(&self) -> Option<std::path::PathBuf> {
         match self {
             LocalReplica::Memory(_) => None,

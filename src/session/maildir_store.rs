@@ -27,6 +27,25 @@ use crate::storage::{self as st, Changes, FlagChange, MailStore, NewMessage};
 pub struct MaildirReplica {
     store: MaildirStore,
     incoming: Option<IncomingBody>,
+    /// Saves of one mailbox not committed yet: Dovecot assigns the UIDs of
+    /// one transaction in ascending order, and the engine may ask for a
+    /// reassigned UID before a lower new one, so saves are batched and
+    /// committed sorted when anything else happens.
+    pending: Option<(String, Vec<PendingSave>)>,
+}
+
+struct PendingSave {
+    msg: NewMessage,
+    source: SaveSource,
+}
+
+enum SaveSource {
+    Incoming(IncomingBody),
+    /// A local mail of the same mailbox; `expunge`: a move (UID reassignment).
+    Local {
+        uid: u32,
+        expunge: bool,
+    },
 }
 
 /// Why a `maildir:` location cannot be opened.
@@ -86,6 +105,7 @@ impl MaildirReplica {
         MaildirReplica {
             store,
             incoming: None,
+            pending: None,
         }
     }
 
@@ -293,30 +313,70 @@ impl MaildirReplica {
         }
     }
 
-    /// Copies local mail `from_uid` of `from` into `to` as `msg`;
-    /// `expunge_source` makes it a move (UID reassignment).
+    /// Copies local mail `from_uid` of `from` into another mailbox `to` as
+    /// a normal (not replication-written) save.
     fn copy(
         &self,
         from: &str,
         from_uid: u32,
         to: &str,
         msg: NewMessage,
-        sync: bool,
-        expunge_source: bool,
     ) -> Result<(), st::StorageError> {
         let src = self.store.open_mailbox(from)?;
         let mut body = src.open_body(from_uid)?;
         let mut t = self.store.begin(to)?;
-        t.set_sync_origin(sync);
+        t.set_sync_origin(false);
         t.save(msg, &mut body)?;
-        if expunge_source && from == to {
-            t.expunge(from_uid, None)?;
-        }
         t.commit()?;
         Ok(())
     }
 
+    fn queue(&mut self, name: String, save: PendingSave) -> Result<(), StorageError> {
+        if self.pending.as_ref().is_some_and(|(n, _)| *n != name) {
+            self.flush()?;
+        }
+        self.pending
+            .get_or_insert_with(|| (name, Vec::new()))
+            .1
+            .push(save);
+        Ok(())
+    }
+
+    /// Commits the batched saves of one mailbox in UID order.
+    pub fn flush(&mut self) -> Result<(), StorageError> {
+        let Some((name, mut saves)) = self.pending.take() else {
+            return Ok(());
+        };
+        saves.sort_by_key(|s| s.msg.uid);
+        let src = self.store.open_mailbox(&name).map_err(map_err)?;
+        let mut t = self.store.begin(&name).map_err(map_err)?;
+        t.set_sync_origin(true);
+        let mut expunges = Vec::new();
+        for s in saves {
+            let mut body: Box<dyn Read + Send> = match s.source {
+                SaveSource::Incoming(b) => b.into_reader(),
+                SaveSource::Local { uid, expunge } => {
+                    if expunge {
+                        expunges.push(uid);
+                    }
+                    src.open_body(uid).map_err(map_err)?
+                }
+            };
+            t.save(s.msg, &mut body).map_err(map_err)?;
+        }
+        for uid in expunges {
+            t.expunge(uid, None).map_err(map_err)?;
+        }
+        t.commit().map(|_| ()).map_err(map_err)
+    }
+
     fn apply_inner(&mut self, a: &Action) -> Result<(), StorageError> {
+        if !matches!(
+            a,
+            Action::SaveMail { .. } | Action::MoveMail { .. } | Action::CopyMail { .. }
+        ) {
+            self.flush()?;
+        }
         let ts = |t: i64| u32::try_from(t.max(0)).unwrap_or(u32::MAX);
         match a {
             // The lock needs the user's home, which a bare mail location
@@ -457,8 +517,16 @@ impl MaildirReplica {
                     pop3_uidl: info.pop3_uidl,
                     pop3_order: info.pop3_order,
                 };
-                self.copy(&name, *from_uid, &name, msg, true, true)
-                    .map_err(map_err)
+                self.queue(
+                    name,
+                    PendingSave {
+                        msg,
+                        source: SaveSource::Local {
+                            uid: *from_uid,
+                            expunge: true,
+                        },
+                    },
+                )
             }
             Action::CopyMail {
                 mailbox,
@@ -466,15 +534,16 @@ impl MaildirReplica {
                 mail,
             } => {
                 let name = self.mailbox_name(*mailbox)?;
-                self.copy(
-                    &name,
-                    *from_uid,
-                    &name,
-                    Self::new_message(mail),
-                    true,
-                    false,
+                self.queue(
+                    name,
+                    PendingSave {
+                        msg: Self::new_message(mail),
+                        source: SaveSource::Local {
+                            uid: *from_uid,
+                            expunge: false,
+                        },
+                    },
                 )
-                .map_err(map_err)
             }
             Action::CopyToMailbox {
                 from_mailbox,
@@ -484,7 +553,7 @@ impl MaildirReplica {
             } => {
                 let from = self.mailbox_name(*from_mailbox)?;
                 let to = self.mailbox_name(*to_mailbox)?;
-                self.copy(&from, *from_uid, &to, Self::new_message(mail), false, false)
+                self.copy(&from, *from_uid, &to, Self::new_message(mail))
                     .map_err(map_err)
             }
             Action::SaveMail {
@@ -493,13 +562,17 @@ impl MaildirReplica {
                 body: BodySource::Incoming,
             } => {
                 let name = self.mailbox_name(*mailbox)?;
-                let mut body = self
+                let body = self
                     .incoming
                     .take()
-                    .ok_or_else(|| StorageError::NotPossible("no mail body received".into()))?
-                    .into_reader();
-                let msg = Self::new_message(mail);
-                self.txn(&name, |t| t.save(msg.clone(), &mut body))
+                    .ok_or_else(|| StorageError::NotPossible("no mail body received".into()))?;
+                self.queue(
+                    name,
+                    PendingSave {
+                        msg: Self::new_message(mail),
+                        source: SaveSource::Incoming(body),
+                    },
+                )
             }
             Action::RaiseStatus {
                 mailbox,
@@ -550,6 +623,9 @@ fn map_err(e: st::StorageError) -> StorageError {
 
 impl SessionStore for MaildirReplica {
     fn answer(&mut self, q: &Query) -> Answer {
+        if let Err(e) = self.flush() {
+            tracing::error!(%e, "committing saved mails failed");
+        }
         match q {
             Query::Tree => match self.tree() {
                 Ok(t) => Answer::Tree(t),
@@ -581,6 +657,7 @@ impl SessionStore for MaildirReplica {
     }
 
     fn open_body(&mut self, r: &BodyRef) -> io::Result<Option<Box<dyn Read + Send>>> {
+        self.flush().map_err(|e| io::Error::other(e.to_string()))?;
         let Ok(name) = self.mailbox_name(r.mailbox) else {
             return Ok(None);
         };
@@ -602,5 +679,9 @@ impl SessionStore for MaildirReplica {
 
     fn spool_dir(&self) -> Option<PathBuf> {
         Some(self.store.root().to_path_buf())
+    }
+
+    fn finish(&mut self) -> Result<(), StorageError> {
+        self.flush()
     }
 }
