@@ -506,8 +506,13 @@ pub async fn run_dsync_server(globals: &Globals, a: &ServerArgs) -> i32 {
     if let Some(e) = &r.error {
         eprintln!("{prefix}: Error: {e}");
     }
+    let level = if r.outcome.status == ExitStatus::Ok {
+        "Warning"
+    } else {
+        "Error"
+    };
     for m in &r.outcome.messages {
-        eprintln!("{prefix}: Warning: {m}");
+        eprintln!("{prefix}: {level}: {m}");
     }
     r.exit_code()
 }
