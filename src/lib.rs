@@ -3,8 +3,11 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the parts and how data flows between them.
 
+pub mod cli;
+pub mod demo;
 pub mod dump;
 pub mod replicator;
+pub mod session;
 pub mod storage;
 pub mod transport;
 

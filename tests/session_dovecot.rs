@@ -1,0 +1,439 @@
+//! The session driver and the command line against real Dovecot 2.3:
+//! homing as master against `doveadm dsync-server` (command and `tcp:`),
+//! and real `doveadm sync` against `homing dsync-server`. Skipped when
+//! Dovecot is unavailable.
+
+use std::process::Command;
+
+use dsync_protocol::MailFlags;
+use homing::session::{run_master_over, SessionOptions};
+use homing::transport::{self, Destination, OpenOptions};
+use sync_engine::memory::MemoryReplica;
+use sync_engine::SyncSettings;
+use test_support::{dovecot_or_skip, DovecotInstance, InstanceOptions};
+
+const USER: &str = "bob";
+
+fn message(id: &str) -> Vec<u8> {
+    format!("From: a@example.org\nSubject: {id}\nMessage-ID: <{id}@test>\n\nbody of {id}\n")
+        .into_bytes()
+}
+
+type View = Vec<(String, u32, String, Vec<String>)>;
+
+fn dovecot_view(inst: &DovecotInstance) -> View {
+    let snap = inst.snapshot(USER).expect("snapshot");
+    let mut v: View = snap
+        .mails
+        .iter()
+        .map(|m| {
+            let mut f = m.flags.clone();
+            f.extend(m.keywords.iter().cloned());
+            f.sort();
+            (m.mailbox.clone(), m.uid, m.guid.clone(), f)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn homing_view(r: &MemoryReplica) -> View {
+    let mut v = Vec::new();
+    for (name, mb) in r.view().mailboxes {
+        for (uid, (guid, bits, kws)) in mb.mails {
+            let mut f = MailFlags(bits).names();
+            f.retain(|x| x != "\\Recent");
+            f.extend(kws);
+            f.sort();
+            v.push((name.clone(), uid, guid, f));
+        }
+    }
+    v.sort();
+    v
+}
+
+fn seed(inst: &DovecotInstance) {
+    inst.save_message(USER, "INBOX", &message("d1"))
+        .expect("save");
+    inst.save_message(USER, "INBOX", &message("d2"))
+        .expect("save");
+    inst.save_message(USER, "Work", &message("d3"))
+        .expect("save");
+    inst.doveadm_user(
+        USER,
+        &[
+            "flags",
+            "add",
+            "\\Flagged $Work",
+            "mailbox",
+            "INBOX",
+            "uid",
+            "2",
+        ],
+    )
+    .expect("flags");
+}
+
+async fn sync_over_command(inst: &DovecotInstance, store: MemoryReplica) -> MemoryReplica {
+    let dest = Destination::Command(inst.dsync_server_argv(USER));
+    let stream = transport::open(&dest, &OpenOptions::default())
+        .await
+        .expect("spawn dsync-server");
+    let full = SyncSettings {
+        sync_type: dsync_protocol::SyncType::Full,
+        ..SyncSettings::default()
+    };
+    let r = run_master_over(
+        stream,
+        store,
+        "homing-test",
+        full,
+        &SessionOptions::default(),
+    )
+    .await;
+    assert_eq!(
+        r.exit_code(),
+        0,
+        "{:?} {:?} {:?}\n{}",
+        r.outcome,
+        r.error,
+        r.transport_error,
+        inst.log()
+    );
+    r.store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_as_master_against_dsync_server_command() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER]));
+    seed(&inst);
+    let mut a = MemoryReplica::new();
+    a.now = 1_800_000_000;
+    let mut a = sync_over_command(&inst, a).await;
+    assert_eq!(homing_view(&a), dovecot_view(&inst));
+    assert_eq!(a.mailbox("INBOX").unwrap().mails[&1].body, message("d1"));
+
+    // Changes on both sides, including a UID conflict.
+    a.now += 10;
+    a.deliver("INBOX", "homing-h1", &message("h1"), 0).unwrap();
+    a.add_flags("INBOX", 1, MailFlags::SEEN, &[]);
+    inst.save_message(USER, "INBOX", &message("d4"))
+        .expect("save");
+    inst.doveadm_user(
+        USER,
+        &["flags", "add", "\\Answered", "mailbox", "Work", "uid", "1"],
+    )
+    .expect("flags");
+    let a = sync_over_command(&inst, a).await;
+    let dv = dovecot_view(&inst);
+    assert_eq!(homing_view(&a), dv);
+    let inbox: Vec<&str> = dv
+        .iter()
+        .filter(|x| x.0 == "INBOX")
+        .map(|x| x.2.as_str())
+        .collect();
+    assert!(inbox.contains(&"homing-h1"), "{dv:?}");
+    assert_eq!(inbox.len(), 4, "no mail lost in the UID conflict: {dv:?}");
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}
+
+fn homing() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_homing"));
+    c.env_remove("HOMING_LOG");
+    c
+}
+
+#[test]
+fn cli_sync_with_dsync_server_command_and_tcp() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER]).doveadm_tcp(true));
+    seed(&inst);
+    let mut argv = vec![
+        "-o".to_string(),
+        "mail_location=memory:".into(),
+        "sync".into(),
+        "-u".into(),
+        USER.into(),
+        "-s".into(),
+        "".into(),
+        "--json".into(),
+    ];
+    argv.extend(inst.dsync_server_argv(USER));
+    let out = homing().args(&argv).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    let state = lines.next().unwrap();
+    let parsed = dsync_protocol::state::SyncState::parse(state).expect("a valid state string");
+    assert_eq!(parsed.mailboxes.len(), 2, "INBOX and Work: {state}");
+    let json: serde_json::Value =
+        serde_json::from_str(&lines.collect::<Vec<_>>().join("\n")).unwrap();
+    assert_eq!(json["exit_code"], 0);
+    assert_eq!(json["local"]["local"]["mails_saved"], 3);
+    assert_eq!(json["local"]["bodies_received"], 3);
+
+    let out = homing()
+        .args([
+            "-o",
+            "mail_location=memory:",
+            "-o",
+            &format!("doveadm_password={}", inst.doveadm_password()),
+            "sync",
+            "-u",
+            USER,
+            "--json",
+            &inst.tcp_destination(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["local"]["local"]["mails_saved"], 3);
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}
+
+#[test]
+fn doveadm_sync_against_homing_dsync_server() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER]));
+    seed(&inst);
+    let before = dovecot_view(&inst);
+    // doveadm appends `dsync-server` (the last word is not it); homing
+    // ignores the extra word like doveadm does.
+    let cmd = format!("{} dsync-server -u {USER}", env!("CARGO_BIN_EXE_homing"));
+    let out = inst.doveadm(["sync", "-u", USER, "-f", &cmd]).unwrap();
+    assert!(out.success(), "doveadm sync failed: {}", out.stderr_str());
+    // Two-way sync with an empty peer: Dovecot's side keeps everything.
+    assert_eq!(dovecot_view(&inst), before);
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}
+
+/// Creates `user`'s mail root owned by the mail user, so that files homing
+/// writes there belong to it too.
+fn make_mail_root(inst: &DovecotInstance, user: &str) -> std::path::PathBuf {
+    let dir = inst.mail_dir(user);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (uid, gid) = inst.vmail_ids();
+    let mut p = dir.as_path();
+    while p.starts_with(inst.home(user)) {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+        match p.parent() {
+            Some(q) => p = q,
+            None => break,
+        }
+    }
+    dir
+}
+
+/// Mailboxes (name, GUID, UIDVALIDITY) and mails of a user.
+fn full_view(inst: &DovecotInstance, user: &str) -> (Vec<(String, String, u32)>, View) {
+    let snap = inst.snapshot(user).expect("snapshot");
+    let mut boxes: Vec<_> = snap
+        .mailboxes
+        .iter()
+        .map(|m| (m.name.clone(), m.guid.clone(), m.uidvalidity))
+        .collect();
+    boxes.sort();
+    let mut v: View = snap
+        .mails
+        .iter()
+        .map(|m| {
+            let mut f = m.flags.clone();
+            f.extend(m.keywords.iter().cloned());
+            f.retain(|x| x != "\\Recent");
+            f.sort();
+            (m.mailbox.clone(), m.uid, m.guid.clone(), f)
+        })
+        .collect();
+    v.sort();
+    (boxes, v)
+}
+
+#[test]
+fn cli_sync_maildir_local_side_with_dsync_server() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
+    seed(&inst);
+    // homing works on alice's Maildir and syncs it with bob's account.
+    let root = make_mail_root(&inst, "alice");
+    let location = format!("mail_location=maildir:{}", root.display());
+    let sync = |extra: &[&str]| {
+        let mut argv: Vec<String> = vec![
+            "-o".into(),
+            location.clone(),
+            "sync".into(),
+            "-u".into(),
+            "alice".into(),
+            "--json".into(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv.extend(inst.dsync_server_argv(USER));
+        let out = homing().args(&argv).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            inst.log()
+        );
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let j = sync(&[]);
+    assert_eq!(j["local"]["local"]["mails_saved"], 3);
+    assert_eq!(
+        full_view(&inst, "alice"),
+        full_view(&inst, USER),
+        "Dovecot reads homing's Maildir as a copy"
+    );
+
+    // Changes on both sides, then a full sync both ways.
+    inst.save_message("alice", "INBOX", &message("a-new"))
+        .expect("save");
+    inst.doveadm_user(
+        "alice",
+        &["flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "1"],
+    )
+    .expect("flags");
+    inst.save_message(USER, "INBOX", &message("b-new"))
+        .expect("save");
+    inst.doveadm_user(
+        USER,
+        &["flags", "add", "\\Answered", "mailbox", "Work", "uid", "1"],
+    )
+    .expect("flags");
+    let j = sync(&["-f"]);
+    assert_eq!(j["local"]["local"]["uids_reassigned"], 1, "{j}");
+    let (ab, av) = full_view(&inst, "alice");
+    let (bb, bv) = full_view(&inst, USER);
+    assert_eq!(ab, bb);
+    assert_eq!(av, bv);
+    let inbox: Vec<&str> = av
+        .iter()
+        .filter(|x| x.0 == "INBOX")
+        .map(|x| x.2.as_str())
+        .collect();
+    assert_eq!(inbox.len(), 4, "{av:?}");
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}
+
+#[test]
+fn doveadm_sync_against_homing_dsync_server_on_maildir() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
+    seed(&inst);
+    let root = make_mail_root(&inst, "alice");
+    // Real doveadm (bob's account) is the master; homing serves alice's
+    // Maildir as the slave over stdio.
+    let cmd = format!(
+        "{} -o mail_location=maildir:{} dsync-server -u alice",
+        env!("CARGO_BIN_EXE_homing"),
+        root.display()
+    );
+    let out = inst.doveadm(["sync", "-u", USER, &cmd]).unwrap();
+    assert!(
+        out.success(),
+        "doveadm sync failed: {}\n{}",
+        out.stderr_str(),
+        inst.log()
+    );
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, USER));
+
+    inst.save_message("alice", "INBOX", &message("a-new"))
+        .expect("save");
+    inst.save_message(USER, "INBOX", &message("b-new"))
+        .expect("save");
+    inst.doveadm_user(
+        "alice",
+        &["flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "2"],
+    )
+    .expect("flags");
+    let out = inst.doveadm(["sync", "-u", USER, "-f", &cmd]).unwrap();
+    assert!(
+        out.success(),
+        "second doveadm sync failed: {}",
+        out.stderr_str()
+    );
+    let (ab, av) = full_view(&inst, "alice");
+    let (bb, bv) = full_view(&inst, USER);
+    assert_eq!(ab, bb);
+    assert_eq!(av, bv);
+    assert_eq!(av.iter().filter(|x| x.0 == "INBOX").count(), 4, "{av:?}");
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}
+
+#[test]
+fn cli_sync_between_two_local_maildirs() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&["alice", "carol"]));
+    inst.save_message("alice", "INBOX", &message("m1"))
+        .expect("save");
+    inst.save_message("alice", "Work", &message("m2"))
+        .expect("save");
+    inst.doveadm_user(
+        "alice",
+        &["flags", "add", "\\Flagged", "mailbox", "Work", "uid", "1"],
+    )
+    .expect("flags");
+    let a = inst.mail_dir("alice");
+    let c = make_mail_root(&inst, "carol");
+    let run = || {
+        homing()
+            .args([
+                "-o",
+                &format!("mail_location=maildir:{}", a.display()),
+                "sync",
+                "-u",
+                "alice",
+                &format!("maildir:{}", c.display()),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, "carol"));
+    inst.save_message("carol", "INBOX", &message("m3"))
+        .expect("save");
+    let out = run();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, av) = full_view(&inst, "alice");
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, "carol"));
+    assert_eq!(av.len(), 3);
+    // The same directory on both sides is refused.
+    let out = homing()
+        .args([
+            "-o",
+            &format!("mail_location=maildir:{}", a.display()),
+            "sync",
+            "-u",
+            "alice",
+            &format!("maildir:{}", a.display()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75));
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}
