@@ -54,6 +54,9 @@ pub struct ReplicatorConfig {
     /// Dovecot `doveadm-server` socket used to run syncs; empty = none.
     pub doveadm_server_socket: Option<PathBuf>,
     pub dsync_parameters: String,
+    /// `replication_dsync_destination`: destination appended to the sync
+    /// command (`%u` expanded); empty = none (the peer uses `-d`).
+    pub dsync_destination: String,
     /// passwd-file to list users from.
     pub userdb_passwd_file: Option<PathBuf>,
     /// Shell command printing one user per line (e.g. `doveadm user '*'`).
@@ -81,6 +84,7 @@ impl Default for ReplicatorConfig {
             socket_mode: 0o600,
             socket_owner: None,
             dsync_parameters: "-d -N -l 30 -U".into(),
+            dsync_destination: String::new(),
             userdb_passwd_file: None,
             userdb_list_command: None,
             metrics_listen: None,
@@ -201,6 +205,7 @@ impl ReplicatorConfig {
             "replication_sync_timeout" => self.queue.sync_timeout = time(value)?,
             "replicator_db_dump_interval" => self.dump_interval = time(value)?.max(1),
             "replication_dsync_parameters" => self.dsync_parameters = value.to_string(),
+            "replication_dsync_destination" => self.dsync_destination = value.to_string(),
             "replicator_doveadm_socket_path" => self.doveadm_socket = self.path_in_base(value),
             "replicator_socket_path" => self.notify_socket = self.opt_path(value),
             "replication_notify_fifo_path" => self.aggregator_fifo = self.opt_path(value),
