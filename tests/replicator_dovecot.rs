@@ -14,117 +14,44 @@ use homing::replicator::client::{self, ClientCommand};
 use homing::replicator::format::Formatter;
 use homing::replicator::runner::RecordingRunner;
 use homing::replicator::{Daemon, ReplicatorConfig, SyncOutcome, SystemClock};
+use test_support::{dovecot_or_skip, DovecotInstance, InstanceOptions};
 
 const PASSWD_USERS: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
 
-fn have_dovecot() -> bool {
-    Command::new("dovecot").arg("--version").output().is_ok()
-}
+/// Replicator and aggregator services of a private Dovecot that never
+/// syncs (`replication_max_conns = 0`), so its queue can be compared.
+const REPLICATOR_CONF: &str = "replication_max_conns = 0\n\
+     service replicator {\n  process_min_avail = 1\n  unix_listener replicator-doveadm {\n    mode = 0600\n  }\n}\n\
+     service aggregator {\n  fifo_listener replication-notify-fifo {\n    mode = 0600\n  }\n  unix_listener replication-notify {\n    mode = 0600\n  }\n}\n";
 
-/// A private real Dovecot running only its replicator and aggregator.
-struct RealDovecot {
-    dir: PathBuf,
-}
-
-impl RealDovecot {
-    fn conf(&self) -> PathBuf {
-        self.dir.join("dovecot.conf")
-    }
-    fn run_dir(&self) -> PathBuf {
-        self.dir.join("run")
-    }
-
-    fn start(dir: &Path, passwd: &Path) -> RealDovecot {
-        for d in ["run", "state", "log", "home"] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        let d = dir.display();
-        let conf = format!(
-            "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/log/dovecot.log\n\
-             instance_name = homing-repl-{pid}\nlisten = 127.0.0.1\nprotocols =\nssl = no\n\
-             default_internal_user = root\ndefault_internal_group = root\n\
-             default_login_user = dovenull\nfirst_valid_uid = 1\n\
-             mail_location = maildir:~/Maildir\n\
-             passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {passwd}\n}}\n\
-             userdb {{\n  driver = passwd-file\n  args = {passwd}\n  default_fields = uid=5000 gid=5000 home={d}/home/%u\n}}\n\
-             replication_max_conns = 0\n\
-             service replicator {{\n  process_min_avail = 1\n  unix_listener replicator-doveadm {{\n    mode = 0600\n  }}\n}}\n\
-             service aggregator {{\n  fifo_listener replication-notify-fifo {{\n    mode = 0600\n  }}\n  unix_listener replication-notify {{\n    mode = 0600\n  }}\n}}\n",
-            pid = std::process::id(),
-            passwd = passwd.display()
-        );
-        std::fs::write(dir.join("dovecot.conf"), conf).unwrap();
-        let st = Command::new("/usr/sbin/dovecot")
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .arg("-c")
-            .arg(dir.join("dovecot.conf"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "dovecot failed to start");
-        let real = RealDovecot {
-            dir: dir.to_path_buf(),
-        };
-        // The replicator starts at once (process_min_avail = 1) and lists users.
-        let sock = real.run_dir().join("replicator-doveadm");
-        for _ in 0..100 {
-            if sock.exists() {
-                let out = doveadm(&real.conf(), &["replicator", "status", "-a"], Some(&sock));
-                if out.2 == 0 && out.0.contains("Total number of known users") {
-                    return real;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("real replicator did not come up");
-    }
-
-    /// Stops the master cleanly (the replicator writes replicator.db).
-    fn stop(&self) {
-        let pid = std::fs::read_to_string(self.run_dir().join("master.pid")).unwrap_or_default();
-        let pid = pid.trim();
-        if pid.is_empty() {
-            return;
-        }
-        let _ = Command::new("kill").arg("-TERM").arg(pid).status();
-        for _ in 0..100 {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
+/// Waits until the instance's replicator answers (it starts at once with
+/// `process_min_avail = 1` and lists the users first).
+fn wait_replicator(inst: &DovecotInstance) {
+    let sock = inst.run_dir().join("replicator-doveadm");
+    for _ in 0..100 {
+        if sock.exists() {
+            let out = doveadm(inst, &["replicator", "status", "-a"], Some(&sock));
+            if out.2 == 0 && out.0.contains("Total number of known users") {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
+    panic!("real replicator did not come up");
 }
 
-impl Drop for RealDovecot {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Runs the stock `doveadm` with a clean environment. The socket given is
+/// Runs the stock `doveadm` of `inst` (clean environment). The socket given is
 /// appended after the arguments as `-a <socket>` when `sock` is set and the
-/// last argument is `-a`; otherwise `-a <socket>` goes right after the
-/// subcommand words.
-fn doveadm(conf: &Path, args: &[&str], sock: Option<&Path>) -> (String, String, i32) {
-    let mut cmd = Command::new("doveadm");
-    cmd.env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .arg("-c")
-        .arg(conf);
+/// last argument is `-a`.
+fn doveadm(inst: &DovecotInstance, args: &[&str], sock: Option<&Path>) -> (String, String, i32) {
     let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     if let Some(s) = sock {
         if args.last().map(String::as_str) == Some("-a") {
             args.push(s.display().to_string());
         }
     }
-    cmd.args(&args);
-    let out = cmd.output().unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.code().unwrap_or(-1),
-    )
+    let out = inst.doveadm(&args).unwrap();
+    (out.stdout_str(), out.stderr_str(), out.code().unwrap_or(-1))
 }
 
 /// Replaces elapsed times `H..H:MM:SS` with `T:T:T` (they differ by a
@@ -208,13 +135,6 @@ fn canonical(s: &str) -> String {
     out
 }
 
-fn write_passwd(path: &Path) {
-    let mut f = std::fs::File::create(path).unwrap();
-    for u in PASSWD_USERS {
-        writeln!(f, "{u}:{{PLAIN}}pw::::::").unwrap();
-    }
-}
-
 /// Raw exchange on a replicator-doveadm socket: sends `lines`, returns all
 /// bytes read until the server closes or goes quiet.
 fn raw(sock: &Path, lines: &[&str]) -> String {
@@ -249,20 +169,22 @@ fn write_fifo(path: &Path, line: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doveadm_replicator_output_matches_real_dovecot() {
-    if !have_dovecot() {
-        eprintln!("dovecot not installed; skipping");
-        return;
-    }
+    let mut real = dovecot_or_skip!(InstanceOptions::new()
+        .users(&PASSWD_USERS)
+        .user_password("pw")
+        .extra_conf(REPLICATOR_CONF));
     let tmp = tempfile::tempdir().unwrap();
-    let passwd = tmp.path().join("passwd");
-    write_passwd(&passwd);
+    let passwd = real.root().join("passwd");
     // Both start with the same old database record (spec 7.1.8: huge
-    // time-ago values widen the table).
+    // time-ago values widen the table). The replicator reads it at start.
     let olddb = "olduser\t2\t100\t200\t300\t0\tSTATE\n";
-    let real_dir = tmp.path().join("real");
-    std::fs::create_dir_all(real_dir.join("state")).unwrap();
-    std::fs::write(real_dir.join("state/replicator.db"), olddb).unwrap();
-    let real = tokio::task::block_in_place(|| RealDovecot::start(&real_dir, &passwd));
+    let real_dir = real.root().to_path_buf();
+    tokio::task::block_in_place(|| {
+        real.stop();
+        std::fs::write(real_dir.join("state/replicator.db"), olddb).unwrap();
+        real.restart().unwrap();
+        wait_replicator(&real);
+    });
 
     let hdir = tmp.path().join("homing");
     std::fs::create_dir_all(hdir.join("run")).unwrap();
@@ -284,7 +206,6 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
 
     let real_sock = real.run_dir().join("replicator-doveadm");
     let homing_sock = hdir.join("run/replicator-doveadm");
-    let conf = real.conf();
 
     // Same notifications through each side's FIFO (spec 7.2.1, 7.2.2).
     for line in [
@@ -424,8 +345,8 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
         let ha: Vec<&str> = ha.iter().map(String::as_str).collect();
         let (r, h) = tokio::task::block_in_place(|| {
             (
-                doveadm(&conf, &ra, Some(&real_sock)),
-                doveadm(&conf, &ha, Some(&homing_sock)),
+                doveadm(&real, &ra, Some(&real_sock)),
+                doveadm(&real, &ha, Some(&homing_sock)),
             )
         });
         assert_eq!(
@@ -545,7 +466,7 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
             .iter()
             .map(|a| if *a == "SOCK" { s.as_str() } else { a })
             .collect();
-        let r = tokio::task::block_in_place(|| doveadm(&conf, &ra, Some(&real_sock)));
+        let r = tokio::task::block_in_place(|| doveadm(&real, &ra, Some(&real_sock)));
         let ours = client::run(&homing_sock, cmd, None, 80).await;
         assert_eq!(
             (
@@ -560,7 +481,7 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
 
     // Missing socket (spec 7.1.7).
     let missing = tmp.path().join("nonexistent");
-    let r = doveadm(&conf, &["replicator", "status", "-a"], Some(&missing));
+    let r = doveadm(&real, &["replicator", "status", "-a"], Some(&missing));
     let ours = client::run(&missing, &ClientCommand::Status { mask: None }, None, 80).await;
     assert_eq!((ours.stderr, i32::from(ours.exit_code)), (r.1, r.2));
 
@@ -878,15 +799,12 @@ async fn sync_request_times_out_when_nothing_can_run() {
 /// asynchronously through the FIFO.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_mail_processes_and_aggregator_feed_homing() {
-    if !have_dovecot() {
-        eprintln!("dovecot not installed; skipping");
+    if !test_support::require_dovecot("real_mail_processes_and_aggregator_feed_homing") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let passwd = tmp.path().join("passwd");
-    write_passwd(&passwd);
 
     // homing first: the aggregator connects to its socket lazily.
     let hdir = tmp.path().join("homing");
@@ -907,48 +825,22 @@ async fn real_mail_processes_and_aggregator_feed_homing() {
         .await
         .unwrap();
 
-    let real_dir = tmp.path().join("real");
-    for d in ["run", "state", "log", "home"] {
-        std::fs::create_dir_all(real_dir.join(d)).unwrap();
-    }
-    let _ = Command::new("chown")
-        .arg("5000:5000")
-        .arg(real_dir.join("home"))
-        .status();
-    let d = real_dir.display();
-    let conf = format!(
-        "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/log/dovecot.log\n\
-         instance_name = homing-agg-{pid}\nlisten = 127.0.0.1\nprotocols =\nssl = no\n\
-         default_internal_user = root\ndefault_internal_group = root\n\
-         default_login_user = dovenull\nfirst_valid_uid = 1\n\
-         mail_location = maildir:~/Maildir\nmail_plugins = $mail_plugins notify replication\n\
-         passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {passwd}\n}}\n\
-         userdb {{\n  driver = passwd-file\n  args = {passwd}\n  default_fields = uid=5000 gid=5000 home={d}/home/%u\n}}\n\
+    let extra = format!(
+        "mail_plugins = $mail_plugins notify replication\n\
          plugin {{\n  mail_replica = tcp:127.0.0.1:1\n  replication_sync_timeout = 3\n}}\n\
          replicator_host = {h}/run/replicator\n\
          service aggregator {{\n  chroot =\n  fifo_listener replication-notify-fifo {{\n    mode = 0666\n  }}\n  unix_listener replication-notify {{\n    mode = 0666\n  }}\n}}\n",
-        pid = std::process::id(),
-        passwd = passwd.display(),
         h = hdir.display()
     );
-    std::fs::write(real_dir.join("dovecot.conf"), conf).unwrap();
-    let st = Command::new("/usr/sbin/dovecot")
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .arg("-c")
-        .arg(real_dir.join("dovecot.conf"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let real = RealDovecot {
-        dir: real_dir.clone(),
-    };
-    for _ in 0..50 {
-        if real.run_dir().join("auth-userdb").exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut real = tokio::task::block_in_place(|| {
+        DovecotInstance::start(
+            InstanceOptions::new()
+                .users(&PASSWD_USERS)
+                .user_password("pw")
+                .extra_conf(extra),
+        )
+    })
+    .expect("private Dovecot instance");
 
     let save = |user: &str, extra: &[&str]| -> (i32, Duration) {
         use std::process::Stdio;
@@ -957,7 +849,7 @@ async fn real_mail_processes_and_aggregator_feed_homing() {
         cmd.env_clear()
             .env("PATH", "/usr/bin:/bin")
             .arg("-c")
-            .arg(real.conf())
+            .arg(real.config_path())
             .args(extra)
             .args(["save", "-u", user])
             .stdin(Stdio::piped());
@@ -982,7 +874,7 @@ async fn real_mail_processes_and_aggregator_feed_homing() {
         took < Duration::from_millis(2900),
         "answered before the plugin's timeout: {took:?}"
     );
-    let log = std::fs::read_to_string(real_dir.join("log/dovecot.log")).unwrap_or_default();
+    let log = real.log();
     assert!(!log.contains("Sync failure"), "{log}");
 
     // Asynchronous path: high through the FIFO and the aggregator.
@@ -1022,83 +914,37 @@ async fn real_mail_processes_and_aggregator_feed_homing() {
 
 /// homing's scheduler running real syncs through a real Dovecot
 /// `doveadm-server` socket (`DoveadmServerRunner`, the same command line as
-/// Dovecot's replicator), with a per-user local `mail_replica`.
+/// Dovecot's replicator), with a local `mail_replica`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syncs_through_real_doveadm_server() {
-    if !have_dovecot() {
-        eprintln!("dovecot not installed; skipping");
+    if !test_support::require_dovecot("syncs_through_real_doveadm_server") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let real_dir = tmp.path().join("real");
-    for d in ["run", "state", "log", "home", "replica"] {
-        std::fs::create_dir_all(real_dir.join(d)).unwrap();
-    }
-    for d in ["home", "replica"] {
-        let _ = Command::new("chown")
-            .arg("5000:5000")
-            .arg(real_dir.join(d))
-            .status();
-    }
-    let d = real_dir.display();
-    let passwd = tmp.path().join("passwd");
-    std::fs::write(
-        &passwd,
-        format!("bob:{{PLAIN}}pw::::::userdb_mail_replica=maildir:{d}/replica/bob\n"),
-    )
-    .unwrap();
-    let conf = format!(
-        "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/log/dovecot.log\n\
-         instance_name = homing-dsrv-{pid}\nlisten = 127.0.0.1\nprotocols =\nssl = no\n\
-         default_internal_user = root\ndefault_internal_group = root\n\
-         default_login_user = dovenull\nfirst_valid_uid = 1\n\
-         mail_location = maildir:~/Maildir\n\
-         passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {passwd}\n}}\n\
-         userdb {{\n  driver = passwd-file\n  args = {passwd}\n  default_fields = uid=5000 gid=5000 home={d}/home/%u\n}}\n",
-        pid = std::process::id(),
-        passwd = passwd.display(),
-    );
-    std::fs::write(real_dir.join("dovecot.conf"), conf).unwrap();
-    let st = Command::new("/usr/sbin/dovecot")
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .arg("-c")
-        .arg(real_dir.join("dovecot.conf"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let real = RealDovecot {
-        dir: real_dir.clone(),
-    };
-    for _ in 0..50 {
-        if real.run_dir().join("doveadm-server").exists()
-            && real.run_dir().join("auth-userdb").exists()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let replica_dir = tmp.path().join("replica");
+    std::fs::create_dir_all(&replica_dir).unwrap();
+    let mut real = tokio::task::block_in_place(|| {
+        DovecotInstance::start(InstanceOptions::new().users(&["bob"]).extra_conf(format!(
+            // `doveadm sync -d` takes mail_replica unexpanded (a `%u` stays
+            // literal), so name bob's replica directly.
+            "plugin {{\n  mail_replica = maildir:{}/bob\n}}\n",
+            replica_dir.display()
+        )))
+    })
+    .expect("private Dovecot instance");
+    let (uid, gid) = real.vmail_ids();
+    std::os::unix::fs::chown(&replica_dir, Some(uid), Some(gid)).unwrap();
+    let passwd = real.root().join("passwd");
     // One message for bob.
     tokio::task::block_in_place(|| {
-        use std::process::Stdio;
-        let mut child = Command::new("doveadm")
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .arg("-c")
-            .arg(real.conf())
-            .args(["save", "-u", "bob"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n")
-            .unwrap();
-        assert!(child.wait().unwrap().success());
+        real.save_message(
+            "bob",
+            "INBOX",
+            b"From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n",
+        )
+        .unwrap()
     });
 
     let hdir = tmp.path().join("homing");
@@ -1146,7 +992,7 @@ async fn syncs_through_real_doveadm_server() {
     let state = bob.state.expect("a dsync state came back");
     assert!(state.starts_with("AQAAA"), "{state}");
     // The replica received the message.
-    let replica_new = real_dir.join("replica/bob");
+    let replica_new = replica_dir.join("bob");
     let count = walk_files(&replica_new)
         .iter()
         .filter(|p| {

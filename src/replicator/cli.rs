@@ -124,10 +124,10 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn run_daemon(config: ReplicatorConfig) -> Result<(), String> {
     let runner: Arc<dyn SyncRunner> = match &config.doveadm_server_socket {
-        Some(p) => Arc::new(DoveadmServerRunner::new(
-            p.clone(),
-            &config.dsync_parameters,
-        )),
+        Some(p) => Arc::new(
+            DoveadmServerRunner::new(p.clone(), &config.dsync_parameters)
+                .with_destination(Some(config.dsync_destination.clone())),
+        ),
         None => Arc::new(NoRunner),
     };
     let daemon = Daemon::start(config, runner, Arc::new(SystemClock))

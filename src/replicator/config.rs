@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::queue::QueueSettings;
+use super::watch::WatchSettings;
 
 /// A setting that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +54,17 @@ pub struct ReplicatorConfig {
     /// Dovecot `doveadm-server` socket used to run syncs; empty = none.
     pub doveadm_server_socket: Option<PathBuf>,
     pub dsync_parameters: String,
+    /// `replication_dsync_destination`: destination appended to the sync
+    /// command (`%u` expanded); empty = none (the peer uses `-d`).
+    pub dsync_destination: String,
     /// passwd-file to list users from.
     pub userdb_passwd_file: Option<PathBuf>,
     /// Shell command printing one user per line (e.g. `doveadm user '*'`).
     pub userdb_list_command: Option<String>,
     /// `host:port` for the OpenMetrics endpoint; `None` = disabled.
     pub metrics_listen: Option<String>,
+    /// Filesystem watcher (`watch_*`); disabled while `mail_location` is empty.
+    pub watch: WatchSettings,
 }
 
 impl Default for ReplicatorConfig {
@@ -78,9 +84,11 @@ impl Default for ReplicatorConfig {
             socket_mode: 0o600,
             socket_owner: None,
             dsync_parameters: "-d -N -l 30 -U".into(),
+            dsync_destination: String::new(),
             userdb_passwd_file: None,
             userdb_list_command: None,
             metrics_listen: None,
+            watch: WatchSettings::default(),
         }
     }
 }
@@ -105,6 +113,22 @@ pub fn parse_time(s: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
+}
+
+/// Parses a duration that may be given in milliseconds (`500ms`, `500 msecs`)
+/// or as a Dovecot time value in seconds.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let t = s.trim();
+    for unit in ["msecs", "msec", "ms"] {
+        if let Some(n) = t.strip_suffix(unit) {
+            return n
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .map(std::time::Duration::from_millis);
+        }
+    }
+    parse_time(t).map(std::time::Duration::from_secs)
 }
 
 impl ReplicatorConfig {
@@ -181,6 +205,7 @@ impl ReplicatorConfig {
             "replication_sync_timeout" => self.queue.sync_timeout = time(value)?,
             "replicator_db_dump_interval" => self.dump_interval = time(value)?.max(1),
             "replication_dsync_parameters" => self.dsync_parameters = value.to_string(),
+            "replication_dsync_destination" => self.dsync_destination = value.to_string(),
             "replicator_doveadm_socket_path" => self.doveadm_socket = self.path_in_base(value),
             "replicator_socket_path" => self.notify_socket = self.opt_path(value),
             "replication_notify_fifo_path" => self.aggregator_fifo = self.opt_path(value),
@@ -206,6 +231,18 @@ impl ReplicatorConfig {
             "metrics_listen" => {
                 self.metrics_listen = (!value.is_empty()).then(|| value.to_string())
             }
+            "watch_mail_location" => {
+                if !value.is_empty() {
+                    super::watch::parse_location(value).map_err(|_| bad())?;
+                }
+                self.watch.mail_location = value.to_string()
+            }
+            "watch_default_home" => self.watch.default_home = value.to_string(),
+            "watch_debounce" => self.watch.debounce = parse_duration(value).ok_or_else(bad)?,
+            "watch_max_watches" => {
+                self.watch.max_watches = usize::try_from(num(value)?).map_err(|_| bad())?
+            }
+            "watch_scan_interval" => self.watch.scan_interval = time(value)?.max(1),
             _ => return Err(ConfigError::Unknown(key.to_string())),
         }
         Ok(())
@@ -285,6 +322,10 @@ mod tests {
         assert_eq!(parse_time("2s"), Some(2));
         assert_eq!(parse_time("x"), None);
         assert_eq!(parse_time("5 parsecs"), None);
+        use std::time::Duration;
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2 secs"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("x ms"), None);
     }
 
     #[test]

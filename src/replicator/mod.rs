@@ -4,7 +4,8 @@
 //! * [`db`]: `replicator.db` in Dovecot's format;
 //! * [`server`]: the daemon (scheduler and sockets);
 //! * [`client`]: the `homing replicator status|...` commands;
-//! * [`runner`]: the [`runner::SyncRunner`] trait the scheduler calls.
+//! * [`runner`]: the [`runner::SyncRunner`] trait the scheduler calls;
+//! * [`watch`]: the inotify watcher for servers without a replication plugin.
 //!
 //! See `docs/replicator.md`.
 
@@ -19,6 +20,7 @@ pub mod runner;
 pub mod server;
 pub mod tabescape;
 pub mod users;
+pub mod watch;
 
 pub use config::ReplicatorConfig;
 pub use queue::{Clock, ManualClock, Priority, SystemClock};

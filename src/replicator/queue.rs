@@ -10,7 +10,7 @@
 //! syncs), and the earliest due user of either set starts.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -265,6 +265,10 @@ pub struct Queue {
     requested: BTreeSet<(Reverse<Priority>, u64, String)>,
     failed_idle: BTreeSet<(u64, String)>,
     idle: BTreeSet<(u64, String)>,
+    /// Users that may have sync waiters, so that the scheduler's per-sync
+    /// waiter checks do not walk every user (a superset: cleaned up by
+    /// [`Queue::expire_waiters`]).
+    waiting: HashSet<String>,
 }
 
 /// True if `mask` contains `*` or `?` wildcards.
@@ -308,6 +312,7 @@ impl Queue {
             requested: BTreeSet::new(),
             failed_idle: BTreeSet::new(),
             idle: BTreeSet::new(),
+            waiting: HashSet::new(),
         }
     }
 
@@ -421,6 +426,7 @@ impl Queue {
                 reply: tx,
             })
         });
+        self.waiting.insert(username.to_string());
         rx
     }
 
@@ -535,8 +541,9 @@ impl Queue {
 
     /// Earliest deadline of any pending sync waiter.
     pub fn next_waiter_deadline(&self) -> Option<u64> {
-        self.users
-            .values()
+        self.waiting
+            .iter()
+            .filter_map(|u| self.users.get(u))
             .flat_map(|r| r.waiters.iter().chain(r.running_waiters.iter()))
             .map(|w| w.deadline)
             .min()
@@ -625,7 +632,11 @@ impl Queue {
     /// stays queued at its priority. Returns how many were answered.
     pub fn expire_waiters(&mut self, now: u64) -> usize {
         let mut n = 0;
-        for r in self.users.values_mut() {
+        let users = &mut self.users;
+        self.waiting.retain(|u| {
+            let Some(r) = users.get_mut(u) else {
+                return false;
+            };
             for list in [&mut r.waiters, &mut r.running_waiters] {
                 let (expired, keep): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(list)
                     .into_iter()
@@ -636,7 +647,8 @@ impl Queue {
                     w.answer(false);
                 }
             }
-        }
+            r.waiter_count() > 0
+        });
         n
     }
 

@@ -111,6 +111,12 @@ pub struct DoveadmServerRunner {
     pub parameters: Vec<String>,
     /// Upper bound for one sync.
     pub timeout: Duration,
+    /// `replication_dsync_destination`: a destination appended as the last
+    /// argument (`%u`/`%{user}` expanded), for peers without `-d`
+    /// (Dovecot 2.4 removed `mail_replica` and `-d`). When set, a per-user
+    /// `mail_replica` from homing's userdb takes precedence. `None` = only the
+    /// parameters (Dovecot 2.3 with `-d` looks up `mail_replica` itself).
+    pub destination: Option<String>,
 }
 
 impl DoveadmServerRunner {
@@ -119,7 +125,14 @@ impl DoveadmServerRunner {
             socket_path,
             parameters: parameters.split(' ').map(str::to_string).collect(),
             timeout: Duration::from_secs(3600),
+            destination: None,
         }
+    }
+
+    /// Sets the destination template (see [`DoveadmServerRunner::destination`]).
+    pub fn with_destination(mut self, destination: Option<String>) -> DoveadmServerRunner {
+        self.destination = destination.filter(|d| !d.is_empty());
+        self
     }
 
     /// The command line sent for a request (without the VERSION line).
@@ -134,6 +147,17 @@ impl DoveadmServerRunner {
         }
         line.push_str("\t-s\t");
         line.push_str(&escape(req.state.as_deref().unwrap_or("")));
+        // With `-d` (no destination set) the peer finds mail_replica itself.
+        let dest = self.destination.as_ref().map(|d| {
+            req.mail_replica.clone().unwrap_or_else(|| {
+                d.replace("%{user}", &req.username)
+                    .replace("%u", &req.username)
+            })
+        });
+        if let Some(d) = dest {
+            line.push('\t');
+            line.push_str(&escape(&d));
+        }
         line.push('\n');
         line
     }
@@ -250,6 +274,21 @@ mod tests {
         assert_eq!(
             r.command_line(&req),
             "\talice\tsync\t-d\t-N\t-l\t30\t-U\t-f\t-s\t\n"
+        );
+        // The form Dovecot 2.4's doveadm-server accepts (no -d, no -U).
+        let r = DoveadmServerRunner::new("/x".into(), "-l 30")
+            .with_destination(Some("tcp:peer:%{user}".into()));
+        assert_eq!(
+            r.command_line(&req),
+            "\talice\tsync\t-l\t30\t-f\t-s\t\ttcp:peer:alice\n"
+        );
+        let req = SyncRequest {
+            mail_replica: Some("maildir:/r/alice".into()),
+            ..req
+        };
+        assert_eq!(
+            r.command_line(&req),
+            "\talice\tsync\t-l\t30\t-f\t-s\t\tmaildir:/r/alice\n"
         );
     }
 

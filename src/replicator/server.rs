@@ -25,6 +25,7 @@ use super::queue::{has_wildcards, wildcard_match, Clock, Priority, Queue, SyncKi
 use super::runner::{SyncOutcome, SyncRequest, SyncRunner};
 use super::tabescape::{escape, split_line};
 use super::users::{self, UserDb};
+use super::watch;
 
 /// Errors starting the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Db(#[from] db::DbError),
+    #[error(transparent)]
+    Watch(#[from] watch::WatchError),
 }
 
 /// A dsync slot as shown by `STATUS-DSYNC`.
@@ -83,6 +86,8 @@ pub struct Daemon {
     socket_paths: Vec<PathBuf>,
     /// Address the metrics endpoint listens on, if enabled.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Watcher counters after start, if the watcher is enabled.
+    pub watch_stats: Option<watch::WatchStats>,
 }
 
 /// Gives a created socket or FIFO its owner and mode.
@@ -216,6 +221,7 @@ impl Daemon {
             tasks: Vec::new(),
             socket_paths: Vec::new(),
             metrics_addr: None,
+            watch_stats: None,
         };
         let mode = config.socket_mode;
         let owner = config.socket_owner;
@@ -257,6 +263,22 @@ impl Daemon {
             daemon.metrics_addr = l.local_addr().ok();
             let s = shared.clone();
             daemon.tasks.push(tokio::spawn(super::metrics::serve(s, l)));
+        }
+        if !config.watch.mail_location.is_empty() {
+            let st = shared.lock();
+            let users: Vec<(&str, Option<&str>)> = st
+                .userdb
+                .iter()
+                .filter(|(_, i)| !i.noreplicate)
+                .map(|(n, i)| (n.as_str(), i.home.as_deref()))
+                .collect();
+            let resolved = watch::resolve_users(&config.watch, users);
+            drop(st);
+            let (layout, users) = resolved?;
+            let sink: Arc<dyn watch::WatchSink> = shared.clone();
+            let h = watch::spawn(config.watch.clone(), layout, users, sink)?;
+            daemon.watch_stats = Some(h.initial);
+            daemon.tasks.push(h.task);
         }
         let s = shared.clone();
         daemon.tasks.push(tokio::spawn(scheduler(s)));
@@ -645,6 +667,16 @@ async fn serve_doveadm(shared: Arc<Shared>, stream: UnixStream) {
                 return;
             }
         }
+    }
+}
+
+impl watch::WatchSink for Shared {
+    fn request(&self, username: &str, priority: Priority) {
+        queue_request(self, username, priority);
+    }
+
+    fn syncing(&self, username: &str) -> bool {
+        self.lock().queue.get(username).is_some_and(|r| r.popped)
     }
 }
 

@@ -11,6 +11,8 @@ pub struct UserInfo {
     pub noreplicate: bool,
     /// `mail_replica`, if the userdb sets it per user.
     pub mail_replica: Option<String>,
+    /// Home directory (passwd-file field 6, or `userdb_home=`), if given.
+    pub home: Option<String>,
 }
 
 /// Users by name.
@@ -48,13 +50,20 @@ pub fn parse_passwd_file(text: &str) -> UserDb {
         if user.is_empty() {
             continue;
         }
-        let mut info = UserInfo::default();
+        let mut info = UserInfo {
+            home: fields
+                .get(5)
+                .filter(|h| !h.is_empty())
+                .map(|h| h.to_string()),
+            ..UserInfo::default()
+        };
         if let Some(extra) = fields.get(7) {
             for kv in extra.split_whitespace() {
                 let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
                 match k.strip_prefix("userdb_").unwrap_or(k) {
                     "noreplicate" => info.noreplicate = truthy(v),
                     "mail_replica" => info.mail_replica = (!v.is_empty()).then(|| v.to_string()),
+                    "home" if !v.is_empty() => info.home = Some(v.to_string()),
                     _ => {}
                 }
             }
@@ -119,6 +128,8 @@ mod tests {
         assert!(db["dave"].noreplicate);
         assert_eq!(db["erin"].mail_replica.as_deref(), Some("tcp:peer:12345"));
         assert!(db.contains_key("frank"));
+        assert_eq!(db["alice"].home.as_deref(), Some("/home/alice"));
+        assert_eq!(db["erin"].home, None);
         assert!(!parse_passwd_file("x:::::::userdb_noreplicate=no\n")["x"].noreplicate);
     }
 
