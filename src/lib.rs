@@ -5,6 +5,7 @@
 
 pub mod dump;
 pub mod replicator;
+pub mod server;
 pub mod transport;
 
 pub use dsync_protocol as protocol;

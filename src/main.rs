@@ -28,12 +28,15 @@ enum Command {
     },
     /// Replication queue daemon and its admin commands (drop-in for Dovecot's replicator).
     Replicator(homing::replicator::cli::ReplicatorArgs),
+    /// doveadm-server protocol daemon: the peer of `doveadm sync/backup tcp:`/`tcps:` and of Dovecot's replicator.
+    Server(homing::server::cli::ServerArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replicator(args) => return ExitCode::from(homing::replicator::cli::run(args)),
+        Command::Server(args) => return ExitCode::from(homing::server::cli::run(args)),
         Command::Dump { path, json } => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
