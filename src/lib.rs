@@ -3,9 +3,13 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the parts and how data flows between them.
 
+pub mod cli;
+pub mod demo;
 pub mod dump;
 pub mod replicator;
 pub mod server;
+pub mod session;
+pub mod storage;
 pub mod transport;
 
 pub use dsync_protocol as protocol;

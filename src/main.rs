@@ -1,54 +1,115 @@
 //! The `homing` command line.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use homing::cli::sync::{run_dsync_server, run_sync, Globals, Mode};
+use homing::cli::{options::Settings, Cli, Command, EX_USAGE};
 
-#[derive(Parser)]
-#[command(
-    name = "homing",
-    version,
-    about = "Replication engine for Dovecot mail servers (dsync-compatible)"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Print the parsed content of a Dovecot index/log/cache/uidlist/dbox file or a captured dsync stream.
-    Dump {
-        /// The file to read.
-        path: PathBuf,
-        /// Print JSON (schema: docs/dump-json.md) instead of indented text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Replication queue daemon and its admin commands (drop-in for Dovecot's replicator).
-    Replicator(homing::replicator::cli::ReplicatorArgs),
-    /// doveadm-server protocol daemon: the peer of `doveadm sync/backup tcp:`/`tcps:` and of Dovecot's replicator.
-    Server(homing::server::cli::ServerArgs),
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Replicator(args) => return ExitCode::from(homing::replicator::cli::run(args)),
-        Command::Server(args) => return ExitCode::from(homing::server::cli::run(args)),
+    let mut cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => exit(EX_USAGE),
+            };
+        }
+    };
+    let level = if cli.debug {
+        "debug"
+    } else if cli.verbose {
+        "info"
+    } else {
+        "warn"
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOMING_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .try_init();
+    let globals = || -> Result<Globals, i32> {
+        let settings = Settings::load(cli.config.as_deref(), &cli.overrides).map_err(|e| {
+            eprintln!("Fatal: {e}");
+            75
+        })?;
+        Ok(Globals {
+            settings,
+            debug: cli.debug,
+            verbose: cli.verbose,
+        })
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    match &cli.command {
+        Command::Replicator(_) | Command::Server(_) => {
+            // Both daemons set up their own logging and runtime.
+            match std::mem::replace(&mut cli.command, Command::Demo) {
+                Command::Replicator(args) => ExitCode::from(homing::replicator::cli::run(args)),
+                Command::Server(args) => ExitCode::from(homing::server::cli::run(args)),
+                _ => exit(EX_USAGE),
+            }
+        }
         Command::Dump { path, json } => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
-            homing::dump::run(&path, json, &mut lock)
+            match homing::dump::run(path, *json, &mut lock) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("homing: {e:#}");
+                    // doveadm's EX_DATAERR-like code for bad input
+                    ExitCode::from(65)
+                }
+            }
         }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("homing: {e:#}");
-            // doveadm's EX_DATAERR-like code for bad input
-            ExitCode::from(65)
+        Command::Sync { .. } | Command::Backup { .. } | Command::DsyncServer(_) | Command::Demo => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("Fatal: cannot start the runtime: {e}");
+                    return exit(75);
+                }
+            };
+            let code = match &cli.command {
+                Command::Demo => {
+                    let mut out = std::io::stdout();
+                    match rt.block_on(homing::demo::run(&mut out)) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            eprintln!("homing demo: {e}");
+                            1
+                        }
+                    }
+                }
+                Command::Sync { oneway, args } => match globals() {
+                    Ok(g) => rt.block_on(run_sync(&g, Mode::Sync { oneway: *oneway }, args)),
+                    Err(c) => c,
+                },
+                Command::Backup { args } => match globals() {
+                    Ok(g) => rt.block_on(run_sync(&g, Mode::Backup, args)),
+                    Err(c) => c,
+                },
+                Command::DsyncServer(a) => match globals() {
+                    Ok(g) => rt.block_on(run_dsync_server(&g, a)),
+                    Err(c) => c,
+                },
+                Command::Dump { .. } | Command::Replicator(_) | Command::Server(_) => 0,
+            };
+            // The stdio reader of dsync-server may still block on stdin.
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            exit(code)
         }
     }
 }

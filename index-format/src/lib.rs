@@ -33,6 +33,7 @@ pub mod maildir;
 pub mod mmap;
 pub mod subscriptions;
 pub mod view;
+pub mod write;
 pub use le::{hex, pack_offset, unpack_offset};
 
 pub use error::{Error, FileKind, FormatRule, Result};

@@ -268,6 +268,11 @@ where
             send(tx, &status_reply(EX_NOREPLICATE)).await;
             continue;
         }
+        if let Err(refused) = shared.handler.check(&user) {
+            log.error(refused.message.as_deref().unwrap_or("session refused"));
+            send(tx, &status_reply(refused.exit_code)).await;
+            continue;
+        }
         if shared.stopping.load(Ordering::Relaxed) {
             log.error("server is shutting down");
             send(tx, &status_reply(EX_TEMPFAIL)).await;

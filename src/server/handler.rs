@@ -76,6 +76,13 @@ pub type SessionFuture = Pin<Box<dyn Future<Output = SessionOutcome> + Send + 's
 /// `io.writer` concurrently (dsync peers do not take turns) and should close
 /// `io.writer` (shutdown or drop) when their dsync output is complete.
 pub trait SessionHandler: Send + Sync + 'static {
+    /// Called before the server answers `+`: a refusal here is answered as
+    /// a failed command (`-CODE` from the outcome's exit code, the message
+    /// as an error log line) instead of a broken dsync stream.
+    fn check(&self, _user: &MailUser) -> Result<(), SessionOutcome> {
+        Ok(())
+    }
+
     fn run(&self, request: SessionRequest, io: SessionIo) -> SessionFuture;
 }
 
@@ -131,6 +138,55 @@ impl CommandHandler {
                 out
             })
             .collect()
+    }
+}
+
+/// The built-in dsync slave: the session driver with the user's mail
+/// location as the local replica.
+#[derive(Debug, Default, Clone)]
+pub struct SlaveHandler {
+    pub options: crate::session::SessionOptions,
+}
+
+impl SessionHandler for SlaveHandler {
+    fn check(&self, user: &MailUser) -> Result<(), SessionOutcome> {
+        crate::cli::sync::open_location(&user.mail_location)
+            .map(drop)
+            .map_err(|f| SessionOutcome::failed(f.code, f.message))
+    }
+
+    fn run(&self, request: SessionRequest, io: SessionIo) -> SessionFuture {
+        let mut options = self.options.clone();
+        options.decoder = dsync_protocol::DecoderConfig {
+            validate_order: options.decoder.validate_order,
+            ..request.decoder.clone()
+        };
+        Box::pin(async move {
+            let store = match crate::cli::sync::open_location(&request.user.mail_location) {
+                Ok(s) => s,
+                Err(f) => return SessionOutcome::failed(f.code, f.message),
+            };
+            let r = crate::session::run_slave_session(
+                io.reader,
+                io.writer,
+                store,
+                &request.hostname,
+                &request.peer,
+                &options,
+            )
+            .await;
+            for m in &r.outcome.messages {
+                io.log.warning(m);
+            }
+            let code = r.exit_code();
+            match (&r.error, code) {
+                (Some(e), _) => SessionOutcome::failed(code, e.to_string()),
+                (None, 0) => SessionOutcome::success(),
+                (None, c) => {
+                    SessionOutcome::failed(c, format!("dsync session ended with status {c}"))
+                }
+            }
+        })
     }
 }
 

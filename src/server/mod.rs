@@ -35,6 +35,7 @@ use tokio_rustls::TlsAcceptor;
 pub use config::{MailUser, ServerConfig, UserDbConfig};
 pub use handler::{
     CommandHandler, SessionFuture, SessionHandler, SessionIo, SessionOutcome, SessionRequest,
+    SlaveHandler,
 };
 pub use output::SessionLog;
 

@@ -1,0 +1,648 @@
+//! Runs one dsync [`Brain`] over a byte stream to a peer, with a local
+//! [`SessionStore`].
+//!
+//! Three concurrent parts, so that neither direction ever waits on the other
+//! (dsync peers write without waiting for each other):
+//!
+//! * a reader task decodes the peer's stream; data blocks go to a spool
+//!   (memory up to [`SessionOptions::spool_threshold`], then an unnamed
+//!   temporary file in [`SessionStore::spool_dir`]), so incoming bodies never
+//!   pile up in memory; decoded items are queued for the brain;
+//! * a writer task sends encoded bytes from a small bounded queue;
+//! * the brain and the store run on a blocking thread: outputs are encoded,
+//!   outgoing bodies are read from the store in chunks of
+//!   [`SessionOptions::chunk_size`] (the bounded queue throttles them), queries
+//!   and actions go to the store.
+//!
+//! Entry points: [`run_session`] (any role, any stream),
+//! [`run_slave_session`] (the `dsync-server` side, for stdio and for the
+//! doveadm-protocol server), [`run_master_over`] (master over an opened
+//! transport, collecting the transport's outcome) and [`run_local_pair`]
+//! (two local stores through an in-process duplex pipe and the wire codec).
+
+pub mod store;
+
+use std::io::Read;
+use std::time::Duration;
+
+use dsync_protocol::{Decoder, DecoderConfig, Encoder, Event, Item};
+use serde::Serialize;
+use sync_engine::{Action, Brain, ExitStatus, Input, Outcome, Output, SyncSettings};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::transport::{DsyncStream, TransportError};
+pub use store::{IncomingBody, SessionStore};
+
+/// Tuning of a session.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Incoming bodies larger than this go to a temporary file.
+    pub spool_threshold: usize,
+    /// Size of the pieces outgoing bodies are read and sent in.
+    pub chunk_size: usize,
+    /// Limits of the decoder for the peer's stream.
+    pub decoder: DecoderConfig,
+    /// How long to keep draining the peer's stream after the session ended.
+    pub close_grace: Duration,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            spool_threshold: 256 * 1024,
+            chunk_size: 64 * 1024,
+            decoder: DecoderConfig {
+                // Dovecot's own item order is checked by the brain; the
+                // decoder's stricter order model is for captures and fuzzing.
+                validate_order: false,
+                ..DecoderConfig::default()
+            },
+            close_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Changes applied to the local replica, by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LocalChanges {
+    pub mailboxes_created: u64,
+    pub mailboxes_deleted: u64,
+    pub renames: u64,
+    pub subscription_changes: u64,
+    pub mails_saved: u64,
+    pub mails_copied: u64,
+    pub mails_expunged: u64,
+    pub uids_reassigned: u64,
+    pub flag_changes: u64,
+    pub attribute_changes: u64,
+    pub failed_actions: u64,
+}
+
+impl LocalChanges {
+    fn count(&mut self, a: &Action) {
+        match a {
+            Action::CreateMailbox { .. } | Action::CreateDir { .. } => self.mailboxes_created += 1,
+            Action::DeleteMailbox { .. } | Action::DeleteDir { .. } => self.mailboxes_deleted += 1,
+            Action::Rename { .. } => self.renames += 1,
+            Action::SetSubscribed { .. } => self.subscription_changes += 1,
+            Action::SaveMail { .. } => self.mails_saved += 1,
+            Action::CopyMail { .. } | Action::CopyToMailbox { .. } => self.mails_copied += 1,
+            Action::Expunge { .. } => self.mails_expunged += 1,
+            Action::MoveMail { .. } => self.uids_reassigned += 1,
+            Action::UpdateFlags { .. } | Action::ReplaceFlags { .. } => self.flag_changes += 1,
+            Action::SetAttribute { .. } => self.attribute_changes += 1,
+            Action::LockUser { .. }
+            | Action::SetMailboxGuid { .. }
+            | Action::SetUidValidity { .. }
+            | Action::RaiseStatus { .. } => {}
+        }
+    }
+}
+
+/// Traffic of a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SessionStats {
+    pub items_sent: u64,
+    pub items_received: u64,
+    pub bodies_sent: u64,
+    pub body_bytes_sent: u64,
+    pub bodies_received: u64,
+    pub body_bytes_received: u64,
+    /// Bodies that went to a temporary file rather than memory.
+    pub bodies_spooled: u64,
+    /// Mails the peer is told about (`M` items with a body sent).
+    pub local: LocalChanges,
+}
+
+/// Why a session ended without the protocol's normal end.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionError {
+    #[error("reading from {peer} failed: {reason}")]
+    Read { peer: String, reason: String },
+    #[error("writing to {peer} failed: {reason}")]
+    Write { peer: String, reason: String },
+    #[error("{peer} sent a stream that cannot be decoded: {reason}")]
+    Decode { peer: String, reason: String },
+    #[error("protocol error from {peer}: {reason}")]
+    Protocol { peer: String, reason: String },
+    #[error("local storage failed: {0}")]
+    Storage(String),
+    #[error("{0}")]
+    Transport(String),
+    #[error("the session's worker thread failed")]
+    Worker,
+}
+
+/// The result of a session: the store is handed back.
+pub struct SessionResult<S> {
+    pub store: S,
+    /// The brain's outcome; when it has none, a temporary failure carrying
+    /// the error's text.
+    pub outcome: Outcome,
+    pub stats: SessionStats,
+    /// What cut the session short, if anything.
+    pub error: Option<SessionError>,
+    /// A transport failure reported after the stream closed (for example a
+    /// remote command's non-zero exit).
+    pub transport_error: Option<TransportError>,
+}
+
+impl<S> SessionResult<S> {
+    /// doveadm's exit code for this session.
+    pub fn exit_code(&self) -> i32 {
+        if let Some(t) = &self.transport_error {
+            if self.outcome.status == ExitStatus::Ok || self.error.is_some() {
+                return t.exit_code();
+            }
+        }
+        self.outcome.status.code()
+    }
+}
+
+fn failed_outcome(reason: String) -> Outcome {
+    Outcome {
+        status: ExitStatus::TempFail,
+        messages: vec![reason],
+        require_full_resync: false,
+        state: None,
+    }
+}
+
+/// Seconds since the epoch (0 if the clock is before it).
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// This host's name as the dsync handshake carries it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+enum Incoming {
+    Item(Item, Option<IncomingBody>),
+    Closed,
+    Failed(SessionError),
+}
+
+/// Where an incoming data block is collected.
+enum Spool {
+    Memory(Vec<u8>),
+    File(std::fs::File, u64),
+}
+
+struct Spooler {
+    threshold: usize,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Spooler {
+    fn append(&self, spool: &mut Spool, data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if let Spool::Memory(v) = spool {
+            if v.len() + data.len() <= self.threshold {
+                v.extend_from_slice(data);
+                return Ok(());
+            }
+            let mut f = match &self.dir {
+                Some(d) => tempfile::tempfile_in(d)?,
+                None => tempfile::tempfile()?,
+            };
+            f.write_all(v)?;
+            *spool = Spool::File(f, v.len() as u64);
+        }
+        if let Spool::File(f, len) = spool {
+            f.write_all(data)?;
+            *len += data.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn finish(spool: Spool) -> std::io::Result<IncomingBody> {
+        use std::io::{Seek, SeekFrom};
+        Ok(match spool {
+            Spool::Memory(v) => IncomingBody::Memory(v),
+            Spool::File(mut file, len) => {
+                file.seek(SeekFrom::Start(0))?;
+                IncomingBody::File { file, len }
+            }
+        })
+    }
+}
+
+/// Reads and decodes the peer's stream until EOF or an error. Keeps reading
+/// (and discarding) after the brain stopped listening, so the peer never
+/// blocks on a full pipe.
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: R,
+    peer: String,
+    cfg: DecoderConfig,
+    spooler: Spooler,
+    tx: mpsc::UnboundedSender<Incoming>,
+) {
+    let mut dec = Decoder::with_config(cfg);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Option<(Item, Spool)> = None;
+    let mut failed = false;
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) => {
+                if !failed {
+                    let _ = tx.send(Incoming::Closed);
+                }
+                return;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                if !failed {
+                    let reason = TransportError::from_io(&peer, e).to_string();
+                    let _ = tx.send(Incoming::Failed(SessionError::Read {
+                        peer: peer.clone(),
+                        reason,
+                    }));
+                }
+                return;
+            }
+        };
+        if failed {
+            continue;
+        }
+        dec.feed(&buf[..n]);
+        loop {
+            let ev = match dec.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(e) => {
+                    failed = true;
+                    let _ = tx.send(Incoming::Failed(SessionError::Decode {
+                        peer: peer.clone(),
+                        reason: e.to_string(),
+                    }));
+                    break;
+                }
+            };
+            let msg = match ev {
+                Event::Version(_) | Event::Tables(_) => continue,
+                Event::Item(item) if item.has_body() => {
+                    pending = Some((item, Spool::Memory(Vec::new())));
+                    continue;
+                }
+                Event::Item(item) => Incoming::Item(item, None),
+                Event::BodyChunk(c) => {
+                    if let Some((_, spool)) = &mut pending {
+                        // Spooling is short local disk I/O; it does not
+                        // wait on the peer.
+                        if let Err(e) = spooler.append(spool, c) {
+                            failed = true;
+                            let _ = tx.send(Incoming::Failed(SessionError::Storage(format!(
+                                "spooling an incoming mail failed: {e}"
+                            ))));
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                Event::BodyEnd => match pending.take() {
+                    Some((item, spool)) => match Spooler::finish(spool) {
+                        Ok(body) => Incoming::Item(item, Some(body)),
+                        Err(e) => {
+                            failed = true;
+                            let _ = tx.send(Incoming::Failed(SessionError::Storage(format!(
+                                "spooling an incoming mail failed: {e}"
+                            ))));
+                            break;
+                        }
+                    },
+                    None => continue,
+                },
+            };
+            // A closed queue means the brain is done: keep draining.
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    peer: String,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) -> Result<(), SessionError> {
+    let werr = |e: std::io::Error| SessionError::Write {
+        peer: peer.clone(),
+        reason: TransportError::from_io(&peer, e).to_string(),
+    };
+    while let Some(buf) = rx.recv().await {
+        writer.write_all(&buf).await.map_err(werr)?;
+        if rx.is_empty() {
+            writer.flush().await.map_err(werr)?;
+        }
+    }
+    writer.flush().await.map_err(werr)?;
+    // The peer sees EOF: that is how a dsync session ends.
+    let _ = writer.shutdown().await;
+    Ok(())
+}
+
+struct Driver<S> {
+    brain: Brain,
+    store: S,
+    enc: Encoder,
+    buf: Vec<u8>,
+    out: mpsc::Sender<Vec<u8>>,
+    chunk_size: usize,
+    stats: SessionStats,
+    peer: String,
+}
+
+impl<S: SessionStore> Driver<S> {
+    fn flush(&mut self) -> Result<(), SessionError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.buf);
+        self.out
+            .blocking_send(data)
+            .map_err(|_| SessionError::Write {
+                peer: self.peer.clone(),
+                reason: "the connection is closed".into(),
+            })
+    }
+
+    fn encode_err(&self, e: impl std::fmt::Display) -> SessionError {
+        SessionError::Protocol {
+            peer: self.peer.clone(),
+            reason: format!("cannot encode an item: {e}"),
+        }
+    }
+
+    /// Handles every output the brain has.
+    fn drain(&mut self) -> Result<(), SessionError> {
+        while let Some(o) = self.brain.poll() {
+            match o {
+                Output::Send { mut item, body } => {
+                    let reader = match body {
+                        Some(r) => self
+                            .store
+                            .open_body(&r)
+                            .map_err(|e| SessionError::Storage(format!("reading a mail: {e}")))?,
+                        None => None,
+                    };
+                    if let Item::Mail(m) = &mut item {
+                        m.stream = reader.is_some();
+                    }
+                    self.enc
+                        .encode_item(&item, &mut self.buf)
+                        .map_err(|e| self.encode_err(e))?;
+                    self.stats.items_sent += 1;
+                    if let Some(mut rd) = reader {
+                        self.send_body(&mut rd)?;
+                    }
+                    if self.buf.len() >= self.chunk_size {
+                        self.flush()?;
+                    }
+                }
+                Output::Query(q) => {
+                    let a = self.store.answer(&q);
+                    self.feed(Input::Answer(a))?;
+                }
+                Output::Action(a) => {
+                    self.stats.local.count(&a);
+                    if let Err(error) = self.store.apply(&a) {
+                        tracing::debug!(?a, %error, "action failed");
+                        self.stats.local.failed_actions += 1;
+                        self.feed(Input::ActionFailed { action: a, error })?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_body(&mut self, rd: &mut Box<dyn Read + Send>) -> Result<(), SessionError> {
+        let mut chunk = vec![0u8; self.chunk_size];
+        loop {
+            let n = match rd.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(SessionError::Storage(format!("reading a mail: {e}"))),
+            };
+            self.stats.body_bytes_sent += n as u64;
+            self.enc
+                .encode_body_chunk(&chunk[..n], &mut self.buf)
+                .map_err(|e| self.encode_err(e))?;
+            if self.buf.len() >= self.chunk_size {
+                self.flush()?;
+            }
+        }
+        self.enc
+            .end_body(&mut self.buf)
+            .map_err(|e| self.encode_err(e))?;
+        self.stats.bodies_sent += 1;
+        Ok(())
+    }
+
+    fn feed(&mut self, input: Input) -> Result<(), SessionError> {
+        self.brain.feed(input).map_err(|e| SessionError::Protocol {
+            peer: self.peer.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The brain's loop: outputs first, then the next peer item.
+    fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Incoming>) -> Result<(), SessionError> {
+        self.enc.encode_preamble(&mut self.buf);
+        let mut closed = false;
+        loop {
+            self.drain()?;
+            self.flush()?;
+            if self.brain.outcome().is_some() {
+                return Ok(());
+            }
+            if closed {
+                return Err(SessionError::Read {
+                    peer: self.peer.clone(),
+                    reason: "EOF before the session finished".into(),
+                });
+            }
+            match rx.blocking_recv() {
+                Some(Incoming::Item(item, body)) => {
+                    self.stats.items_received += 1;
+                    if let Some(b) = body {
+                        self.stats.bodies_received += 1;
+                        self.stats.body_bytes_received += b.len();
+                        if matches!(b, IncomingBody::File { .. }) {
+                            self.stats.bodies_spooled += 1;
+                        }
+                        self.store
+                            .set_incoming_body(b)
+                            .map_err(|e| SessionError::Storage(e.to_string()))?;
+                    }
+                    self.feed(Input::Peer(item))?;
+                }
+                Some(Incoming::Closed) | None => {
+                    closed = true;
+                    // The brain decides whether an early close is an error.
+                    let _ = self.brain.feed(Input::PeerClosed);
+                }
+                Some(Incoming::Failed(e)) => {
+                    let _ = self.brain.feed(Input::PeerClosed);
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Runs `brain` over `reader`/`writer` with `store` until the session ends.
+/// Never panics on peer input; every failure ends in the result.
+pub async fn run_session<S, R, W>(
+    brain: Brain,
+    store: S,
+    reader: R,
+    writer: W,
+    peer: &str,
+    opts: &SessionOptions,
+) -> SessionResult<S>
+where
+    S: SessionStore,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (in_tx, mut in_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(8);
+    let spooler = Spooler {
+        threshold: opts.spool_threshold,
+        dir: store.spool_dir(),
+    };
+    let reader_task = tokio::spawn(read_loop(
+        reader,
+        peer.to_string(),
+        opts.decoder.clone(),
+        spooler,
+        in_tx,
+    ));
+    let writer_task = tokio::spawn(write_loop(writer, peer.to_string(), out_rx));
+    let mut driver = Driver {
+        brain,
+        store,
+        enc: Encoder::new(),
+        buf: Vec::new(),
+        out: out_tx,
+        chunk_size: opts.chunk_size.max(512),
+        stats: SessionStats::default(),
+        peer: peer.to_string(),
+    };
+    let worker = tokio::task::spawn_blocking(move || {
+        let r = driver.run(&mut in_rx);
+        // Closing the queue lets the writer finish and send EOF.
+        let (tx, _) = mpsc::channel(1);
+        driver.out = tx;
+        (driver, r)
+    });
+    let (driver, run_result) = match worker.await {
+        Ok(x) => x,
+        Err(_) => {
+            reader_task.abort();
+            writer_task.abort();
+            // The store went down with the thread; nothing to hand back.
+            panic!("the session worker thread panicked");
+        }
+    };
+    let write_result = match writer_task.await {
+        Ok(r) => r,
+        Err(_) => Err(SessionError::Worker),
+    };
+    // Let the peer finish its side, then stop listening.
+    let grace = opts.close_grace;
+    let mut reader_task = reader_task;
+    if tokio::time::timeout(grace, &mut reader_task).await.is_err() {
+        reader_task.abort();
+    }
+    let Driver {
+        brain,
+        store,
+        stats,
+        ..
+    } = driver;
+    let error = run_result.err().or(write_result.err());
+    let outcome = match (brain.outcome(), &error) {
+        (Some(o), _) => o.clone(),
+        (None, Some(e)) => failed_outcome(e.to_string()),
+        (None, None) => failed_outcome("the session ended without an outcome".into()),
+    };
+    SessionResult {
+        store,
+        outcome,
+        stats,
+        error,
+        transport_error: None,
+    }
+}
+
+/// The slave (`dsync-server`) side over any byte stream: stdio, or the
+/// doveadm-protocol server's connection after its `+` line.
+pub async fn run_slave_session<S, R, W>(
+    reader: R,
+    writer: W,
+    store: S,
+    hostname: &str,
+    peer: &str,
+    opts: &SessionOptions,
+) -> SessionResult<S>
+where
+    S: SessionStore,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let brain = Brain::slave(hostname.as_bytes(), now());
+    run_session(brain, store, reader, writer, peer, opts).await
+}
+
+/// The master side over an opened transport; afterwards collects the
+/// transport's own outcome (a remote command's exit status).
+pub async fn run_master_over<S: SessionStore>(
+    stream: DsyncStream,
+    store: S,
+    hostname: &str,
+    settings: SyncSettings,
+    opts: &SessionOptions,
+) -> SessionResult<S> {
+    let peer = stream.peer.clone();
+    let (reader, writer, finisher) = stream.into_parts();
+    let brain = Brain::master(hostname.as_bytes(), settings, now());
+    let mut result = run_session(brain, store, reader, writer, &peer, opts).await;
+    if let Err(e) = finisher.finish().await {
+        result.transport_error = Some(e);
+    }
+    result
+}
+
+/// Both sides of a local two-store sync, each with its own brain, through an
+/// in-process duplex pipe and the wire codec (exactly the bytes a remote
+/// peer would see).
+pub async fn run_local_pair<A: SessionStore, B: SessionStore>(
+    master_store: A,
+    slave_store: B,
+    hostname: &str,
+    settings: SyncSettings,
+    opts: &SessionOptions,
+) -> (SessionResult<A>, SessionResult<B>) {
+    let (m_end, s_end) = tokio::io::duplex(256 * 1024);
+    let (m_read, m_write) = tokio::io::split(m_end);
+    let (s_read, s_write) = tokio::io::split(s_end);
+    let master = Brain::master(hostname.as_bytes(), settings, now());
+    let slave = Brain::slave(hostname.as_bytes(), now());
+    tokio::join!(
+        run_session(master, master_store, m_read, m_write, "local slave", opts),
+        run_session(slave, slave_store, s_read, s_write, "local master", opts),
+    )
+}

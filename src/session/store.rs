@@ -1,0 +1,105 @@
+//! What a session needs from the local replica: the engine's queries and
+//! actions, plus bodies as streams (outgoing bodies are read in chunks,
+//! incoming ones arrive spooled).
+//!
+//! Calls are synchronous; the driver makes them from a blocking thread, so
+//! an implementation may block on locks and disk I/O.
+
+use std::io::{self, Cursor, Read};
+use std::path::PathBuf;
+
+use sync_engine::memory::MemoryReplica;
+use sync_engine::{Action, Answer, BodyRef, Query, StorageError};
+
+/// A data block received after an `M` item: in memory when small, spooled to
+/// an unnamed temporary file otherwise.
+#[derive(Debug)]
+pub enum IncomingBody {
+    Memory(Vec<u8>),
+    /// Positioned at the start of the data.
+    File {
+        file: std::fs::File,
+        len: u64,
+    },
+}
+
+impl IncomingBody {
+    /// Size of the body in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            IncomingBody::Memory(v) => v.len() as u64,
+            IncomingBody::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A reader over the body.
+    pub fn into_reader(self) -> Box<dyn Read + Send> {
+        match self {
+            IncomingBody::Memory(v) => Box::new(Cursor::new(v)),
+            IncomingBody::File { file, len } => Box::new(file.take(len)),
+        }
+    }
+
+    /// The whole body in memory (for in-memory stores only).
+    pub fn into_vec(self) -> io::Result<Vec<u8>> {
+        match self {
+            IncomingBody::Memory(v) => Ok(v),
+            IncomingBody::File { file, len } => {
+                let mut v = Vec::with_capacity(usize::try_from(len).unwrap_or(0).min(1 << 24));
+                file.take(len).read_to_end(&mut v)?;
+                Ok(v)
+            }
+        }
+    }
+}
+
+/// The local replica of a session.
+pub trait SessionStore: Send + 'static {
+    /// Answers one engine query.
+    fn answer(&mut self, query: &Query) -> Answer;
+
+    /// Applies one engine action (a `SaveMail` uses the body last given to
+    /// [`SessionStore::set_incoming_body`]).
+    fn apply(&mut self, action: &Action) -> Result<(), StorageError>;
+
+    /// Opens the body of a local mail for streaming to the peer; `Ok(None)`
+    /// when the mail is gone (it is then sent without a body).
+    fn open_body(&mut self, body: &BodyRef) -> io::Result<Option<Box<dyn Read + Send>>>;
+
+    /// Hands over the data block that followed the last received `M`.
+    fn set_incoming_body(&mut self, body: IncomingBody) -> io::Result<()>;
+
+    /// Where large incoming bodies are spooled (on the destination's file
+    /// system, so a save can be a rename); `None` = the system temp dir.
+    fn spool_dir(&self) -> Option<PathBuf> {
+        None
+    }
+}
+
+impl SessionStore for MemoryReplica {
+    fn answer(&mut self, query: &Query) -> Answer {
+        MemoryReplica::answer(self, query)
+    }
+
+    fn apply(&mut self, action: &Action) -> Result<(), StorageError> {
+        MemoryReplica::apply(self, action)
+    }
+
+    fn open_body(&mut self, body: &BodyRef) -> io::Result<Option<Box<dyn Read + Send>>> {
+        // The replica lives in memory anyway; the copy keeps the reader
+        // independent of the store's borrow.
+        Ok(self
+            .body(body)
+            .map(|b| Box::new(Cursor::new(b.to_vec())) as Box<dyn Read + Send>))
+    }
+
+    fn set_incoming_body(&mut self, body: IncomingBody) -> io::Result<()> {
+        let v = body.into_vec()?;
+        MemoryReplica::set_incoming_body(self, v);
+        Ok(())
+    }
+}

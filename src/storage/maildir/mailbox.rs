@@ -1,0 +1,488 @@
+//! Reading one Maildir mailbox: uidlist (UIDs, GUIDs, POP3 fields) + file
+//! names in `cur/`/`new/` (flags, keywords, sizes) + index and log (modseqs,
+//! changes). Files that are not yet in the uidlist get their UIDs the way
+//! Dovecot's maildir sync gives them (under the uidlist lock) when the
+//! mailbox is opened.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use index_format::log::RecordBody;
+use index_format::maildir::{parse_filename, Keywords, Uidlist};
+use index_format::view::MailboxView;
+
+use super::{log_gate_read, MaildirStore, UIDLIST};
+use crate::storage::{
+    io_err, Attribute, Changes, LogChange, LogChangeKind, Mailbox, MailboxGuid, MailboxStatus,
+    MessageInfo, Result, StorageError,
+};
+
+/// Where a message file is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileLoc {
+    pub new_dir: bool,
+    /// Full file name (with `:2,` flags).
+    pub name: String,
+}
+
+/// One uidlist record, owned.
+#[derive(Debug, Clone)]
+pub(crate) struct UidEntry {
+    pub uid: u32,
+    /// Base name as in the uidlist (up to `:`).
+    pub base: String,
+    pub guid: Option<String>,
+    pub pop3_uidl: Option<String>,
+    pub pop3_order: Option<u32>,
+    pub psize: Option<u64>,
+    pub vsize: Option<u64>,
+}
+
+/// The uidlist as owned data.
+#[derive(Debug, Clone)]
+pub(crate) struct UidlistState {
+    pub uid_validity: u32,
+    pub next_uid: u32,
+    pub guid: Option<MailboxGuid>,
+    pub header_ext: Vec<(char, String)>,
+    pub entries: Vec<UidEntry>,
+    /// The file ends without LF (a writer died mid-line).
+    pub partial_tail: bool,
+}
+
+impl UidlistState {
+    pub fn read(dir: &Path) -> Result<Option<UidlistState>> {
+        let path = dir.join(UIDLIST);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let u = Uidlist::parse(&data).map_err(|e| e.with_path(&path))?;
+        Ok(Some(UidlistState {
+            uid_validity: u.uid_validity,
+            next_uid: u.next_uid(),
+            guid: u.mailbox_guid,
+            header_ext: u
+                .header_extensions
+                .iter()
+                .map(|(k, v)| (*k, v.to_string()))
+                .collect(),
+            partial_tail: u.partial_tail,
+            entries: u
+                .records
+                .iter()
+                .map(|r| UidEntry {
+                    uid: r.uid,
+                    base: r.filename.to_string(),
+                    guid: r.extension('G').map(str::to_string),
+                    pop3_uidl: r.extension('P').map(str::to_string),
+                    pop3_order: r.extension('O').and_then(|v| v.parse().ok()),
+                    psize: r.physical_size(),
+                    vsize: r.virtual_size(),
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Lists `new/` and `cur/`: base name → location.
+pub(crate) fn scan_files(dir: &Path) -> Result<HashMap<String, FileLoc>> {
+    let mut out = HashMap::new();
+    for (sub, new_dir) in [("new", true), ("cur", false)] {
+        let d = dir.join(sub);
+        let rd = match fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&d)(e)),
+        };
+        for e in rd {
+            let e = e.map_err(io_err(&d))?;
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            let base = name.split_once(':').map(|(b, _)| b).unwrap_or(name);
+            out.insert(
+                base.to_string(),
+                FileLoc {
+                    new_dir,
+                    name: name.to_string(),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Dovecot's order for files that get new UIDs: by the time stamp at the
+/// start of the name (seconds, then the `.M<usecs>` part), then by name.
+pub(crate) fn maildir_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn key(s: &str) -> (u64, u64) {
+        let secs_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let secs = s[..secs_end].parse().unwrap_or(u64::MAX);
+        let rest = &s[secs_end..];
+        let usecs = rest
+            .strip_prefix(".M")
+            .map(|r| {
+                let e = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+                r[..e].parse().unwrap_or(0)
+            })
+            .unwrap_or(0);
+        (secs, usecs)
+    }
+    key(a).cmp(&key(b)).then_with(|| a.cmp(b))
+}
+
+/// A consistent read view of a Maildir mailbox.
+pub struct MaildirMailbox {
+    name: String,
+    dir: PathBuf,
+    uidlist: UidlistState,
+    files: HashMap<String, FileLoc>,
+    keywords: Vec<(u8, String)>,
+    view: Option<MailboxView>,
+}
+
+impl std::fmt::Debug for MaildirMailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaildirMailbox")
+            .field("name", &self.name)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn read_keywords(dir: &Path) -> Result<Vec<(u8, String)>> {
+    let path = dir.join("dovecot-keywords");
+    match fs::read(&path) {
+        Ok(d) => {
+            let k = Keywords::parse(&d).map_err(|e| e.with_path(&path))?;
+            Ok(k.entries.iter().map(|(i, n)| (*i, n.to_string())).collect())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+pub(crate) fn open_view(dir: &Path) -> Result<Option<MailboxView>> {
+    if !dir.join("dovecot.index.log").exists() && !dir.join("dovecot.index").exists() {
+        return Ok(None);
+    }
+    let _gate = log_gate_read();
+    Ok(Some(MailboxView::open(dir)?))
+}
+
+impl MaildirMailbox {
+    pub(crate) fn open(store: &MaildirStore, name: String, dir: PathBuf) -> Result<MaildirMailbox> {
+        if UidlistState::read(&dir)?.and_then(|u| u.guid).is_none() {
+            store.ensure_uidlist(&dir, None, None)?;
+        }
+        let mut files = scan_files(&dir)?;
+        let mut uidlist = UidlistState::read(&dir)?.ok_or_else(|| StorageError::Inconsistent {
+            path: dir.join(UIDLIST),
+            why: "uidlist vanished".into(),
+        })?;
+        let listed: std::collections::HashSet<&str> =
+            uidlist.entries.iter().map(|e| e.base.as_str()).collect();
+        if files.keys().any(|b| !listed.contains(b.as_str())) {
+            // New deliveries: give them UIDs now, as Dovecot's sync does.
+            // An empty commit only gives UIDs to unlisted files.
+            super::txn::MaildirTransaction::new(store, dir.clone())?.commit_inner()?;
+            files = scan_files(&dir)?;
+            uidlist = UidlistState::read(&dir)?.ok_or_else(|| StorageError::Inconsistent {
+                path: dir.join(UIDLIST),
+                why: "uidlist vanished".into(),
+            })?;
+        }
+        let keywords = read_keywords(&dir)?;
+        let view = open_view(&dir)?;
+        Ok(MaildirMailbox {
+            name,
+            dir,
+            uidlist,
+            files,
+            keywords,
+            view,
+        })
+    }
+
+    fn info(&self, e: &UidEntry) -> Result<Option<MessageInfo>> {
+        let Some(loc) = self.files.get(&e.base) else {
+            return Ok(None);
+        };
+        let parsed = parse_filename(&loc.name).map_err(|err| StorageError::BadMessage {
+            uid: e.uid,
+            why: err.to_string(),
+        })?;
+        let (flags, keywords) = match &parsed.flags {
+            Some(f) => (
+                f.system,
+                f.keyword_indexes()
+                    .filter_map(|i| {
+                        self.keywords
+                            .iter()
+                            .find(|(k, _)| *k == i)
+                            .map(|(_, n)| n.clone())
+                    })
+                    .collect(),
+            ),
+            None => (0, Vec::new()),
+        };
+        let (modseq, pvt) = match &self.view {
+            Some(v) => (
+                v.lookup_uid(e.uid)
+                    .map(|m| m.modseq())
+                    .unwrap_or_else(|| v.highest_modseq()),
+                0,
+            ),
+            None => (1, 0),
+        };
+        let path = self.file_path(loc);
+        let md = fs::metadata(&path).ok();
+        let vsize = match e.vsize.or(parsed.virtual_size) {
+            Some(v) => Some(v),
+            // Plain deliveries carry no W=: count line ends as Dovecot would.
+            None => virtual_size_of(&path).ok(),
+        };
+        Ok(Some(MessageInfo {
+            uid: e.uid,
+            guid: e.guid.clone().unwrap_or_else(|| e.base.clone()),
+            flags,
+            keywords,
+            modseq,
+            pvt_modseq: pvt,
+            virtual_size: vsize,
+            physical_size: e
+                .psize
+                .or(parsed.physical_size)
+                .or(md.as_ref().map(|m| m.len())),
+            received: md.as_ref().map(|m| m.mtime()),
+            saved: md.as_ref().map(|m| m.ctime()),
+            pop3_uidl: e.pop3_uidl.clone(),
+            pop3_order: e.pop3_order,
+        }))
+    }
+
+    fn file_path(&self, loc: &FileLoc) -> PathBuf {
+        self.dir
+            .join(if loc.new_dir { "new" } else { "cur" })
+            .join(&loc.name)
+    }
+
+    /// The directory of the mailbox.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The replayed index, when the mailbox has one.
+    pub fn index_view(&self) -> Option<&MailboxView> {
+        self.view.as_ref()
+    }
+}
+
+/// Size with CRLF line ends, streaming the file.
+fn virtual_size_of(path: &Path) -> std::io::Result<u64> {
+    let mut f = fs::File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut size, mut prev_cr) = (0u64, false);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(size);
+        }
+        for &b in &buf[..n] {
+            size += if b == b'\n' && !prev_cr { 2 } else { 1 };
+            prev_cr = b == b'\r';
+        }
+    }
+}
+
+fn ranges(r: index_format::log::UidRanges<'_>) -> Vec<(u32, u32)> {
+    r.collect()
+}
+
+impl Mailbox for MaildirMailbox {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn status(&self) -> MailboxStatus {
+        let messages = self
+            .uidlist
+            .entries
+            .iter()
+            .filter(|e| self.files.contains_key(&e.base))
+            .count() as u32;
+        let (hm, next_idx, first_recent) = match &self.view {
+            Some(v) => (
+                v.highest_modseq().max(1),
+                v.next_uid(),
+                v.header().first_recent_uid,
+            ),
+            None => (1, 1, 1),
+        };
+        MailboxStatus {
+            guid: self.uidlist.guid.unwrap_or_default(),
+            uid_validity: self.uidlist.uid_validity,
+            uid_next: self.uidlist.next_uid.max(next_idx),
+            highest_modseq: hm,
+            highest_pvt_modseq: 0,
+            messages,
+            first_recent_uid: first_recent,
+        }
+    }
+
+    fn messages(&self) -> Box<dyn Iterator<Item = Result<MessageInfo>> + '_> {
+        Box::new(
+            self.uidlist
+                .entries
+                .iter()
+                .filter_map(move |e| self.info(e).transpose()),
+        )
+    }
+
+    fn message(&self, uid: u32) -> Result<Option<MessageInfo>> {
+        match self.uidlist.entries.binary_search_by_key(&uid, |e| e.uid) {
+            Ok(i) => self.info(&self.uidlist.entries[i]),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn changes_since(&self, modseq: u64) -> Result<Changes> {
+        let Some(view) = &self.view else {
+            // Never indexed: no change was ever logged.
+            return Ok(Changes::Since(Vec::new()));
+        };
+        let changes = view.changes_since(modseq)?;
+        if !changes.is_complete() {
+            return Ok(Changes::TooOld);
+        }
+        let mut out = Vec::new();
+        for c in changes {
+            let c = c?;
+            let r = c.record;
+            let Ok(body) = r.body() else { continue };
+            let mut push = |kind| {
+                out.push(LogChange {
+                    modseq: r.modseq,
+                    sync: r.is_sync(),
+                    external: r.is_external(),
+                    kind,
+                })
+            };
+            match body {
+                RecordBody::Append(a) => push(LogChangeKind::Append {
+                    uids: a.map(|e| e.uid).collect(),
+                }),
+                RecordBody::FlagUpdate(f) => {
+                    for u in f {
+                        push(LogChangeKind::Flags {
+                            uid1: u.uid1,
+                            uid2: u.uid2,
+                            add: u.add_flags,
+                            remove: u.remove_flags,
+                        });
+                    }
+                }
+                RecordBody::KeywordUpdate { add, name, uids } => push(LogChangeKind::Keyword {
+                    add,
+                    name: String::from_utf8_lossy(name).into_owned(),
+                    ranges: ranges(uids),
+                }),
+                RecordBody::KeywordReset(u) => {
+                    push(LogChangeKind::KeywordReset { ranges: ranges(u) })
+                }
+                RecordBody::ExpungeGuid(g) => {
+                    for (uid, guid) in g {
+                        push(LogChangeKind::Expunge {
+                            uid,
+                            guid: (guid != [0; 16]).then_some(guid),
+                        });
+                    }
+                }
+                RecordBody::Expunge(u) => {
+                    for (uid1, uid2) in u {
+                        push(LogChangeKind::ExpungeRange { uid1, uid2 });
+                    }
+                }
+                RecordBody::ModseqUpdate(m) => {
+                    for (uid, modseq) in m {
+                        push(LogChangeKind::Modseq { uid, modseq });
+                    }
+                }
+                RecordBody::AttributeUpdate(a) => {
+                    for ch in a {
+                        push(LogChangeKind::Attribute {
+                            key: String::from_utf8_lossy(ch.key).into_owned(),
+                            set: ch.set,
+                            private: ch.scope == b'p',
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Changes::Since(out))
+    }
+
+    fn attributes(&self) -> Result<Vec<Attribute>> {
+        // Values live in the server's attribute dict (mail_attribute_dict),
+        // which is not part of the mail directory; none is configured here.
+        Ok(Vec::new())
+    }
+
+    fn open_body(&self, uid: u32) -> Result<Box<dyn Read + Send>> {
+        let e = self
+            .uidlist
+            .entries
+            .binary_search_by_key(&uid, |e| e.uid)
+            .map(|i| &self.uidlist.entries[i])
+            .map_err(|_| StorageError::NoSuchUid(uid))?;
+        let loc = self
+            .files
+            .get(&e.base)
+            .ok_or(StorageError::NoSuchUid(uid))?;
+        let path = self.file_path(loc);
+        match fs::File::open(&path) {
+            Ok(f) => Ok(Box::new(f)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                // Renamed by a flag change since we listed: look again.
+                let files = scan_files(&self.dir)?;
+                let loc = files.get(&e.base).ok_or(StorageError::NoSuchUid(uid))?;
+                let path = self.file_path(loc);
+                Ok(Box::new(fs::File::open(&path).map_err(io_err(&path))?))
+            }
+            Err(err) => Err(io_err(&path)(err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_files_sort_by_time_then_name() {
+        let mut v = vec![
+            "1700000001.M5P1.h",
+            "1700000000.M20P1.h",
+            "1700000000.M3P1.h",
+            "abc",
+        ];
+        v.sort_by(|a, b| maildir_order(a, b));
+        assert_eq!(
+            v,
+            vec![
+                "1700000000.M3P1.h",
+                "1700000000.M20P1.h",
+                "1700000001.M5P1.h",
+                "abc"
+            ]
+        );
+    }
+}

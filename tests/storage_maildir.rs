@@ -1,0 +1,840 @@
+//! The Maildir storage against a real Dovecot 2.3: what homing reads equals
+//! what `doveadm` reports, and after each kind of homing write `doveadm`
+//! shows exactly the intended state with a clean Dovecot log.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use homing::storage::maildir::{MaildirOptions, MaildirStore};
+use homing::storage::{flags, Changes, FlagChange, LogChangeKind, MailStore, NewMessage};
+use test_support::{require_dovecot, DovecotInstance, InstanceOptions};
+
+const USER: &str = "alice";
+
+fn start() -> DovecotInstance {
+    DovecotInstance::start(InstanceOptions::new()).expect("start dovecot")
+}
+
+fn store(inst: &DovecotInstance) -> MaildirStore {
+    MaildirStore::open(inst.mail_dir(USER), MaildirOptions::default()).expect("open store")
+}
+
+/// `doveadm -f tab fetch` rows as field maps.
+fn fetch(inst: &DovecotInstance, mailbox: &str, fields: &str) -> Vec<BTreeMap<String, String>> {
+    let out = inst
+        .doveadm([
+            "-f", "tab", "fetch", "-u", USER, fields, "mailbox", mailbox, "all",
+        ])
+        .expect("run doveadm")
+        .ok()
+        .expect("doveadm fetch");
+    table(&out.stdout_str())
+}
+
+fn status(inst: &DovecotInstance, mailbox: &str) -> BTreeMap<String, String> {
+    let out = inst
+        .doveadm([
+            "-f",
+            "tab",
+            "mailbox",
+            "status",
+            "-u",
+            USER,
+            "messages uidnext uidvalidity highestmodseq guid",
+            mailbox,
+        ])
+        .expect("run doveadm")
+        .ok()
+        .expect("doveadm mailbox status");
+    table(&out.stdout_str())
+        .into_iter()
+        .next()
+        .expect("one row")
+}
+
+fn table(s: &str) -> Vec<BTreeMap<String, String>> {
+    let mut lines = s.lines();
+    let Some(head) = lines.next() else {
+        return Vec::new();
+    };
+    let cols: Vec<&str> = head.split('\t').collect();
+    lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            cols.iter()
+                .zip(l.split('\t').chain(std::iter::repeat("")))
+                .map(|(c, v)| (c.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// IMAP flags text as doveadm prints it (without \Recent), sorted.
+fn flag_words(system: u8, keywords: &[String]) -> Vec<String> {
+    let mut v = Vec::new();
+    for (bit, name) in [
+        (flags::ANSWERED, "\\Answered"),
+        (flags::FLAGGED, "\\Flagged"),
+        (flags::DELETED, "\\Deleted"),
+        (flags::SEEN, "\\Seen"),
+        (flags::DRAFT, "\\Draft"),
+    ] {
+        if system & bit != 0 {
+            v.push(name.to_string());
+        }
+    }
+    v.extend(keywords.iter().cloned());
+    v.sort();
+    v
+}
+
+fn doveadm_flag_words(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .split(' ')
+        .filter(|w| !w.is_empty() && *w != "\\Recent")
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Every file and directory below `dir` belongs to the mail user.
+fn assert_owned_by(dir: &Path, uid: u32) {
+    for e in walk(dir) {
+        let md = std::fs::symlink_metadata(&e).unwrap();
+        assert_eq!(
+            md.uid(),
+            uid,
+            "{} is not owned by the mail user",
+            e.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn mail(n: u32) -> Vec<u8> {
+    format!(
+        "From: sender{n}@example.org\nTo: alice@example.org\nSubject: message {n}\nMessage-ID: <m{n}@example.org>\n\nbody line {n}\nsecond line\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn reads_what_dovecot_wrote() {
+    if !require_dovecot("reads_what_dovecot_wrote") {
+        return;
+    }
+    let inst = start();
+    for n in 0..5 {
+        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
+    }
+    inst.save_message(USER, "Work/Reports", &mail(9)).unwrap();
+    inst.doveadm_user(
+        USER,
+        &[
+            "flags",
+            "add",
+            "\\Seen $Label1",
+            "mailbox",
+            "INBOX",
+            "uid",
+            "2:3",
+        ],
+    )
+    .unwrap();
+    inst.doveadm_user(
+        USER,
+        &["flags", "add", "\\Flagged", "mailbox", "INBOX", "uid", "4"],
+    )
+    .unwrap();
+    inst.doveadm_user(USER, &["expunge", "mailbox", "INBOX", "uid", "5"])
+        .unwrap();
+    // A plain Maildir delivery Dovecot has not seen yet.
+    let root = inst.mail_dir(USER);
+    let delivered = root.join("new").join("1700000000.M1P1.delivered");
+    std::fs::write(&delivered, mail(42)).unwrap();
+    let (vuid, vgid) = inst.vmail_ids();
+    std::os::unix::fs::chown(&delivered, Some(vuid), Some(vgid)).unwrap();
+
+    let st = store(&inst);
+    let names: Vec<String> = st
+        .list_mailboxes()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec!["INBOX", "Work/Reports"]);
+
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let ours: Vec<_> = mb.messages().collect::<Result<_, _>>().unwrap();
+    let theirs = fetch(
+        &inst,
+        "INBOX",
+        "uid guid flags modseq size.virtual size.physical",
+    );
+    assert_eq!(ours.len(), 5, "4 saved + 1 delivered");
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(&theirs) {
+        assert_eq!(o.uid.to_string(), t["uid"]);
+        assert_eq!(o.guid, t["guid"]);
+        assert_eq!(
+            flag_words(o.flags, &o.keywords),
+            doveadm_flag_words(&t["flags"])
+        );
+        assert_eq!(
+            o.virtual_size.map(|v| v.to_string()).as_deref(),
+            Some(t["size.virtual"].as_str())
+        );
+        assert_eq!(
+            o.physical_size.map(|v| v.to_string()).as_deref(),
+            Some(t["size.physical"].as_str())
+        );
+    }
+    // The delivered file got the next UID (6) from us, and Dovecot agrees.
+    assert_eq!(ours[4].uid, 6);
+    assert_eq!(ours[4].guid, "1700000000.M1P1.delivered");
+
+    // Modseqs and status agree once Dovecot has synced the same state.
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let theirs = fetch(&inst, "INBOX", "uid modseq");
+    let mb2 = st.open_mailbox("INBOX").unwrap();
+    for (o, t) in mb2.messages().map(|m| m.unwrap()).zip(&theirs) {
+        assert_eq!(o.modseq.to_string(), t["modseq"], "modseq of uid {}", o.uid);
+    }
+    let s = mb2.status();
+    let ds = status(&inst, "INBOX");
+    assert_eq!(s.messages.to_string(), ds["messages"]);
+    assert_eq!(s.uid_next.to_string(), ds["uidnext"]);
+    assert_eq!(s.uid_validity.to_string(), ds["uidvalidity"]);
+    assert_eq!(s.highest_modseq.to_string(), ds["highestmodseq"]);
+    assert_eq!(hex(&s.guid), ds["guid"]);
+    drop(mb);
+
+    // The log scan sees the expunge of uid 5 and the flag changes.
+    match mb2.changes_since(1).unwrap() {
+        Changes::Since(ch) => {
+            assert!(ch
+                .iter()
+                .any(|c| matches!(c.kind, LogChangeKind::Expunge { uid: 5, .. }) && c.external));
+            assert!(ch.iter().any(|c| matches!(&c.kind, LogChangeKind::Keyword { add: true, name, .. } if name == "$Label1")));
+        }
+        Changes::TooOld => panic!("log starts at the mailbox creation"),
+    }
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut mb2.open_body(1).unwrap(), &mut body).unwrap();
+    assert_eq!(body.as_bytes(), mail(0));
+    inst.assert_log_clean();
+}
+
+#[test]
+fn saves_flags_and_expunges_as_dovecot_does() {
+    if !require_dovecot("saves_flags_and_expunges_as_dovecot_does") {
+        return;
+    }
+    let inst = start();
+    for n in 0..3 {
+        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
+    }
+    let before = status(&inst, "INBOX");
+    let hm0: u64 = before["highestmodseq"].parse().unwrap();
+    let st = store(&inst);
+
+    // Save with explicit UIDs, GUID, flags, keywords, dates and POP3 fields.
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.save(
+        NewMessage {
+            uid: Some(10),
+            guid: Some("replicated-guid-10".into()),
+            flags: flags::SEEN | flags::ANSWERED,
+            keywords: vec!["$Label1".into(), "project-x".into()],
+            received: Some(1_700_000_000),
+            pop3_uidl: Some("uidl-10".into()),
+            pop3_order: Some(4),
+            ..Default::default()
+        },
+        &mut &mail(10)[..],
+    )
+    .unwrap();
+    tx.save(
+        NewMessage {
+            uid: Some(11),
+            ..Default::default()
+        },
+        &mut &mail(11)[..],
+    )
+    .unwrap();
+    let r = tx.commit().unwrap();
+    assert_eq!(r.saved_uids, vec![10, 11]);
+    assert_eq!(r.uid_next, 12);
+    // Two appends + two keyword records.
+    assert_eq!(r.highest_modseq, hm0 + 3);
+    // Our records are in the log, external, before Dovecot touched anything.
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let Changes::Since(ch) = mb.changes_since(hm0).unwrap() else {
+        panic!("log must reach back")
+    };
+    assert!(ch
+        .iter()
+        .any(|c| c.external && c.kind == LogChangeKind::Append { uids: vec![10, 11] }));
+    assert_eq!(mb.status().highest_modseq, hm0 + 3);
+    drop(mb);
+
+    let rows = fetch(
+        &inst,
+        "INBOX",
+        "uid guid flags modseq pop3.uidl date.received size.virtual size.physical",
+    );
+    assert_eq!(rows.len(), 5);
+    let r10 = &rows[3];
+    assert_eq!(r10["uid"], "10");
+    assert_eq!(r10["guid"], "replicated-guid-10");
+    assert_eq!(
+        doveadm_flag_words(&r10["flags"]),
+        vec!["$Label1", "\\Answered", "\\Seen", "project-x"]
+    );
+    assert_eq!(r10["pop3.uidl"], "uidl-10");
+    assert_eq!(r10["date.received"], "2023-11-14 22:13:20");
+    let m10 = mail(10);
+    assert_eq!(r10["size.physical"], m10.len().to_string());
+    let lfs = m10.iter().filter(|&&b| b == b'\n').count();
+    assert_eq!(r10["size.virtual"], (m10.len() + lfs).to_string());
+    assert_eq!(rows[4]["uid"], "11");
+    let s = status(&inst, "INBOX");
+    assert_eq!(s["uidnext"], "12");
+    assert_eq!(
+        s["highestmodseq"],
+        (hm0 + 3).to_string(),
+        "Dovecot accepted our modseqs without a resync"
+    );
+    let body = inst
+        .doveadm(["fetch", "-u", USER, "body", "mailbox", "INBOX", "uid", "10"])
+        .unwrap()
+        .ok()
+        .unwrap()
+        .stdout_str();
+    assert!(body.contains("body line 10"));
+
+    // Flag and keyword changes.
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.update_flags(
+        1,
+        FlagChange {
+            add: flags::FLAGGED | flags::SEEN,
+            add_keywords: vec!["project-x".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    tx.update_flags(
+        10,
+        FlagChange {
+            remove: flags::SEEN,
+            remove_keywords: vec!["$Label1".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let rows = fetch(&inst, "INBOX", "uid flags");
+    assert_eq!(
+        doveadm_flag_words(&rows[0]["flags"]),
+        vec!["\\Flagged", "\\Seen", "project-x"]
+    );
+    assert_eq!(
+        doveadm_flag_words(&rows[3]["flags"]),
+        vec!["\\Answered", "project-x"]
+    );
+
+    // Expunge (one real, one already gone).
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.expunge(2, None).unwrap();
+    tx.expunge(99, None).unwrap();
+    let r = tx.commit().unwrap();
+    assert_eq!(r.already_expunged, vec![99]);
+    let rows = fetch(&inst, "INBOX", "uid");
+    let uids: Vec<&str> = rows.iter().map(|r| r["uid"].as_str()).collect();
+    assert_eq!(uids, vec!["1", "3", "10", "11"]);
+
+    // Raising UIDNEXT.
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.raise_uid_next(50).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(status(&inst, "INBOX")["uidnext"], "50");
+
+    // Raising HIGHESTMODSEQ (the index has no modseq extension yet: homing
+    // introduces it the way Dovecot does).
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.raise_highest_modseq(500).unwrap();
+    let r = tx.commit().unwrap();
+    assert_eq!(r.highest_modseq, 500);
+    assert_eq!(status(&inst, "INBOX")["highestmodseq"], "500");
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.update_flags(
+        3,
+        FlagChange {
+            add: flags::DELETED,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(tx.commit().unwrap().highest_modseq, 501);
+    assert_eq!(status(&inst, "INBOX")["highestmodseq"], "501");
+
+    // Our view agrees with Dovecot's after all of it.
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
+    let theirs = fetch(&inst, "INBOX", "uid guid flags modseq");
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(&theirs) {
+        assert_eq!(o.uid.to_string(), t["uid"]);
+        assert_eq!(o.guid, t["guid"]);
+        assert_eq!(
+            flag_words(o.flags, &o.keywords),
+            doveadm_flag_words(&t["flags"])
+        );
+    }
+    let (vuid, _) = inst.vmail_ids();
+    assert_owned_by(&inst.mail_dir(USER), vuid);
+    inst.assert_log_clean();
+}
+
+#[test]
+fn tree_changes_as_dovecot_sees_them() {
+    if !require_dovecot("tree_changes_as_dovecot_sees_them") {
+        return;
+    }
+    let inst = start();
+    inst.save_message(USER, "INBOX", &mail(1)).unwrap();
+    let st = store(&inst);
+    let guid = [0x5a; 16];
+    assert_eq!(
+        st.create_mailbox("Projects/Alpha", Some(guid), Some(4242))
+            .unwrap(),
+        guid
+    );
+    st.create_mailbox("Projects/Alpha/Sub", None, None).unwrap();
+    let s = status(&inst, "Projects/Alpha");
+    assert_eq!(s["guid"], hex(&guid));
+    assert_eq!(s["uidvalidity"], "4242");
+    assert_eq!(s["uidnext"], "1");
+
+    // A new UIDVALIDITY for the empty mailbox (replication picked the peer's).
+    let mut tx = st.begin("Projects/Alpha").unwrap();
+    tx.set_uid_validity(5000).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(status(&inst, "Projects/Alpha")["uidvalidity"], "5000");
+
+    // A save into the new mailbox.
+    let mut tx = st.begin("Projects/Alpha").unwrap();
+    tx.save(
+        NewMessage {
+            uid: Some(7),
+            flags: flags::SEEN,
+            ..Default::default()
+        },
+        &mut &mail(7)[..],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let rows = fetch(&inst, "Projects/Alpha", "uid flags");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["uid"], "7");
+
+    st.set_subscribed("Projects/Alpha", true, 1_800_000_000)
+        .unwrap();
+    st.set_subscribed("INBOX", true, 1_800_000_001).unwrap();
+    let subs = inst.doveadm_user(USER, &["mailbox", "list", "-s"]).unwrap();
+    let mut subs: Vec<&str> = subs.lines().collect();
+    subs.sort();
+    assert_eq!(subs, vec!["INBOX", "Projects/Alpha"]);
+
+    st.rename_mailbox("Projects/Alpha", "Archive/Alpha", 1_800_000_002)
+        .unwrap();
+    let mut names = inst.mailbox_names(USER).unwrap();
+    names.sort();
+    assert!(names.contains(&"Archive/Alpha".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"Archive/Alpha/Sub".to_string()),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"Projects/Alpha".to_string()), "{names:?}");
+    assert_eq!(status(&inst, "Archive/Alpha")["guid"], hex(&guid));
+
+    st.delete_mailbox("Archive/Alpha/Sub", None, 1_800_000_003)
+        .unwrap();
+    let sub_guid = {
+        let log = st.mailbox_log().unwrap();
+        log.last().copied().unwrap()
+    };
+    let names = inst.mailbox_names(USER).unwrap();
+    assert!(
+        !names.contains(&"Archive/Alpha/Sub".to_string()),
+        "{names:?}"
+    );
+
+    // The mailbox log as doveadm dump reads it.
+    let dump = inst
+        .doveadm([
+            "dump",
+            inst.mail_dir(USER)
+                .join("dovecot.mailbox.log")
+                .to_str()
+                .unwrap(),
+        ])
+        .unwrap()
+        .ok()
+        .unwrap()
+        .stdout_str();
+    assert!(dump.contains("subscribe"), "{dump}");
+    assert!(dump.contains("rename"), "{dump}");
+    assert!(dump.contains("delete-mailbox"), "{dump}");
+    assert!(dump.contains(&hex(&sub_guid.id)), "{dump}");
+    let kinds: Vec<_> = st.mailbox_log().unwrap().iter().map(|e| e.kind).collect();
+    use homing::storage::MailboxLogKind as K;
+    assert_eq!(
+        kinds,
+        vec![K::Subscribe, K::Subscribe, K::Rename, K::DeleteMailbox]
+    );
+    assert!(st.delete_mailbox("INBOX", None, 0).is_err());
+    let (vuid, _) = inst.vmail_ids();
+    assert_owned_by(&inst.mail_dir(USER), vuid);
+    inst.assert_log_clean();
+}
+
+/// Dovecot saves, flags and expunges in a loop in the same mailbox while
+/// homing commits saves and flag changes; afterwards nothing is lost, both
+/// sides see the same state and Dovecot's log is clean.
+#[test]
+fn concurrent_with_dovecot() {
+    if !require_dovecot("concurrent_with_dovecot") {
+        return;
+    }
+    let inst = start();
+    for n in 0..20 {
+        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    let dovecot_saved = std::thread::scope(|s| {
+        let inst = &inst;
+        let dovecot = s.spawn(move || {
+            let mut saved = Vec::new();
+            let mut i = 0u32;
+            while std::time::Instant::now() < deadline {
+                let n = 1000 + i;
+                inst.save_message(USER, "INBOX", &mail(n)).unwrap();
+                saved.push(n);
+                let uid = (i % 10 + 1).to_string();
+                inst.doveadm_user(
+                    USER,
+                    &[
+                        "flags",
+                        "add",
+                        "\\Flagged $Dove",
+                        "mailbox",
+                        "INBOX",
+                        "uid",
+                        &uid,
+                    ],
+                )
+                .unwrap();
+                if i < 5 {
+                    // Dovecot expunges uids 1..5 (mails it saved at the start).
+                    inst.doveadm_user(
+                        USER,
+                        &["expunge", "mailbox", "INBOX", "uid", &(i + 1).to_string()],
+                    )
+                    .unwrap();
+                }
+                i += 1;
+            }
+            saved
+        });
+        let st = store(inst);
+        let mut ours = Vec::new();
+        let mut i = 0u32;
+        while std::time::Instant::now() < deadline {
+            let n = 2000 + i;
+            let mut tx = st.begin("INBOX").unwrap();
+            tx.save(
+                NewMessage {
+                    flags: if i % 2 == 0 { flags::SEEN } else { 0 },
+                    keywords: vec!["homing".into()],
+                    ..Default::default()
+                },
+                &mut &mail(n)[..],
+            )
+            .unwrap();
+            tx.update_flags(
+                11 + i % 10,
+                FlagChange {
+                    add: flags::ANSWERED,
+                    add_keywords: vec![format!("kw{}", i % 3)],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let r = tx.commit().unwrap();
+            ours.push((n, r.saved_uids[0]));
+            i += 1;
+        }
+        (dovecot.join().unwrap(), ours)
+    });
+    let (dsaved, hsaved) = dovecot_saved;
+    assert!(!dsaved.is_empty() && !hsaved.is_empty());
+    eprintln!(
+        "concurrent: Dovecot saved {} mails, homing committed {} transactions",
+        dsaved.len(),
+        hsaved.len()
+    );
+
+    let rows = fetch(&inst, "INBOX", "uid guid flags hdr.subject");
+    let subjects: Vec<&str> = rows.iter().map(|r| r["hdr.subject"].as_str()).collect();
+    for n in (5..20).chain(dsaved.iter().copied()) {
+        assert!(
+            subjects.contains(&format!("message {n}").as_str()),
+            "Dovecot's mail {n} lost"
+        );
+    }
+    for (n, uid) in &hsaved {
+        let row = rows
+            .iter()
+            .find(|r| r["hdr.subject"] == format!("message {n}"))
+            .unwrap_or_else(|| panic!("homing's mail {n} lost"));
+        assert_eq!(
+            row["uid"],
+            uid.to_string(),
+            "mail {n} kept the uid homing gave it"
+        );
+        assert!(doveadm_flag_words(&row["flags"]).contains(&"homing".to_string()));
+    }
+    for n in 0..5 {
+        assert!(
+            !subjects.contains(&format!("message {n}").as_str()),
+            "expunged mail {n} came back"
+        );
+    }
+    for uid in 11..=20u32 {
+        let row = rows.iter().find(|r| r["uid"] == uid.to_string()).unwrap();
+        assert!(
+            doveadm_flag_words(&row["flags"]).contains(&"\\Answered".to_string()),
+            "uid {uid}"
+        );
+    }
+    // Both readers agree.
+    let st = store(&inst);
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
+    assert_eq!(ours.len(), rows.len());
+    for (o, t) in ours.iter().zip(&rows) {
+        assert_eq!(o.uid.to_string(), t["uid"]);
+        assert_eq!(o.guid, t["guid"]);
+        assert_eq!(
+            flag_words(o.flags, &o.keywords),
+            doveadm_flag_words(&t["flags"])
+        );
+    }
+    let s = status(&inst, "INBOX");
+    assert_eq!(s["messages"], rows.len().to_string());
+    assert_eq!(mb.status().highest_modseq.to_string(), s["highestmodseq"]);
+    inst.assert_log_clean();
+}
+
+/// The writer side of `crash_while_writing`: runs only when the parent test
+/// starts this test binary with `HOMING_CRASH_ROOT` set; commits batches and
+/// reports each committed batch on stdout until it is killed.
+#[test]
+fn crash_writer_child() {
+    let Ok(root) = std::env::var("HOMING_CRASH_ROOT") else {
+        return;
+    };
+    let round: u32 = std::env::var("HOMING_CRASH_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let st = MaildirStore::open(root, MaildirOptions::default()).unwrap();
+    for batch in 0.. {
+        let mut tx = st.begin("INBOX").unwrap();
+        let mut subjects = Vec::new();
+        for i in 0..3 {
+            let n = round * 100_000 + batch * 10 + i;
+            tx.save(
+                NewMessage {
+                    flags: flags::SEEN,
+                    keywords: vec![format!("r{round}")],
+                    ..Default::default()
+                },
+                &mut &mail(n)[..],
+            )
+            .unwrap();
+            subjects.push(n.to_string());
+        }
+        tx.update_flags(
+            1 + batch % 5,
+            FlagChange {
+                add: flags::FLAGGED,
+                add_keywords: vec![format!("b{}", batch % 4)],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        println!("committed {}", subjects.join(" "));
+        std::io::Write::flush(&mut std::io::stdout()).unwrap();
+    }
+}
+
+/// homing's writer is killed with SIGKILL at random points during batches of
+/// writes, repeatedly; afterwards Dovecot reads the mailbox without loss or
+/// corruption and agrees with homing's reader.
+#[test]
+fn crash_while_writing() {
+    if !require_dovecot("crash_while_writing") {
+        return;
+    }
+    let inst = start();
+    for n in 0..5 {
+        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
+    }
+    let root = inst.mail_dir(USER);
+    let mut committed = Vec::new();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    for round in 1..=8u32 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash_writer_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("HOMING_CRASH_ROOT", &root)
+            .env("HOMING_CRASH_ROUND", round.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = 100 + seed % 900;
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        child.kill().unwrap(); // SIGKILL
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("committed ") {
+                committed.extend(rest.split(' ').map(str::to_string));
+            }
+        }
+        // Dovecot works on the mailbox between crashes, as it would in production.
+        inst.save_message(USER, "INBOX", &mail(900 + round))
+            .unwrap();
+    }
+    assert!(!committed.is_empty(), "the writer never committed");
+    eprintln!(
+        "crash: {} mails committed before the kills",
+        committed.len()
+    );
+
+    let rows = fetch(&inst, "INBOX", "uid guid flags hdr.subject");
+    let subjects: std::collections::HashSet<&str> =
+        rows.iter().map(|r| r["hdr.subject"].as_str()).collect();
+    for n in &committed {
+        assert!(
+            subjects.contains(format!("message {n}").as_str()),
+            "committed mail {n} lost"
+        );
+    }
+    for n in (0..5).chain(901..=908) {
+        assert!(
+            subjects.contains(format!("message {n}").as_str()),
+            "Dovecot's mail {n} lost"
+        );
+    }
+    let mut uids: Vec<u32> = rows.iter().map(|r| r["uid"].parse().unwrap()).collect();
+    let len = uids.len();
+    uids.dedup();
+    assert_eq!(uids.len(), len, "duplicate uids");
+    let st = store(&inst);
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
+    assert_eq!(ours.len(), rows.len());
+    for (o, t) in ours.iter().zip(&rows) {
+        assert_eq!(o.uid.to_string(), t["uid"]);
+        assert_eq!(o.guid, t["guid"]);
+        assert_eq!(
+            flag_words(o.flags, &o.keywords),
+            doveadm_flag_words(&t["flags"])
+        );
+    }
+    assert_eq!(
+        mb.status().highest_modseq.to_string(),
+        status(&inst, "INBOX")["highestmodseq"]
+    );
+    inst.assert_log_clean();
+}
+
+/// `LAYOUT=fs`: folders are nested directories; INBOX stays at the root.
+#[test]
+fn layout_fs() {
+    if !require_dovecot("layout_fs") {
+        return;
+    }
+    let inst =
+        DovecotInstance::start(InstanceOptions::new().mail_location("maildir:~/Maildir:LAYOUT=fs"))
+            .expect("start dovecot");
+    inst.save_message(USER, "INBOX", &mail(1)).unwrap();
+    inst.save_message(USER, "Lists/rust", &mail(2)).unwrap();
+    let st = MaildirStore::open(
+        inst.mail_dir(USER),
+        MaildirOptions {
+            layout: homing::storage::maildir::Layout::Fs,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let names: Vec<String> = st
+        .list_mailboxes()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.contains(&"INBOX".to_string()), "{names:?}");
+    assert!(names.contains(&"Lists/rust".to_string()), "{names:?}");
+    let mb = st.open_mailbox("Lists/rust").unwrap();
+    assert_eq!(mb.messages().count(), 1);
+    drop(mb);
+    st.create_mailbox("Projects/Beta", Some([7; 16]), Some(77))
+        .unwrap();
+    let mut tx = st.begin("Projects/Beta").unwrap();
+    tx.save(NewMessage::default(), &mut &mail(3)[..]).unwrap();
+    tx.commit().unwrap();
+    let s = status(&inst, "Projects/Beta");
+    assert_eq!(s["guid"], hex(&[7; 16]));
+    assert_eq!(s["uidvalidity"], "77");
+    assert_eq!(s["messages"], "1");
+    assert!(inst.mail_dir(USER).join("Projects/Beta/cur").is_dir());
+    inst.assert_log_clean();
+}
