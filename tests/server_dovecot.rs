@@ -98,27 +98,42 @@ fn doveadm_sync_over_tcp_and_tcps_against_homing_server() {
     let ca_opt = format!("ssl_client_ca_file={}", ca_file.display());
 
     // Two-way sync into an empty (memory) replica: alice's side is unchanged.
-    let out = client.doveadm(["-o", pw, "sync", "-u", "alice", &tcp]).unwrap();
+    let out = client
+        .doveadm(["-o", pw, "sync", "-u", "alice", &tcp])
+        .unwrap();
     assert_eq!(out.code(), Some(0), "sync tcp: {}", out.stderr_str());
-    let out = client.doveadm(["-o", pw, "sync", "-1", "-u", "alice", &tcp]).unwrap();
+    let out = client
+        .doveadm(["-o", pw, "sync", "-1", "-u", "alice", &tcp])
+        .unwrap();
     assert_eq!(out.code(), Some(0), "sync -1 tcp: {}", out.stderr_str());
-    let out = client.doveadm(["-o", pw, "backup", "-u", "alice", &tcp]).unwrap();
+    let out = client
+        .doveadm(["-o", pw, "backup", "-u", "alice", &tcp])
+        .unwrap();
     assert_eq!(out.code(), Some(0), "backup tcp: {}", out.stderr_str());
     let out = client
         .doveadm(["-o", pw, "-o", &ca_opt, "sync", "-u", "alice", &tcps])
         .unwrap();
     assert_eq!(out.code(), Some(0), "sync tcps: {}", out.stderr_str());
-    before.assert_same(&client.snapshot("alice").unwrap(), "after syncs with homing server");
+    before.assert_same(
+        &client.snapshot("alice").unwrap(),
+        "after syncs with homing server",
+    );
 
     // Wrong password: doveadm's own message and exit code, as against Dovecot.
     let out = client
         .doveadm(["-o", "doveadm_password=wrong", "sync", "-u", "alice", &tcp])
         .unwrap();
     assert_eq!(out.code(), Some(75), "{}", out.stderr_str());
-    assert!(out.stderr_str().contains("doveadm authentication failed"), "{}", out.stderr_str());
+    assert!(
+        out.stderr_str().contains("doveadm authentication failed"),
+        "{}",
+        out.stderr_str()
+    );
 
     // A user the server does not know: the relayed log line and exit 67.
-    let out = client.doveadm(["-o", pw, "sync", "-u", "nosuchuser", &tcp]).unwrap();
+    let out = client
+        .doveadm(["-o", pw, "sync", "-u", "nosuchuser", &tcp])
+        .unwrap();
     assert_eq!(out.code(), Some(67), "{}", out.stderr_str());
     let err = out.stderr_str();
     assert!(err.contains("Unknown user in remote"), "{err}");
@@ -135,6 +150,14 @@ fn doveadm_sync_over_tcp_and_tcps_against_homing_server() {
     assert_ne!(out.code(), Some(0), "untrusted certificate accepted");
 
     let stats = server.stop();
-    assert_eq!(stats.sessions_ok.load(std::sync::atomic::Ordering::Relaxed), 4);
-    assert!(stats.auth_failures.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert_eq!(
+        stats.sessions_ok.load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+    assert!(
+        stats
+            .auth_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
 }
