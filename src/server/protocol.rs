@@ -242,8 +242,7 @@ pub fn parse_dsync_server_args(args: &[String]) -> Result<DsyncServerArgs, Usage
         let Some(opts) = a.strip_prefix('-').filter(|o| !o.is_empty()) else {
             break;
         };
-        let mut chars = opts.char_indices();
-        while let Some((pos, c)) = chars.next() {
+        for (pos, c) in opts.char_indices() {
             match c {
                 'U' => out.replicator_notify = true,
                 'E' => out.legacy = true,

@@ -187,7 +187,8 @@ mod tests {
             assert_eq!(user_name(ok), Ok(()), "{ok}");
         }
         let long = "a".repeat(MAX_USER_NAME + 1);
-        let cases: &[(&str, fn(&NameError) -> bool)] = &[
+        type Check = fn(&NameError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, NameError::Empty { .. })),
             ("..", |e| matches!(e, NameError::DotComponent { .. })),
             (".", |e| matches!(e, NameError::DotComponent { .. })),
