@@ -161,3 +161,83 @@ fn doveadm_sync_over_tcp_and_tcps_against_homing_server() {
             >= 1
     );
 }
+
+/// Full syncs through `homing server` onto a Maildir that Dovecot then reads:
+/// the client's user `bob` is served from `alice`'s Maildir of the same
+/// instance, so both ends can be compared with doveadm.
+#[test]
+fn doveadm_sync_and_backup_over_tcp_reach_the_same_maildir_state() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&["bob", "alice"]));
+    for (i, mbox) in ["INBOX", "INBOX", "Work", "Work/Reports"]
+        .iter()
+        .enumerate()
+    {
+        let msg = format!(
+            "From: a@example.org\r\nSubject: s{i}\r\nMessage-ID: <s{i}@example.org>\r\n\r\nbody {i}\r\n"
+        );
+        inst.save_message("bob", mbox, msg.as_bytes()).unwrap();
+    }
+    // alice's mail root, owned by the mail user so Dovecot can read it.
+    let root = inst.mail_dir("alice");
+    std::fs::create_dir_all(&root).unwrap();
+    let (uid, gid) = inst.vmail_ids();
+    let mut p = root.as_path();
+    while p.starts_with(inst.home("alice")) {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+        match p.parent() {
+            Some(q) => p = q,
+            None => break,
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    std::fs::write(
+        dir.path().join("passwd"),
+        format!("bob:x::::::userdb_mail=maildir:{}\n", root.display()),
+    )
+    .unwrap();
+    cfg.home_template = inst.home("alice").display().to_string();
+    let server = Background::start(cfg);
+    let tcp = format!("tcp:{}", server.addr);
+    let pw = "doveadm_password=s3cret";
+
+    let out = inst.doveadm(["-o", pw, "sync", "-u", "bob", &tcp]).unwrap();
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "sync: {}\n{}",
+        out.stderr_str(),
+        inst.log()
+    );
+    inst.snapshot("alice").unwrap().assert_same(
+        &inst.snapshot("bob").unwrap(),
+        "after two-way sync through homing server",
+    );
+
+    // A change on the client side, then a backup (one-way, client wins).
+    inst.save_message(
+        "bob",
+        "INBOX",
+        b"Subject: later\r\nMessage-ID: <later@example.org>\r\n\r\nx\r\n",
+    )
+    .unwrap();
+    let out = inst
+        .doveadm(["-o", pw, "backup", "-u", "bob", &tcp])
+        .unwrap();
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "backup: {}\n{}",
+        out.stderr_str(),
+        inst.log()
+    );
+    inst.snapshot("alice").unwrap().assert_same(
+        &inst.snapshot("bob").unwrap(),
+        "after backup through homing server",
+    );
+    let stats = server.stop();
+    assert_eq!(
+        stats.sessions_ok.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
