@@ -235,9 +235,55 @@ fn doveadm_sync_and_backup_over_tcp_reach_the_same_maildir_state() {
         &inst.snapshot("bob").unwrap(),
         "after backup through homing server",
     );
+
+    // One-way merge (`-1`) of a new client mail.
+    inst.save_message(
+        "bob",
+        "Work",
+        b"Subject: oneway\r\nMessage-ID: <oneway@example.org>\r\n\r\ny\r\n",
+    )
+    .unwrap();
+    let out = inst
+        .doveadm(["-o", pw, "sync", "-1", "-u", "bob", &tcp])
+        .unwrap();
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "sync -1: {}\n{}",
+        out.stderr_str(),
+        inst.log()
+    );
+    inst.snapshot("alice").unwrap().assert_same(
+        &inst.snapshot("bob").unwrap(),
+        "after sync -1 through homing server",
+    );
+
+    // A change on the server's store, then a reverse backup (server wins).
+    inst.save_message(
+        "alice",
+        "INBOX",
+        b"Subject: remote\r\nMessage-ID: <remote@example.org>\r\n\r\nz\r\n",
+    )
+    .unwrap();
+    let out = inst
+        .doveadm(["-o", pw, "backup", "-R", "-u", "bob", &tcp])
+        .unwrap();
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "backup -R: {}\n{}",
+        out.stderr_str(),
+        inst.log()
+    );
+    let a = inst.snapshot("alice").unwrap();
+    a.assert_same(
+        &inst.snapshot("bob").unwrap(),
+        "after backup -R through homing server",
+    );
+    assert_eq!(a.message_count(), 7);
     let stats = server.stop();
     assert_eq!(
         stats.sessions_ok.load(std::sync::atomic::Ordering::Relaxed),
-        2
+        4
     );
 }
