@@ -28,8 +28,37 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Files in the `cur`/`new` directories below `root`.
+fn count_mail_files(root: &std::path::Path) -> usize {
+    let mut n = 0;
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if matches!(p.file_name().and_then(|f| f.to_str()), Some("cur" | "new")) {
+                n += std::fs::read_dir(&p).map(|d| d.count()).unwrap_or(0);
+            } else {
+                n += count_mail_files(&p);
+            }
+        }
+    }
+    n
+}
+
 #[test]
 fn fifty_concurrent_sessions_against_the_server_binary() {
+    run_load("memory:");
+}
+
+/// The same onto 50 fresh Maildirs (every session saves the captured mails).
+#[test]
+fn fifty_concurrent_sessions_onto_maildirs() {
+    run_load("maildir:%h/Maildir");
+}
+
+fn run_load(mail_location: &str) {
     let dir = tempfile::tempdir().unwrap();
     let users: Vec<String> = (0..SESSIONS).map(|i| format!("user{i:02}")).collect();
     let passwd: String = users.iter().map(|u| format!("{u}:x::::::\n")).collect();
@@ -41,7 +70,7 @@ fn fifty_concurrent_sessions_against_the_server_binary() {
     writeln!(
         f,
         "listen = 127.0.0.1:{port}\ndoveadm_password_file = {}\nuserdb = passwd-file:{}\n\
-         home = {}/%u\nmail_location = memory:\nmax_sessions = {SESSIONS}\nshutdown_grace = 5s",
+         home = {}/%u\nmail_location = {mail_location}\nmax_sessions = {SESSIONS}\nshutdown_grace = 5s",
         dir.path().join("pw").display(),
         dir.path().join("passwd").display(),
         dir.path().display()
@@ -107,7 +136,7 @@ fn fifty_concurrent_sessions_against_the_server_binary() {
     let rss = peak_rss_kib(pid);
     let bytes_out = stream.len() * SESSIONS;
     println!(
-        "load: {SESSIONS} concurrent sessions in {:.3}s = {:.1} sessions/s; client->server {} KiB, server->client {} KiB; server peak RSS {} KiB",
+        "load ({mail_location}): {SESSIONS} concurrent sessions in {:.3}s = {:.1} sessions/s; client->server {} KiB, server->client {} KiB; server peak RSS {} KiB",
         elapsed.as_secs_f64(),
         SESSIONS as f64 / elapsed.as_secs_f64(),
         bytes_out / 1024,
@@ -115,6 +144,13 @@ fn fifty_concurrent_sessions_against_the_server_binary() {
         rss.map(|r| r.to_string()).unwrap_or_else(|| "?".into())
     );
     assert_eq!(ok, SESSIONS, "every session ran to the slave's final X");
+    if mail_location.starts_with("maildir:") {
+        // The first-sync master sends 5 mails (INBOX 3, Work 1, Work/Reports 1).
+        for u in &users {
+            let n = count_mail_files(&dir.path().join(u).join("Maildir"));
+            assert_eq!(n, 5, "{u}");
+        }
+    }
     // SIGTERM: stops accepting and exits cleanly.
     let st = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
