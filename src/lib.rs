@@ -7,6 +7,7 @@ pub mod cli;
 pub mod demo;
 pub mod dump;
 pub mod replicator;
+pub mod server;
 pub mod session;
 pub mod storage;
 pub mod transport;

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    let cli = match cli.command {
+    let mut cli = match cli.command {
         // The replicator sets up its own logging and runtime.
         Command::Replicator(args) => return ExitCode::from(homing::replicator::cli::run(args)),
         command => Cli { command, ..cli },
@@ -59,6 +59,14 @@ fn main() -> ExitCode {
             .build()
     };
     match &cli.command {
+        Command::Replicator(_) | Command::Server(_) => {
+            // Both daemons set up their own logging and runtime.
+            match std::mem::replace(&mut cli.command, Command::Demo) {
+                Command::Replicator(args) => ExitCode::from(homing::replicator::cli::run(args)),
+                Command::Server(args) => ExitCode::from(homing::server::cli::run(args)),
+                _ => exit(EX_USAGE),
+            }
+        }
         Command::Dump { path, json } => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
@@ -71,7 +79,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Replicator(_) => ExitCode::SUCCESS,
         Command::Sync { .. } | Command::Backup { .. } | Command::DsyncServer(_) | Command::Demo => {
             let rt = match runtime() {
                 Ok(rt) => rt,
@@ -103,7 +110,7 @@ fn main() -> ExitCode {
                     Ok(g) => rt.block_on(run_dsync_server(&g, a)),
                     Err(c) => c,
                 },
-                Command::Dump { .. } | Command::Replicator(_) => 0,
+                Command::Dump { .. } | Command::Replicator(_) | Command::Server(_) => 0,
             };
             // The stdio reader of dsync-server may still block on stdin.
             rt.shutdown_timeout(std::time::Duration::from_millis(100));

@@ -70,6 +70,8 @@ pub enum Command {
     Demo,
     /// Replication queue daemon and its admin commands (drop-in for Dovecot's replicator).
     Replicator(crate::replicator::cli::ReplicatorArgs),
+    /// doveadm-server protocol daemon: the peer of `doveadm sync/backup tcp:`/`tcps:` and of Dovecot's replicator.
+    Server(crate::server::cli::ServerArgs),
 }
 
 /// Options shared by `sync` and `backup` (doveadm's letters and meanings).
