@@ -39,11 +39,26 @@ const KNOWN: &[(&str, &str)] = &[
 /// Scenarios recorded with sdbox or mbox replicas: replayed on Maildir, so
 /// only homing's documented behaviour is checked.
 const OTHER_FORMAT: &[(&str, &str)] = &[
-    ("create_same_name_different_guid_sdbox", "recorded with sdbox replicas"),
-    ("delete_and_recreate_same_name_sdbox", "recorded with sdbox replicas; differences.md #3"),
-    ("initial_both_nonempty_sdbox", "recorded with sdbox replicas"),
-    ("hdr_hash_mbox", "recorded with an mbox replica (header-hash matching is not implemented)"),
-    ("hdr_hash_mbox_conflict", "recorded with an mbox replica (Dovecot itself aborts)"),
+    (
+        "create_same_name_different_guid_sdbox",
+        "recorded with sdbox replicas",
+    ),
+    (
+        "delete_and_recreate_same_name_sdbox",
+        "recorded with sdbox replicas; differences.md #3",
+    ),
+    (
+        "initial_both_nonempty_sdbox",
+        "recorded with sdbox replicas",
+    ),
+    (
+        "hdr_hash_mbox",
+        "recorded with an mbox replica (header-hash matching is not implemented)",
+    ),
+    (
+        "hdr_hash_mbox_conflict",
+        "recorded with an mbox replica (Dovecot itself aborts)",
+    ),
 ];
 
 const USER_IN_MAIL: &str = "alice";
@@ -182,7 +197,14 @@ impl Run<'_> {
         }
     }
 
-    fn deliver(&self, side: &str, mailbox: &str, guid: &str, mid: &str, received: Option<i64>) -> Result<(), String> {
+    fn deliver(
+        &self,
+        side: &str,
+        mailbox: &str,
+        guid: &str,
+        mid: &str,
+        received: Option<i64>,
+    ) -> Result<(), String> {
         let dir = self.boxdir(side, mailbox);
         if !dir.join("new").is_dir() {
             return Err(format!("deliver: no mailbox {side}:{mailbox}"));
@@ -199,7 +221,10 @@ impl Run<'_> {
         let tmp = dir.join("tmp").join(guid);
         std::fs::write(&tmp, body).map_err(|e| e.to_string())?;
         if let Some(t) = received {
-            let f = std::fs::File::options().write(true).open(&tmp).map_err(|e| e.to_string())?;
+            let f = std::fs::File::options()
+                .write(true)
+                .open(&tmp)
+                .map_err(|e| e.to_string())?;
             f.set_modified(UNIX_EPOCH + Duration::from_secs(t as u64))
                 .map_err(|e| e.to_string())?;
         }
@@ -259,7 +284,9 @@ impl Run<'_> {
                 ] {
                     c.args(["-o", o]);
                 }
-                c.args(["flags", op, "-u", &self.user, "\\Draft", "mailbox", "INBOX", "uid", "1"]);
+                c.args([
+                    "flags", op, "-u", &self.user, "\\Draft", "mailbox", "INBOX", "uid", "1",
+                ]);
                 let o = c.output().map_err(|e| e.to_string())?;
                 if !o.status.success() {
                     return Err(format!("rotate: {}", text(&o)));
@@ -321,7 +348,11 @@ impl Run<'_> {
             "10" => {
                 for _ in 0..5 {
                     for op in ["add", "remove"] {
-                        self.on_ok(side, &["flags", op], &["\\Draft", "mailbox", "INBOX", "uid", "1"])?;
+                        self.on_ok(
+                            side,
+                            &["flags", op],
+                            &["\\Draft", "mailbox", "INBOX", "uid", "1"],
+                        )?;
                     }
                 }
             }
@@ -332,14 +363,22 @@ impl Run<'_> {
                 }
             }
             "expunge" => self.on_ok(side, &["expunge"], &["mailbox", words[1], "uid", words[3]])?,
-            "move" => self.on_ok(side, &["move"], &[words[5], "mailbox", words[1], "uid", words[3]])?,
+            "move" => self.on_ok(
+                side,
+                &["move"],
+                &[words[5], "mailbox", words[1], "uid", words[3]],
+            )?,
             "delete" => self.on_ok(side, &["mailbox", "delete"], &[words[2]])?,
             "rename" => self.on_ok(side, &["mailbox", "rename"], &[words[2], words[4]])?,
             "subscribe" => self.on_ok(side, &["mailbox", "subscribe"], &[words[1]])?,
             "unsubscribe" => self.on_ok(side, &["mailbox", "unsubscribe"], &[words[1]])?,
             "METADATA" => {
                 let value = between(op, "'", "'");
-                self.on_ok(side, &["mailbox", "metadata", "set"], &[words[1], words[2], value])?;
+                self.on_ok(
+                    side,
+                    &["mailbox", "metadata", "set"],
+                    &[words[1], words[2], value],
+                )?;
             }
             "force" => self.rotate_log(side)?,
             "set" => {
@@ -369,7 +408,10 @@ impl Run<'_> {
             .ok_or("exit code")?;
         let stream = " 'doveadm ... dsync-server' (B via stream protocol)";
         let remote = cmd.ends_with(stream);
-        let cmd = cmd.strip_suffix(stream).map(|c| format!("{c} B")).unwrap_or(cmd.to_string());
+        let cmd = cmd
+            .strip_suffix(stream)
+            .map(|c| format!("{c} B"))
+            .unwrap_or(cmd.to_string());
         let t: Vec<&str> = cmd.split(' ').collect();
         if t.len() < 3 || t[t.len() - 1] != "B" {
             return Err(format!("unparsed sync line {cmd}"));
@@ -383,7 +425,11 @@ impl Run<'_> {
                 uses_state = true;
                 let v = t.get(i + 1).copied().unwrap_or("");
                 args.push("-s".into());
-                args.push(if v.is_empty() { String::new() } else { self.last_state.clone() });
+                args.push(if v.is_empty() {
+                    String::new()
+                } else {
+                    self.last_state.clone()
+                });
                 i += 2;
                 if v.is_empty() && t.get(i).copied() == Some("") {
                     i += 1;
@@ -398,7 +444,9 @@ impl Run<'_> {
         let out = match self.variant {
             Variant::DoveadmOracle => {
                 let mut c = self.inst.doveadm_command();
-                c.args(self.side_opts("A")).args([verb, "-u", &self.user]).args(&args);
+                c.args(self.side_opts("A"))
+                    .args([verb, "-u", &self.user])
+                    .args(&args);
                 if remote {
                     c.arg(self.dsync_server_cmd_string());
                 } else {
@@ -422,7 +470,9 @@ impl Run<'_> {
             }
             Variant::HomingSlave => {
                 let mut c = self.inst.doveadm_command();
-                c.args(self.side_opts("A")).args([verb, "-u", &self.user]).args(&args);
+                c.args(self.side_opts("A"))
+                    .args([verb, "-u", &self.user])
+                    .args(&args);
                 c.arg(format!(
                     "{} -o mail_location={} -o mail_attribute_dict={} dsync-server -u {}",
                     homing_bin(),
@@ -441,9 +491,15 @@ impl Run<'_> {
         self.fixperm();
         let code = out.status.code().unwrap_or(-1);
         if uses_state {
-            self.last_state = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string();
+            self.last_state = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
         }
-        self.log.push(format!("{cmd} => {code}: {}", text(&out).trim()));
+        self.log
+            .push(format!("{cmd} => {code}: {}", text(&out).trim()));
         self.exits.push((expect, code));
         Ok(())
     }
@@ -464,7 +520,12 @@ impl Run<'_> {
         if !self.home.join(side).exists() {
             return Ok(st);
         }
-        let o = self.on(side, true, &["mailbox", "status"], &["guid uidvalidity uidnext", "*"]);
+        let o = self.on(
+            side,
+            true,
+            &["mailbox", "status"],
+            &["guid uidvalidity uidnext", "*"],
+        );
         if !o.status.success() {
             return Err(format!("status {side}: {}", text(&o)));
         }
@@ -472,7 +533,12 @@ impl Run<'_> {
         let mut lines = s.lines();
         let header: Vec<&str> = lines.next().unwrap_or("").split('\t').collect();
         let col = |n: &str| header.iter().position(|h| *h == n);
-        let (ci, cg, cv, cn) = (col("mailbox"), col("guid"), col("uidvalidity"), col("uidnext"));
+        let (ci, cg, cv, cn) = (
+            col("mailbox"),
+            col("guid"),
+            col("uidvalidity"),
+            col("uidnext"),
+        );
         for l in lines {
             let f: Vec<&str> = l.split('\t').collect();
             let get = |c: Option<usize>| c.and_then(|c| f.get(c)).copied().unwrap_or("");
@@ -483,14 +549,23 @@ impl Run<'_> {
                 uidnext: get(cn).to_string(),
                 mails: Vec::new(),
             };
-            let o = self.on(side, true, &["fetch"], &["uid guid hdr.message-id flags", "mailbox", &name, "all"]);
+            let o = self.on(
+                side,
+                true,
+                &["fetch"],
+                &["uid guid hdr.message-id flags", "mailbox", &name, "all"],
+            );
             let s = String::from_utf8_lossy(&o.stdout).to_string();
             for l in s.lines().skip(1) {
                 let f: Vec<&str> = l.split('\t').collect();
                 if f.len() < 4 {
                     continue;
                 }
-                let mid = f[2].trim_start_matches('<').trim_end_matches('>').trim_end_matches("@test").to_string();
+                let mid = f[2]
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .trim_end_matches("@test")
+                    .to_string();
                 let mut flags: Vec<String> = f[3]
                     .split(' ')
                     .filter(|x| !x.is_empty() && *x != "\\Recent")
@@ -591,7 +666,10 @@ fn normalize(a: &SideState, b: &SideState) -> (SideState, SideState) {
     let mut names: HashMap<String, String> = HashMap::new();
     let mut ph = |kind: &str, v: &str| -> String {
         let n = names.len();
-        names.entry(format!("{kind}:{v}")).or_insert_with(|| format!("<{kind}{n}>")).clone()
+        names
+            .entry(format!("{kind}:{v}"))
+            .or_insert_with(|| format!("<{kind}{n}>"))
+            .clone()
     };
     let mut out = Vec::new();
     for s in [a, b] {
@@ -633,11 +711,18 @@ fn diff_side(side: &str, want: &SideState, got: &SideState) -> Vec<String> {
     for n in names {
         match (want.boxes.get(n), got.boxes.get(n)) {
             (Some(w), Some(g)) if w == g => {}
-            (w, g) => d.push(format!("{side}:{n}: Dovecot {}, got {}", fmt_box(w), fmt_box(g))),
+            (w, g) => d.push(format!(
+                "{side}:{n}: Dovecot {}, got {}",
+                fmt_box(w),
+                fmt_box(g)
+            )),
         }
     }
     if want.subs != got.subs {
-        d.push(format!("{side} subscriptions: Dovecot {:?}, got {:?}", want.subs, got.subs));
+        d.push(format!(
+            "{side} subscriptions: Dovecot {:?}, got {:?}",
+            want.subs, got.subs
+        ));
     }
     d
 }
@@ -671,12 +756,19 @@ fn run_scenario(inst: &DovecotInstance, user: &str, s: &Value, variant: Variant)
     let name = s["name"].as_str().unwrap_or("?").to_string();
     let other_format = OTHER_FORMAT.iter().find(|(n, _)| *n == name);
     let known = KNOWN.iter().find(|(n, _)| *n == name);
-    let ops: Vec<&str> = s["operations"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
+    let ops: Vec<&str> = s["operations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str())
+        .collect();
     if variant == Variant::DoveadmOracle && other_format.is_some() {
         return Verdict::Skipped("not a Maildir scenario".into());
     }
     if variant == Variant::HomingSlave
-        && ops.iter().any(|l| l.starts_with("doveadm backup") || l.starts_with("doveadm sync -1"))
+        && ops
+            .iter()
+            .any(|l| l.starts_with("doveadm backup") || l.starts_with("doveadm sync -1"))
     {
         return Verdict::Skipped("one-way operations".into());
     }
@@ -695,7 +787,12 @@ fn run_scenario(inst: &DovecotInstance, user: &str, s: &Value, variant: Variant)
         log: Vec::new(),
     };
     run.fixperm();
-    let setup: Vec<&str> = s["setup"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
+    let setup: Vec<&str> = s["setup"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str())
+        .collect();
     // The setup's own syncs are always Dovecot's (they only build the start state).
     let real_variant = variant;
     run.variant = Variant::DoveadmOracle;
@@ -729,7 +826,11 @@ fn run_scenario(inst: &DovecotInstance, user: &str, s: &Value, variant: Variant)
     if diffs.is_empty() {
         return Verdict::Pass;
     }
-    let detail = format!("{}\n      log: {}", diffs.join("\n      "), run.log.join("\n           "));
+    let detail = format!(
+        "{}\n      log: {}",
+        diffs.join("\n      "),
+        run.log.join("\n           ")
+    );
     let reason = known.or(other_format).map(|(_, r)| *r);
     match reason {
         Some(r) if variant != Variant::DoveadmOracle || other_format.is_some() => {
@@ -756,8 +857,11 @@ fn run_scenario(inst: &DovecotInstance, user: &str, s: &Value, variant: Variant)
 }
 
 fn scenarios() -> Vec<Value> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/scenarios/expected.json"))
-        .expect("fixtures/scenarios/expected.json");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/scenarios/expected.json"
+    ))
+    .expect("fixtures/scenarios/expected.json");
     let json: Value = serde_json::from_str(&text).expect("valid JSON");
     let mut v = json["scenarios"].as_array().cloned().unwrap_or_default();
     if let Ok(only) = std::env::var("HOMING_SCENARIOS") {
@@ -780,7 +884,11 @@ fn run_all(test: &str, variant: Variant) -> Option<Vec<(String, Verdict)>> {
             let all = &all;
             let results = &results;
             sc.spawn(move || {
-                let mine: Vec<(usize, &Value)> = all.iter().enumerate().filter(|(i, _)| i % threads == t).collect();
+                let mine: Vec<(usize, &Value)> = all
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % threads == t)
+                    .collect();
                 let users: Vec<String> = mine.iter().map(|(i, _)| format!("s{i}")).collect();
                 let users_ref: Vec<&str> = users.iter().map(|s| s.as_str()).collect();
                 let inst = DovecotInstance::start(InstanceOptions::new().users(&users_ref))
@@ -791,7 +899,10 @@ fn run_all(test: &str, variant: Variant) -> Option<Vec<(String, Verdict)>> {
                     let v = run_scenario(&inst, &format!("s{i}"), s, variant);
                     let secs = started.elapsed().map(|d| d.as_secs_f32()).unwrap_or(0.0);
                     eprintln!("[{}] {name}: {} ({secs:.1}s)", variant.label(), short(&v));
-                    results.lock().unwrap_or_else(|e| e.into_inner()).push((name, v));
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((name, v));
                 }
             });
         }
@@ -835,7 +946,11 @@ fn report(variant: Variant, results: &[(String, Verdict)]) -> Vec<String> {
         "scenarios ({}): {pass} passed, {known} differ (known), {} failed{}",
         variant.label(),
         fails.len(),
-        if skipped > 0 { format!(", {skipped} skipped") } else { String::new() }
+        if skipped > 0 {
+            format!(", {skipped} skipped")
+        } else {
+            String::new()
+        }
     );
     fails
 }
@@ -846,14 +961,20 @@ fn scenarios_doveadm_oracle() {
         return;
     };
     let fails = report(Variant::DoveadmOracle, &r);
-    assert!(fails.is_empty(), "the replay does not reproduce Dovecot's recording: {fails:?}");
+    assert!(
+        fails.is_empty(),
+        "the replay does not reproduce Dovecot's recording: {fails:?}"
+    );
 }
 
 /// Whether this build of homing can open a Maildir location at all.
 fn homing_has_maildir() -> bool {
     let dir = tempfile::tempdir().expect("tempdir");
     let o = Command::new(homing_bin())
-        .args(["-o", &format!("mail_location=maildir:{}/probe", dir.path().display())])
+        .args([
+            "-o",
+            &format!("mail_location=maildir:{}/probe", dir.path().display()),
+        ])
         .args(["sync", "-u", "probe", "true"])
         .output()
         .expect("run homing");
@@ -870,7 +991,10 @@ fn scenarios_homing_master() {
         return;
     };
     let fails = report(Variant::HomingMaster, &r);
-    assert!(fails.is_empty(), "scenarios fail with homing as master: {fails:?}");
+    assert!(
+        fails.is_empty(),
+        "scenarios fail with homing as master: {fails:?}"
+    );
 }
 
 #[test]
@@ -883,5 +1007,200 @@ fn scenarios_homing_slave() {
         return;
     };
     let fails = report(Variant::HomingSlave, &r);
-    assert!(fails.is_empty(), "scenarios fail with homing as slave: {fails:?}");
+    assert!(
+        fails.is_empty(),
+        "scenarios fail with homing as slave: {fails:?}"
+    );
+}
+
+/// A small deterministic generator (xorshift64*), so that a failing case
+/// can be replayed from its printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Random operation lines in the scenario format: deliveries, flag changes
+/// and expunges on both replicas, interleaved with two-way syncs.
+fn random_case(seed: u64) -> (Vec<String>, Vec<String>) {
+    let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let setup = vec![
+        "A: create mailbox INBOX (guid=00000000000000000000000000000001 uidvalidity=1000)"
+            .to_string(),
+        "A: create mailbox Work (guid=000000000000000000000000000000a1 uidvalidity=2000)"
+            .to_string(),
+        "A: deliver m1 (guid=g01-m1) to INBOX".to_string(),
+        "doveadm sync B => exit 0".to_string(),
+    ];
+    let mut ops = Vec::new();
+    let mut n = 1;
+    for _ in 0..3 {
+        for _ in 0..2 + r.below(4) {
+            let side = if r.below(2) == 0 { "A" } else { "B" };
+            let mailbox = if r.below(3) == 0 { "Work" } else { "INBOX" };
+            let uid = 1 + r.below(5);
+            match r.below(6) {
+                0..=2 => {
+                    n += 1;
+                    ops.push(format!(
+                        "{side}: deliver m{n} (guid=g{n:02}-m{n}) to {mailbox}"
+                    ));
+                }
+                3 => {
+                    let flags =
+                        ["\\Seen", "\\Flagged", "\\Answered $Work", "kw1"][r.below(4) as usize];
+                    ops.push(format!(
+                        "{side}: flags add '{flags}' on {mailbox} uid {uid}"
+                    ));
+                }
+                4 => ops.push(format!(
+                    "{side}: flags remove '\\Seen' on {mailbox} uid {uid}"
+                )),
+                _ => ops.push(format!("{side}: expunge {mailbox} uid {uid}")),
+            }
+        }
+        let full = if r.below(2) == 0 { " -f" } else { "" };
+        ops.push(format!("doveadm sync{full} B => exit 0"));
+    }
+    (setup, ops)
+}
+
+#[test]
+fn random_operations_homing_vs_doveadm() {
+    if !homing_has_maildir() {
+        println!("SKIPPED: this build of homing cannot open a Maildir location");
+        return;
+    }
+    if !require_dovecot("random_operations_homing_vs_doveadm") {
+        return;
+    }
+    const CASES: u64 = 20;
+    let users: Vec<String> = (0..CASES)
+        .flat_map(|i| [format!("h{i}"), format!("d{i}")])
+        .collect();
+    let users_ref: Vec<&str> = users.iter().map(|s| s.as_str()).collect();
+    let fails = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|sc| {
+        for t in 0..2u64 {
+            let (fails, users_ref) = (&fails, &users_ref);
+            sc.spawn(move || {
+                let inst = DovecotInstance::start(InstanceOptions::new().users(users_ref))
+                    .expect("start a private Dovecot");
+                for case in (0..CASES).filter(|c| c % 2 == t) {
+                    let (setup, ops) = random_case(case + 1);
+                    let mut states = Vec::new();
+                    let mut logs = Vec::new();
+                    for (user, variant) in [
+                        (format!("h{case}"), Variant::HomingMaster),
+                        (format!("d{case}"), Variant::DoveadmOracle),
+                    ] {
+                        let home = inst.home(&user);
+                        let _ = std::fs::remove_dir_all(&home);
+                        let _ = std::fs::create_dir_all(&home);
+                        let mut run = Run {
+                            inst: &inst,
+                            scenario: format!("random-{case}"),
+                            user,
+                            home,
+                            variant: Variant::DoveadmOracle,
+                            last_state: String::new(),
+                            lock_holder: None,
+                            exits: Vec::new(),
+                            log: Vec::new(),
+                        };
+                        run.fixperm();
+                        let mut err = None;
+                        for l in &setup {
+                            if let Err(e) = run.step(l) {
+                                err = Some(format!("{l}: {e}"));
+                            }
+                        }
+                        run.variant = variant;
+                        // After each sync the replicas are read back, so a
+                        // divergence is caught where it appears.
+                        let mut snaps = Vec::new();
+                        for l in &ops {
+                            if let Err(e) = run.step(l) {
+                                err = Some(format!("{l}: {e}"));
+                            }
+                            if l.starts_with("doveadm") {
+                                snaps.push((run.snapshot("A"), run.snapshot("B")));
+                            }
+                        }
+                        let codes: Vec<i32> = run.exits.iter().map(|e| e.1).collect();
+                        states.push((snaps, codes, err));
+                        logs.push(run.log.join("\n      "));
+                    }
+                    let (h, d) = (&states[0], &states[1]);
+                    let mut problems = Vec::new();
+                    if let Some(e) = h.2.as_ref().or(d.2.as_ref()) {
+                        problems.push(e.clone());
+                    }
+                    if h.1 != d.1 {
+                        problems.push(format!("exit codes: homing {:?}, doveadm {:?}", h.1, d.1));
+                    }
+                    for (i, (hs, ds)) in h.0.iter().zip(&d.0).enumerate() {
+                        match (hs, ds) {
+                            ((Ok(ha), Ok(hb)), (Ok(da), Ok(db))) => {
+                                let mut dd = diff_side("A", da, ha);
+                                dd.extend(diff_side("B", db, hb));
+                                if !dd.is_empty() {
+                                    problems.push(format!(
+                                        "after sync #{}: {}",
+                                        i + 1,
+                                        dd.join("\n      ")
+                                    ));
+                                    break;
+                                }
+                            }
+                            _ => problems.push(format!("after sync #{}: snapshot failed", i + 1)),
+                        }
+                    }
+                    eprintln!(
+                        "[random] case {case}: {}",
+                        if problems.is_empty() {
+                            "same as doveadm"
+                        } else {
+                            "DIFFERS"
+                        }
+                    );
+                    if !problems.is_empty() {
+                        fails
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!(
+                            "case {case} (seed {}):\n    ops: {ops:?}\n    {}\n    homing log: {}",
+                            case + 1,
+                            problems.join("\n    "),
+                            logs[0]
+                        ));
+                    }
+                }
+            });
+        }
+    });
+    let fails = fails.into_inner().unwrap_or_else(|e| e.into_inner());
+    for f in &fails {
+        println!("FAIL {f}");
+    }
+    println!(
+        "random operations: {} cases, {} same as doveadm, {} differ",
+        CASES,
+        CASES as usize - fails.len(),
+        fails.len()
+    );
+    assert!(
+        fails.is_empty(),
+        "{} random cases differ from doveadm",
+        fails.len()
+    );
 }
