@@ -1020,7 +1020,7 @@ fn report(variant: Variant, results: &[(String, Verdict)]) -> Vec<String> {
             String::new()
         }
     );
-    fails
+    unexpected
 }
 
 #[test]
