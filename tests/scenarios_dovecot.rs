@@ -85,7 +85,7 @@ const OPEN_BUGS: &[(Variant, &str, &str)] = &[
     (Variant::HomingSlave, "attributes", "the Maildir store refuses SetAttribute"),
     (Variant::HomingSlave, "attributes_conflict", "the Maildir store refuses SetAttribute"),
     (Variant::HomingSlave, "attributes_conflict_modseq", "the Maildir store refuses SetAttribute"),
-    (Variant::HomingMaster, "uid_conflict_guid_order", "Maildir store: RaiseStatus(uid_next) is applied before the renumbered saves of a UID conflict, which are then refused (`uid 4 is below the mailbox's next uid 6`); exit 65 and the mail is missing"),
+    (Variant::HomingMaster, "uid_conflict_guid_order", "Maildir store: the engine emits MoveMail(3->5) before SaveMail(4); open_body (body export to the peer) flushes the batch in between, so uid 5 is committed first and the later save of uid 4 is refused at the next flush (`uid 4 is below the mailbox's next uid 6`); exit 65 and the mail is missing"),
     (Variant::HomingSlave, "uid_conflict", "Maildir store: RaiseStatus before the renumbered saves (see uid_conflict_guid_order)"),
     (Variant::HomingSlave, "uid_conflict_multi", "Maildir store: RaiseStatus before the renumbered saves"),
     (Variant::HomingSlave, "same_content_different_guid", "Maildir store: RaiseStatus before the renumbered saves"),
