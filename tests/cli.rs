@@ -184,3 +184,14 @@ fn demo_runs_and_verifies() {
         "{out}"
     );
 }
+
+#[test]
+fn dsync_server_speaks_first_and_fails_on_eof() {
+    let out = homing()
+        .args(["dsync-server", "-u", "nobody"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.stdout.starts_with(b"VERSION\tdsync\t3\t5\n"));
+    assert_eq!(out.status.code(), Some(75));
+}

@@ -219,3 +219,221 @@ fn doveadm_sync_against_homing_dsync_server() {
     let log = inst.log();
     assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
 }
+
+/// Creates `user`'s mail root owned by the mail user, so that files homing
+/// writes there belong to it too.
+fn make_mail_root(inst: &DovecotInstance, user: &str) -> std::path::PathBuf {
+    let dir = inst.mail_dir(user);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (uid, gid) = inst.vmail_ids();
+    let mut p = dir.as_path();
+    while p.starts_with(inst.home(user)) {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+        match p.parent() {
+            Some(q) => p = q,
+            None => break,
+        }
+    }
+    dir
+}
+
+/// Mailboxes (name, GUID, UIDVALIDITY) and mails of a user.
+fn full_view(inst: &DovecotInstance, user: &str) -> (Vec<(String, String, u32)>, View) {
+    let snap = inst.snapshot(user).expect("snapshot");
+    let mut boxes: Vec<_> = snap
+        .mailboxes
+        .iter()
+        .map(|m| (m.name.clone(), m.guid.clone(), m.uidvalidity))
+        .collect();
+    boxes.sort();
+    let mut v: View = snap
+        .mails
+        .iter()
+        .map(|m| {
+            let mut f = m.flags.clone();
+            f.extend(m.keywords.iter().cloned());
+            f.retain(|x| x != "\\Recent");
+            f.sort();
+            (m.mailbox.clone(), m.uid, m.guid.clone(), f)
+        })
+        .collect();
+    v.sort();
+    (boxes, v)
+}
+
+#[test]
+fn cli_sync_maildir_local_side_with_dsync_server() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
+    seed(&inst);
+    // homing works on alice's Maildir and syncs it with bob's account.
+    let root = make_mail_root(&inst, "alice");
+    let location = format!("mail_location=maildir:{}", root.display());
+    let sync = |extra: &[&str]| {
+        let mut argv: Vec<String> = vec![
+            "-o".into(),
+            location.clone(),
+            "sync".into(),
+            "-u".into(),
+            "alice".into(),
+            "--json".into(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv.extend(inst.dsync_server_argv(USER));
+        let out = homing().args(&argv).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            inst.log()
+        );
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let j = sync(&[]);
+    assert_eq!(j["local"]["local"]["mails_saved"], 3);
+    assert_eq!(
+        full_view(&inst, "alice"),
+        full_view(&inst, USER),
+        "Dovecot reads homing's Maildir as a copy"
+    );
+
+    // Changes on both sides, then a full sync both ways.
+    inst.save_message("alice", "INBOX", &message("a-new"))
+        .expect("save");
+    inst.doveadm_user(
+        "alice",
+        &["flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "1"],
+    )
+    .expect("flags");
+    inst.save_message(USER, "INBOX", &message("b-new"))
+        .expect("save");
+    inst.doveadm_user(
+        USER,
+        &["flags", "add", "\\Answered", "mailbox", "Work", "uid", "1"],
+    )
+    .expect("flags");
+    let j = sync(&["-f"]);
+    assert_eq!(j["local"]["local"]["uids_reassigned"], 1, "{j}");
+    let (ab, av) = full_view(&inst, "alice");
+    let (bb, bv) = full_view(&inst, USER);
+    assert_eq!(ab, bb);
+    assert_eq!(av, bv);
+    let inbox: Vec<&str> = av
+        .iter()
+        .filter(|x| x.0 == "INBOX")
+        .map(|x| x.2.as_str())
+        .collect();
+    assert_eq!(inbox.len(), 4, "{av:?}");
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}
+
+#[test]
+fn doveadm_sync_against_homing_dsync_server_on_maildir() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
+    seed(&inst);
+    let root = make_mail_root(&inst, "alice");
+    // Real doveadm (bob's account) is the master; homing serves alice's
+    // Maildir as the slave over stdio.
+    let cmd = format!(
+        "{} -o mail_location=maildir:{} dsync-server -u alice",
+        env!("CARGO_BIN_EXE_homing"),
+        root.display()
+    );
+    let out = inst.doveadm(["sync", "-u", USER, &cmd]).unwrap();
+    assert!(
+        out.success(),
+        "doveadm sync failed: {}\n{}",
+        out.stderr_str(),
+        inst.log()
+    );
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, USER));
+
+    inst.save_message("alice", "INBOX", &message("a-new"))
+        .expect("save");
+    inst.save_message(USER, "INBOX", &message("b-new"))
+        .expect("save");
+    inst.doveadm_user(
+        "alice",
+        &["flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "2"],
+    )
+    .expect("flags");
+    let out = inst.doveadm(["sync", "-u", USER, "-f", &cmd]).unwrap();
+    assert!(
+        out.success(),
+        "second doveadm sync failed: {}",
+        out.stderr_str()
+    );
+    let (ab, av) = full_view(&inst, "alice");
+    let (bb, bv) = full_view(&inst, USER);
+    assert_eq!(ab, bb);
+    assert_eq!(av, bv);
+    assert_eq!(av.iter().filter(|x| x.0 == "INBOX").count(), 4, "{av:?}");
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}
+
+#[test]
+fn cli_sync_between_two_local_maildirs() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&["alice", "carol"]));
+    inst.save_message("alice", "INBOX", &message("m1"))
+        .expect("save");
+    inst.save_message("alice", "Work", &message("m2"))
+        .expect("save");
+    inst.doveadm_user(
+        "alice",
+        &["flags", "add", "\\Flagged", "mailbox", "Work", "uid", "1"],
+    )
+    .expect("flags");
+    let a = inst.mail_dir("alice");
+    let c = make_mail_root(&inst, "carol");
+    let run = || {
+        homing()
+            .args([
+                "-o",
+                &format!("mail_location=maildir:{}", a.display()),
+                "sync",
+                "-u",
+                "alice",
+                &format!("maildir:{}", c.display()),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, "carol"));
+    inst.save_message("carol", "INBOX", &message("m3"))
+        .expect("save");
+    let out = run();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, av) = full_view(&inst, "alice");
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, "carol"));
+    assert_eq!(av.len(), 3);
+    // The same directory on both sides is refused.
+    let out = homing()
+        .args([
+            "-o",
+            &format!("mail_location=maildir:{}", a.display()),
+            "sync",
+            "-u",
+            "alice",
+            &format!("maildir:{}", a.display()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75));
+    let log = inst.log();
+    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+}

@@ -12,6 +12,7 @@ use sync_engine::{ExitStatus, MailboxFilter, SyncSettings};
 
 use super::options::{self, OptionError, Settings};
 use super::{ServerArgs, SyncArgs, EX_USAGE};
+use crate::session::maildir_store::MaildirReplica;
 use crate::session::{
     hostname, now, run_local_pair, run_master_over, run_slave_session, SessionOptions,
     SessionResult, SessionStats, SessionStore,
@@ -59,17 +60,21 @@ impl From<OptionError> for Failure {
 pub enum LocalReplica {
     /// `memory:`: an empty in-memory replica, dropped at exit (tests, dry runs).
     Memory(MemoryReplica),
+    /// `maildir:PATH[:LAYOUT=fs]`.
+    Maildir(Box<MaildirReplica>),
 }
 
 impl SessionStore for LocalReplica {
     fn answer(&mut self, q: &sync_engine::Query) -> sync_engine::Answer {
         match self {
             LocalReplica::Memory(m) => SessionStore::answer(m, q),
+            LocalReplica::Maildir(m) => m.answer(q),
         }
     }
     fn apply(&mut self, a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
         match self {
             LocalReplica::Memory(m) => SessionStore::apply(m, a),
+            LocalReplica::Maildir(m) => m.apply(a),
         }
     }
     fn open_body(
@@ -78,11 +83,25 @@ impl SessionStore for LocalReplica {
     ) -> std::io::Result<Option<Box<dyn std::io::Read + Send>>> {
         match self {
             LocalReplica::Memory(m) => m.open_body(b),
+            LocalReplica::Maildir(m) => m.open_body(b),
         }
     }
     fn set_incoming_body(&mut self, body: crate::session::IncomingBody) -> std::io::Result<()> {
         match self {
             LocalReplica::Memory(m) => SessionStore::set_incoming_body(m, body),
+            LocalReplica::Maildir(m) => m.set_incoming_body(body),
+        }
+    }
+    fn finish(&mut self) -> Result<(), sync_engine::StorageError> {
+        match self {
+            LocalReplica::Memory(_) => Ok(()),
+            LocalReplica::Maildir(m) => m.finish(),
+        }
+    }
+    fn spool_dir(&self) -> Option<std::path::PathBuf> {
+        match self {
+            LocalReplica::Memory(_) => None,
+            LocalReplica::Maildir(m) => m.spool_dir(),
         }
     }
 }
@@ -127,9 +146,12 @@ pub fn open_location(location: &str) -> Result<LocalReplica, Failure> {
     let scheme = location.split(':').next().unwrap_or("");
     match scheme {
         "memory" => Ok(LocalReplica::Memory(MemoryReplica::new())),
+        "maildir" => MaildirReplica::open_location(location)
+            .map(|m| LocalReplica::Maildir(Box::new(m)))
+            .map_err(|e| fatal(EX_TEMPFAIL, format!("Fatal: {e}"))),
         _ => Err(fatal(
             EX_TEMPFAIL,
-            format!("Fatal: mail location {location}: storage '{scheme}' is not available in this build (supported: memory:)"),
+            format!("Fatal: mail location {location}: storage '{scheme}' is not available in this build (supported: maildir:, memory:)"),
         )),
     }
 }
@@ -484,8 +506,13 @@ pub async fn run_dsync_server(globals: &Globals, a: &ServerArgs) -> i32 {
     if let Some(e) = &r.error {
         eprintln!("{prefix}: Error: {e}");
     }
+    let level = if r.outcome.status == ExitStatus::Ok {
+        "Warning"
+    } else {
+        "Error"
+    };
     for m in &r.outcome.messages {
-        eprintln!("{prefix}: Warning: {m}");
+        eprintln!("{prefix}: {level}: {m}");
     }
     r.exit_code()
 }

@@ -20,6 +20,7 @@
 //! transport, collecting the transport's outcome) and [`run_local_pair`]
 //! (two local stores through an in-process duplex pipe and the wire codec).
 
+pub mod maildir_store;
 pub mod store;
 
 use std::io::Read;
@@ -414,6 +415,7 @@ impl<S: SessionStore> Driver<S> {
                     self.feed(Input::Answer(a))?;
                 }
                 Output::Action(a) => {
+                    tracing::trace!(peer = %self.peer, ?a, "apply");
                     self.stats.local.count(&a);
                     if let Err(error) = self.store.apply(&a) {
                         tracing::debug!(?a, %error, "action failed");
@@ -542,7 +544,10 @@ where
         peer: peer.to_string(),
     };
     let worker = tokio::task::spawn_blocking(move || {
-        let r = driver.run(&mut in_rx);
+        let mut r = driver.run(&mut in_rx);
+        if let Err(e) = driver.store.finish() {
+            r = r.and(Err(SessionError::Storage(e.to_string())));
+        }
         // Closing the queue lets the writer finish and send EOF.
         let (tx, _) = mpsc::channel(1);
         driver.out = tx;

@@ -78,6 +78,12 @@ pub trait SessionStore: Send + 'static {
     fn spool_dir(&self) -> Option<PathBuf> {
         None
     }
+
+    /// Makes everything applied so far durable (called once after the
+    /// session; a store that batches writes commits them here).
+    fn finish(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 impl SessionStore for MemoryReplica {

@@ -1,0 +1,687 @@
+//! The session's store interface over the Maildir backend
+//! ([`crate::storage::maildir`]): engine queries become reads of the
+//! mailbox tree, the index and the transaction log; engine actions become
+//! one storage transaction each, marked as written by replication.
+//!
+//! Not carried: mailbox attributes (METADATA) and mailbox GUID changes are
+//! refused as not possible; the per-user lock (`-l`) is not taken; a mail's
+//! own modseq cannot be set, so `min_modseq` raises the mailbox's
+//! HIGHESTMODSEQ instead.
+
+use std::collections::BTreeSet;
+use std::io::{self, Read};
+use std::path::PathBuf;
+
+use dsync_protocol::{Guid128, MailFlags};
+use sync_engine::{
+    Action, Answer, BodyRef, BodySource, LogChange, LogChangeKind, MailRecord, MailboxEntry,
+    MailboxLogKind, MailboxLogRecord, MailboxName, MailboxSnapshot, MailboxStatus, NewMail, Query,
+    StorageError, TreeSnapshot,
+};
+
+use super::store::{IncomingBody, SessionStore};
+use crate::storage::maildir::{Layout, MaildirOptions, MaildirStore};
+use crate::storage::{self as st, Changes, FlagChange, MailStore, NewMessage};
+
+/// A Maildir as the local replica of a session.
+pub struct MaildirReplica {
+    store: MaildirStore,
+    incoming: Option<IncomingBody>,
+    /// Saves of one mailbox not committed yet: Dovecot assigns the UIDs of
+    /// one transaction in ascending order, and the engine may ask for a
+    /// reassigned UID before a lower new one, so saves are batched and
+    /// committed sorted when anything else happens.
+    pending: Option<(String, Vec<PendingSave>)>,
+}
+
+struct PendingSave {
+    msg: NewMessage,
+    source: SaveSource,
+}
+
+enum SaveSource {
+    Incoming(IncomingBody),
+    /// A local mail of the same mailbox; `expunge`: a move (UID reassignment).
+    Local {
+        uid: u32,
+        expunge: bool,
+    },
+}
+
+/// Why a `maildir:` location cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LocationError {
+    #[error("mail location {0}: not a maildir: location")]
+    NotMaildir(String),
+    #[error("mail location {location}: parameter {param} is not supported")]
+    Unsupported { location: String, param: String },
+    #[error("mail location {location}: {source}")]
+    Storage {
+        location: String,
+        #[source]
+        source: st::StorageError,
+    },
+}
+
+impl MaildirReplica {
+    /// Opens `maildir:PATH[:LAYOUT=fs]`, creating the root directory when
+    /// it does not exist yet (like Dovecot's autocreate of a mail root).
+    pub fn open_location(location: &str) -> Result<MaildirReplica, LocationError> {
+        let rest = location
+            .strip_prefix("maildir:")
+            .ok_or_else(|| LocationError::NotMaildir(location.to_string()))?;
+        let mut parts = rest.split(':');
+        let path = PathBuf::from(parts.next().unwrap_or(""));
+        let mut opts = MaildirOptions::default();
+        for p in parts {
+            match p {
+                "LAYOUT=fs" => opts.layout = Layout::Fs,
+                "LAYOUT=maildir++" => opts.layout = Layout::MaildirPlusPlus,
+                _ => {
+                    return Err(LocationError::Unsupported {
+                        location: location.to_string(),
+                        param: p.to_string(),
+                    })
+                }
+            }
+        }
+        let storage_err = |source| LocationError::Storage {
+            location: location.to_string(),
+            source,
+        };
+        if !path.exists() {
+            std::fs::create_dir_all(&path).map_err(|e| {
+                storage_err(st::StorageError::Io {
+                    path: path.clone(),
+                    source: e,
+                })
+            })?;
+        }
+        let store = MaildirStore::open(&path, opts).map_err(storage_err)?;
+        Ok(MaildirReplica::new(store))
+    }
+
+    pub fn new(store: MaildirStore) -> MaildirReplica {
+        MaildirReplica {
+            store,
+            incoming: None,
+            pending: None,
+        }
+    }
+
+    pub fn store(&self) -> &MaildirStore {
+        &self.store
+    }
+
+    fn sep(&self) -> char {
+        self.store.namespace().separator
+    }
+
+    fn name_of(&self, name: &MailboxName) -> String {
+        let sep = self.sep().to_string();
+        name.iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(&sep)
+    }
+
+    fn split(&self, name: &str) -> MailboxName {
+        name.split(self.sep())
+            .map(|c| c.as_bytes().to_vec())
+            .collect()
+    }
+
+    fn mailbox_name(&self, guid: Guid128) -> Result<String, StorageError> {
+        self.store
+            .find_mailbox(&guid.0)
+            .map_err(map_err)?
+            .ok_or_else(|| StorageError::NotFound(format!("mailbox GUID {guid}")))
+    }
+
+    fn tree(&self) -> Result<TreeSnapshot, st::StorageError> {
+        let mailboxes = self
+            .store
+            .list_mailboxes()?
+            .into_iter()
+            .map(|e| MailboxEntry {
+                name: self.split(&e.name),
+                guid: e.guid.map(Guid128),
+                uid_validity: e.uid_validity,
+                uid_next: e.uid_next,
+            })
+            .collect();
+        let subscriptions = self
+            .store
+            .subscriptions()?
+            .iter()
+            .map(|n| self.split(n))
+            .collect();
+        let log = self
+            .store
+            .mailbox_log()?
+            .into_iter()
+            .map(|r| MailboxLogRecord {
+                kind: match r.kind {
+                    st::MailboxLogKind::DeleteMailbox => MailboxLogKind::DeleteMailbox,
+                    st::MailboxLogKind::DeleteDir => MailboxLogKind::DeleteDir,
+                    st::MailboxLogKind::Rename => MailboxLogKind::Rename,
+                    st::MailboxLogKind::Subscribe => MailboxLogKind::Subscribe,
+                    st::MailboxLogKind::Unsubscribe => MailboxLogKind::Unsubscribe,
+                },
+                key: Guid128(r.id),
+                timestamp: i64::from(r.timestamp),
+            })
+            .collect();
+        Ok(TreeSnapshot {
+            separator: self.sep() as u8,
+            mailboxes,
+            subscriptions,
+            log,
+        })
+    }
+
+    fn mailbox(&self, guid: Guid128) -> Result<Option<MailboxSnapshot>, st::StorageError> {
+        let Some(name) = self.store.find_mailbox(&guid.0)? else {
+            return Ok(None);
+        };
+        let mb = self.store.open_mailbox(&name)?;
+        let s = mb.status();
+        let mut mails = Vec::new();
+        for m in mb.messages() {
+            let m = m?;
+            mails.push(MailRecord {
+                uid: m.uid,
+                guid: m.guid.into_bytes(),
+                flags: MailFlags(m.flags),
+                keywords: m.keywords.into_iter().map(String::into_bytes).collect(),
+                modseq: m.modseq,
+                pvt_modseq: m.pvt_modseq,
+                received_date: m.received.unwrap_or(0),
+                saved_date: m.saved.unwrap_or(0),
+                virtual_size: m.virtual_size.unwrap_or(0),
+                pop3_uidl: m.pop3_uidl.map(String::into_bytes),
+                pop3_order: m.pop3_order.unwrap_or(0),
+            });
+        }
+        let uids: BTreeSet<u32> = mails.iter().map(|m| m.uid).collect();
+        // Expunged UIDs are gone from `uids`; ranges are bounded by UIDNEXT.
+        let all_below_next = |a: u32, b: u32| a..=b.min(s.uid_next.saturating_sub(1));
+        let (log, log_first_modseq) = match mb.changes_since(0)? {
+            Changes::TooOld => (Vec::new(), s.highest_modseq + 1),
+            Changes::Since(changes) => {
+                let mut log = Vec::new();
+                for c in changes {
+                    let mut push = |uid: u32, kind: LogChangeKind| {
+                        log.push(LogChange {
+                            modseq: c.modseq,
+                            uid,
+                            sync: c.sync,
+                            kind,
+                        })
+                    };
+                    match c.kind {
+                        st::LogChangeKind::Append { .. } | st::LogChangeKind::Attribute { .. } => {}
+                        st::LogChangeKind::Flags {
+                            uid1,
+                            uid2,
+                            add,
+                            remove,
+                        } => {
+                            for &u in uids.range(uid1..=uid2) {
+                                push(
+                                    u,
+                                    LogChangeKind::Flags {
+                                        add: MailFlags(add),
+                                        remove: MailFlags(remove),
+                                    },
+                                );
+                            }
+                        }
+                        st::LogChangeKind::Keyword { add, name, ranges } => {
+                            for (a, b) in ranges {
+                                for &u in uids.range(a..=b.max(a)) {
+                                    let k = name.clone().into_bytes();
+                                    push(
+                                        u,
+                                        if add {
+                                            LogChangeKind::KeywordAdd(k)
+                                        } else {
+                                            LogChangeKind::KeywordRemove(k)
+                                        },
+                                    );
+                                }
+                            }
+                        }
+                        st::LogChangeKind::KeywordReset { ranges } => {
+                            for (a, b) in ranges {
+                                for &u in uids.range(a..=b.max(a)) {
+                                    push(u, LogChangeKind::KeywordReset);
+                                }
+                            }
+                        }
+                        st::LogChangeKind::Expunge { uid, guid } => {
+                            push(uid, LogChangeKind::Expunge(guid.map(Guid128)))
+                        }
+                        st::LogChangeKind::ExpungeRange { uid1, uid2 } => {
+                            for u in all_below_next(uid1, uid2) {
+                                if !uids.contains(&u) {
+                                    push(u, LogChangeKind::Expunge(None));
+                                }
+                            }
+                        }
+                        st::LogChangeKind::Modseq { uid, .. } => {
+                            if uid != 0 {
+                                push(uid, LogChangeKind::Modseq);
+                            }
+                        }
+                    }
+                }
+                (log, 0)
+            }
+        };
+        Ok(Some(MailboxSnapshot {
+            status: MailboxStatus {
+                guid,
+                uid_validity: s.uid_validity,
+                uid_next: s.uid_next,
+                messages: s.messages,
+                first_recent_uid: s.first_recent_uid,
+                highest_modseq: s.highest_modseq,
+                highest_pvt_modseq: s.highest_pvt_modseq,
+            },
+            mails,
+            log,
+            log_first_modseq,
+            attributes: Vec::new(),
+        }))
+    }
+
+    fn new_message(mail: &NewMail) -> NewMessage {
+        NewMessage {
+            uid: Some(mail.uid),
+            guid: Some(String::from_utf8_lossy(&mail.guid).into_owned()),
+            flags: mail.flags.0 & st::flags::IMAP_MASK,
+            keywords: kw(&mail.keywords),
+            received: Some(mail.received_date),
+            saved: Some(mail.saved_date),
+            pop3_uidl: mail
+                .pop3_uidl
+                .as_ref()
+                .filter(|u| !u.is_empty())
+                .map(|u| String::from_utf8_lossy(u).into_owned()),
+            pop3_order: (mail.pop3_order != 0).then_some(mail.pop3_order),
+        }
+    }
+
+    /// Copies local mail `from_uid` of `from` into another mailbox `to` as
+    /// a normal (not replication-written) save.
+    fn copy(
+        &self,
+        from: &str,
+        from_uid: u32,
+        to: &str,
+        msg: NewMessage,
+    ) -> Result<(), st::StorageError> {
+        let src = self.store.open_mailbox(from)?;
+        let mut body = src.open_body(from_uid)?;
+        let mut t = self.store.begin(to)?;
+        t.set_sync_origin(false);
+        t.save(msg, &mut body)?;
+        t.commit()?;
+        Ok(())
+    }
+
+    fn queue(&mut self, name: String, save: PendingSave) -> Result<(), StorageError> {
+        if self.pending.as_ref().is_some_and(|(n, _)| *n != name) {
+            self.flush()?;
+        }
+        self.pending
+            .get_or_insert_with(|| (name, Vec::new()))
+            .1
+            .push(save);
+        Ok(())
+    }
+
+    /// Commits the batched saves of one mailbox in UID order.
+    pub fn flush(&mut self) -> Result<(), StorageError> {
+        let Some((name, mut saves)) = self.pending.take() else {
+            return Ok(());
+        };
+        saves.sort_by_key(|s| s.msg.uid);
+        let src = self.store.open_mailbox(&name).map_err(map_err)?;
+        let mut t = self.store.begin(&name).map_err(map_err)?;
+        t.set_sync_origin(true);
+        let mut expunges = Vec::new();
+        for s in saves {
+            let mut body: Box<dyn Read + Send> = match s.source {
+                SaveSource::Incoming(b) => b.into_reader(),
+                SaveSource::Local { uid, expunge } => {
+                    if expunge {
+                        expunges.push(uid);
+                    }
+                    src.open_body(uid).map_err(map_err)?
+                }
+            };
+            t.save(s.msg, &mut body).map_err(map_err)?;
+        }
+        for uid in expunges {
+            t.expunge(uid, None).map_err(map_err)?;
+        }
+        t.commit().map(|_| ()).map_err(map_err)
+    }
+
+    fn apply_inner(&mut self, a: &Action) -> Result<(), StorageError> {
+        if !matches!(
+            a,
+            Action::SaveMail { .. } | Action::MoveMail { .. } | Action::CopyMail { .. }
+        ) {
+            self.flush()?;
+        }
+        let ts = |t: i64| u32::try_from(t.max(0)).unwrap_or(u32::MAX);
+        match a {
+            // The lock needs the user's home, which a bare mail location
+            // does not give.
+            Action::LockUser { .. } => Ok(()),
+            Action::CreateMailbox {
+                name,
+                guid,
+                uid_validity,
+            } => self
+                .store
+                .create_mailbox(&self.name_of(name), Some(guid.0), Some(*uid_validity))
+                .map(|_| ())
+                .map_err(map_err),
+            Action::CreateDir { name } => match self.store.create_dir(&self.name_of(name)) {
+                Ok(()) | Err(st::StorageError::MailboxExists(_)) => Ok(()),
+                Err(e) => Err(map_err(e)),
+            },
+            Action::DeleteMailbox { guid, timestamp } => {
+                let name = self.mailbox_name(*guid)?;
+                self.store
+                    .delete_mailbox(&name, Some(&guid.0), ts(*timestamp))
+                    .map_err(map_err)
+            }
+            Action::DeleteDir { name, timestamp } => self
+                .store
+                .delete_dir(&self.name_of(name), ts(*timestamp))
+                .map_err(map_err),
+            Action::Rename {
+                from,
+                to,
+                timestamp,
+            } => self
+                .store
+                .rename_mailbox(&self.name_of(from), &self.name_of(to), ts(*timestamp))
+                .map_err(map_err),
+            Action::SetMailboxGuid { name, .. } => Err(StorageError::NotPossible(format!(
+                "changing the mailbox GUID of {} is not supported",
+                self.name_of(name)
+            ))),
+            Action::SetSubscribed {
+                name,
+                subscribed,
+                timestamp,
+            } => self
+                .store
+                .set_subscribed(&self.name_of(name), *subscribed, ts(*timestamp))
+                .map_err(map_err),
+            Action::SetUidValidity {
+                mailbox,
+                uid_validity,
+            } => {
+                let name = self.mailbox_name(*mailbox)?;
+                self.txn(&name, |t| t.set_uid_validity(*uid_validity))
+            }
+            Action::UpdateFlags {
+                mailbox,
+                uid,
+                add,
+                remove,
+                add_keywords,
+                remove_keywords,
+                min_modseq,
+            } => {
+                let name = self.mailbox_name(*mailbox)?;
+                self.txn(&name, |t| {
+                    t.update_flags(
+                        *uid,
+                        FlagChange {
+                            add: add.0 & st::flags::IMAP_MASK,
+                            remove: remove.0 & st::flags::IMAP_MASK,
+                            add_keywords: kw(add_keywords),
+                            remove_keywords: kw(remove_keywords),
+                        },
+                    )?;
+                    t.raise_highest_modseq(*min_modseq)
+                })
+            }
+            Action::ReplaceFlags {
+                mailbox,
+                uid,
+                flags,
+                keywords,
+                min_modseq,
+            } => {
+                let name = self.mailbox_name(*mailbox)?;
+                let cur = {
+                    let mb = self.store.open_mailbox(&name).map_err(map_err)?;
+                    mb.message(*uid)
+                        .map_err(map_err)?
+                        .ok_or_else(|| StorageError::NotFound(format!("uid {uid}")))?
+                };
+                let want = flags.0 & st::flags::IMAP_MASK;
+                let want_kw = kw(keywords);
+                let change = FlagChange {
+                    add: want & !cur.flags,
+                    remove: cur.flags & !want & st::flags::IMAP_MASK,
+                    add_keywords: want_kw
+                        .iter()
+                        .filter(|k| !cur.keywords.contains(k))
+                        .cloned()
+                        .collect(),
+                    remove_keywords: cur
+                        .keywords
+                        .iter()
+                        .filter(|k| !want_kw.contains(k))
+                        .cloned()
+                        .collect(),
+                };
+                self.txn(&name, |t| {
+                    t.update_flags(*uid, change.clone())?;
+                    t.raise_highest_modseq(*min_modseq)
+                })
+            }
+            Action::Expunge { mailbox, uid } => {
+                let name = self.mailbox_name(*mailbox)?;
+                self.txn(&name, |t| t.expunge(*uid, None))
+            }
+            Action::MoveMail {
+                mailbox,
+                from_uid,
+                to_uid,
+            } => {
+                let name = self.mailbox_name(*mailbox)?;
+                let info = {
+                    let mb = self.store.open_mailbox(&name).map_err(map_err)?;
+                    mb.message(*from_uid)
+                        .map_err(map_err)?
+                        .ok_or_else(|| StorageError::NotFound(format!("uid {from_uid}")))?
+                };
+                let msg = NewMessage {
+                    uid: Some(*to_uid),
+                    guid: Some(info.guid),
+                    flags: info.flags,
+                    keywords: info.keywords,
+                    received: info.received,
+                    saved: info.saved,
+                    pop3_uidl: info.pop3_uidl,
+                    pop3_order: info.pop3_order,
+                };
+                self.queue(
+                    name,
+                    PendingSave {
+                        msg,
+                        source: SaveSource::Local {
+                            uid: *from_uid,
+                            expunge: true,
+                        },
+                    },
+                )
+            }
+            Action::CopyMail {
+                mailbox,
+                from_uid,
+                mail,
+            } => {
+                let name = self.mailbox_name(*mailbox)?;
+                self.queue(
+                    name,
+                    PendingSave {
+                        msg: Self::new_message(mail),
+                        source: SaveSource::Local {
+                            uid: *from_uid,
+                            expunge: false,
+                        },
+                    },
+                )
+            }
+            Action::CopyToMailbox {
+                from_mailbox,
+                from_uid,
+                to_mailbox,
+                mail,
+            } => {
+                let from = self.mailbox_name(*from_mailbox)?;
+                let to = self.mailbox_name(*to_mailbox)?;
+                self.copy(&from, *from_uid, &to, Self::new_message(mail))
+                    .map_err(map_err)
+            }
+            Action::SaveMail {
+                mailbox,
+                mail,
+                body: BodySource::Incoming,
+            } => {
+                let name = self.mailbox_name(*mailbox)?;
+                let body = self
+                    .incoming
+                    .take()
+                    .ok_or_else(|| StorageError::NotPossible("no mail body received".into()))?;
+                self.queue(
+                    name,
+                    PendingSave {
+                        msg: Self::new_message(mail),
+                        source: SaveSource::Incoming(body),
+                    },
+                )
+            }
+            Action::RaiseStatus {
+                mailbox,
+                uid_next,
+                highest_modseq,
+                ..
+            } => {
+                let name = self.mailbox_name(*mailbox)?;
+                self.txn(&name, |t| {
+                    t.raise_uid_next(*uid_next)?;
+                    t.raise_highest_modseq(*highest_modseq)
+                })
+            }
+            Action::SetAttribute { .. } => Err(StorageError::NotPossible(
+                "mailbox attributes are not supported by the Maildir store".into(),
+            )),
+        }
+    }
+
+    fn txn(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut dyn st::MailboxTransaction) -> st::Result<()>,
+    ) -> Result<(), StorageError> {
+        let mut t = self.store.begin(name).map_err(map_err)?;
+        t.set_sync_origin(true);
+        f(t.as_mut()).map_err(map_err)?;
+        t.commit().map(|_| ()).map_err(map_err)
+    }
+}
+
+fn kw(k: &[Vec<u8>]) -> Vec<String> {
+    k.iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect()
+}
+
+fn map_err(e: st::StorageError) -> StorageError {
+    use st::StorageError as S;
+    match e {
+        S::MailboxExists(n) => StorageError::Exists(n),
+        S::MailboxNotFound(n) => StorageError::NotFound(n),
+        S::NoSuchUid(u) => StorageError::NotFound(format!("uid {u}")),
+        e @ (S::Io { .. } | S::LockTimeout { .. }) => StorageError::Temp(e.to_string()),
+        e => StorageError::NotPossible(e.to_string()),
+    }
+}
+
+impl SessionStore for MaildirReplica {
+    fn answer(&mut self, q: &Query) -> Answer {
+        if let Err(e) = self.flush() {
+            tracing::error!(%e, "committing saved mails failed");
+        }
+        match q {
+            Query::Tree => match self.tree() {
+                Ok(t) => Answer::Tree(t),
+                Err(e) => {
+                    // The engine's queries cannot fail; an unreadable tree
+                    // is logged and answered as empty, which makes the peer's
+                    // mailboxes look new here (never deletes them there).
+                    tracing::error!(%e, "reading the mailbox tree failed");
+                    Answer::Tree(TreeSnapshot {
+                        separator: self.sep() as u8,
+                        mailboxes: Vec::new(),
+                        subscriptions: Vec::new(),
+                        log: Vec::new(),
+                    })
+                }
+            },
+            Query::Mailbox(guid) => match self.mailbox(*guid) {
+                Ok(m) => Answer::Mailbox(m.map(Box::new)),
+                Err(e) => {
+                    tracing::error!(%e, %guid, "reading a mailbox failed");
+                    Answer::Mailbox(None)
+                }
+            },
+        }
+    }
+
+    fn apply(&mut self, a: &Action) -> Result<(), StorageError> {
+        self.apply_inner(a)
+    }
+
+    fn open_body(&mut self, r: &BodyRef) -> io::Result<Option<Box<dyn Read + Send>>> {
+        self.flush().map_err(|e| io::Error::other(e.to_string()))?;
+        let Ok(name) = self.mailbox_name(r.mailbox) else {
+            return Ok(None);
+        };
+        let mb = match self.store.open_mailbox(&name) {
+            Ok(mb) => mb,
+            Err(_) => return Ok(None),
+        };
+        match mb.open_body(r.uid) {
+            Ok(b) => Ok(Some(b)),
+            Err(st::StorageError::NoSuchUid(_)) => Ok(None),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
+    }
+
+    fn set_incoming_body(&mut self, body: IncomingBody) -> io::Result<()> {
+        self.incoming = Some(body);
+        Ok(())
+    }
+
+    fn spool_dir(&self) -> Option<PathBuf> {
+        Some(self.store.root().to_path_buf())
+    }
+
+    fn finish(&mut self) -> Result<(), StorageError> {
+        self.flush()
+    }
+}
