@@ -35,7 +35,7 @@ pub struct MaildirReplica {
     /// The mailbox last read bodies from: opening one reads its uidlist and
     /// lists its directory, which per body made a full sync quadratic.
     /// Dropped on every change; a UID it does not know opens it again.
-    body_source: Option<(String, MaildirMailbox)>,
+    body_source: Option<(Guid128, String, MaildirMailbox)>,
 }
 
 struct PendingSave {
@@ -667,21 +667,27 @@ impl SessionStore for MaildirReplica {
             self.body_source = None;
         }
         self.flush().map_err(|e| io::Error::other(e.to_string()))?;
-        let Ok(name) = self.mailbox_name(r.mailbox) else {
-            return Ok(None);
+        // Finding a mailbox by GUID lists them all (and reads their uidlists).
+        let name = match &self.body_source {
+            Some((guid, name, _)) if *guid == r.mailbox => name.clone(),
+            _ => match self.mailbox_name(r.mailbox) {
+                Ok(name) => name,
+                Err(_) => return Ok(None),
+            },
         };
         for fresh in [false, true] {
-            let cached = matches!(&self.body_source, Some((n, _)) if *n == name);
+            let cached =
+                matches!(&self.body_source, Some((g, n, _)) if *g == r.mailbox && *n == name);
             if fresh || !cached {
                 match self.store.open_maildir(&name) {
-                    Ok(mb) => self.body_source = Some((name.clone(), mb)),
+                    Ok(mb) => self.body_source = Some((r.mailbox, name.clone(), mb)),
                     Err(_) => {
                         self.body_source = None;
                         return Ok(None);
                     }
                 }
             }
-            let Some((_, mb)) = &self.body_source else {
+            let Some((_, _, mb)) = &self.body_source else {
                 return Ok(None);
             };
             match mb.open_body(r.uid) {
