@@ -20,8 +20,8 @@ use sync_engine::{
 };
 
 use super::store::{IncomingBody, SessionStore};
-use crate::storage::maildir::{Layout, MaildirOptions, MaildirStore};
-use crate::storage::{self as st, Changes, FlagChange, MailStore, NewMessage};
+use crate::storage::maildir::{Layout, MaildirMailbox, MaildirOptions, MaildirStore};
+use crate::storage::{self as st, Changes, FlagChange, MailStore, Mailbox as _, NewMessage};
 
 /// A Maildir as the local replica of a session.
 pub struct MaildirReplica {
@@ -32,6 +32,10 @@ pub struct MaildirReplica {
     /// reassigned UID before a lower new one, so saves are batched and
     /// committed sorted when anything else happens.
     pending: Option<(String, Vec<PendingSave>)>,
+    /// The mailbox last read bodies from: opening one reads its uidlist and
+    /// lists its directory, which per body made a full sync quadratic.
+    /// Dropped on every change; a UID it does not know opens it again.
+    body_source: Option<(Guid128, String, MaildirMailbox)>,
 }
 
 struct PendingSave {
@@ -106,6 +110,7 @@ impl MaildirReplica {
             store,
             incoming: None,
             pending: None,
+            body_source: None,
         }
     }
 
@@ -653,23 +658,47 @@ impl SessionStore for MaildirReplica {
     }
 
     fn apply(&mut self, a: &Action) -> Result<(), StorageError> {
+        self.body_source = None;
         self.apply_inner(a)
     }
 
     fn open_body(&mut self, r: &BodyRef) -> io::Result<Option<Box<dyn Read + Send>>> {
-        self.flush().map_err(|e| io::Error::other(e.to_string()))?;
-        let Ok(name) = self.mailbox_name(r.mailbox) else {
-            return Ok(None);
-        };
-        let mb = match self.store.open_mailbox(&name) {
-            Ok(mb) => mb,
-            Err(_) => return Ok(None),
-        };
-        match mb.open_body(r.uid) {
-            Ok(b) => Ok(Some(b)),
-            Err(st::StorageError::NoSuchUid(_)) => Ok(None),
-            Err(e) => Err(io::Error::other(e.to_string())),
+        if self.pending.is_some() {
+            self.body_source = None;
         }
+        self.flush().map_err(|e| io::Error::other(e.to_string()))?;
+        // Finding a mailbox by GUID lists them all (and reads their uidlists).
+        let name = match &self.body_source {
+            Some((guid, name, _)) if *guid == r.mailbox => name.clone(),
+            _ => match self.mailbox_name(r.mailbox) {
+                Ok(name) => name,
+                Err(_) => return Ok(None),
+            },
+        };
+        for fresh in [false, true] {
+            let cached =
+                matches!(&self.body_source, Some((g, n, _)) if *g == r.mailbox && *n == name);
+            if fresh || !cached {
+                match self.store.open_maildir(&name) {
+                    Ok(mb) => self.body_source = Some((r.mailbox, name.clone(), mb)),
+                    Err(_) => {
+                        self.body_source = None;
+                        return Ok(None);
+                    }
+                }
+            }
+            let Some((_, _, mb)) = &self.body_source else {
+                return Ok(None);
+            };
+            match mb.open_body(r.uid) {
+                Ok(b) => return Ok(Some(b)),
+                // Possibly a mail the cached listing predates: look again once.
+                Err(st::StorageError::NoSuchUid(_)) if !fresh && cached => continue,
+                Err(st::StorageError::NoSuchUid(_)) => return Ok(None),
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            }
+        }
+        Ok(None)
     }
 
     fn set_incoming_body(&mut self, body: IncomingBody) -> io::Result<()> {

@@ -424,7 +424,8 @@ impl MaildirStore {
         FcntlLock::lock_file(&dir.join(".dovecot-box-sync.lock"), timeout, self.owner)
     }
 
-    fn open_maildir(&self, name: &str) -> Result<MaildirMailbox> {
+    /// Opens a mailbox as an owned value (callers may keep it between reads).
+    pub fn open_maildir(&self, name: &str) -> Result<MaildirMailbox> {
         let comps = self.components(name)?;
         let dir = self.dir_of(&comps);
         if !Self::is_mailbox_dir(&dir) {
