@@ -193,7 +193,15 @@ impl MaildirReplica {
         let s = mb.status();
         let mut mails = Vec::new();
         for m in mb.messages() {
-            let m = m?;
+            let mut m = m?;
+            // The listing skips the per-file stat; the dates travel in `M`
+            // items and feed the -t/-e filters, so fetch them here.
+            if m.received.is_none() || m.saved.is_none() {
+                if let Some(full) = mb.message(m.uid)? {
+                    m.received = m.received.or(full.received);
+                    m.saved = m.saved.or(full.saved);
+                }
+            }
             mails.push(MailRecord {
                 uid: m.uid,
                 guid: m.guid.into_bytes(),
