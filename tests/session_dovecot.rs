@@ -437,3 +437,43 @@ fn cli_sync_between_two_local_maildirs() {
     let log = inst.log();
     assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
 }
+
+/// `doveadm backup -R` with an empty homing slave: Dovecot (backup_recv)
+/// fails to delete its INBOX and ends the session early; the homing slave
+/// must end cleanly, and doveadm must exit as it does against an empty real
+/// Dovecot peer.
+#[test]
+fn doveadm_backup_reverse_against_empty_homing_dsync_server() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "carol"]));
+    seed(&inst);
+    let cmd = format!("{} dsync-server -u {USER}", env!("CARGO_BIN_EXE_homing"));
+    let homing_out = inst.doveadm(["backup", "-R", "-u", USER, &cmd]).unwrap();
+    // Mailbox, UID and flags (the re-seeded Maildir names differ).
+    let shape = |v: View| -> Vec<_> { v.into_iter().map(|(b, u, _, f)| (b, u, f)).collect() };
+    let homing_view = shape(dovecot_view(&inst));
+    let homing_err = homing_out.stderr_str();
+    assert!(
+        !homing_err.contains("unexpected input"),
+        "homing slave rejected the early end: {homing_err}"
+    );
+
+    // The same against a real, empty Dovecot account.
+    inst.reset_user(USER).unwrap();
+    seed(&inst);
+    let real_cmd = inst.dsync_server_argv("carol").join(" ");
+    let real_out = inst
+        .doveadm(["backup", "-R", "-u", USER, &real_cmd])
+        .unwrap();
+    assert_eq!(
+        homing_out.code(),
+        real_out.code(),
+        "exit code as with Dovecot"
+    );
+    assert_eq!(homing_out.code(), Some(65), "{homing_err}");
+    assert_eq!(
+        homing_view,
+        shape(dovecot_view(&inst)),
+        "end state as with Dovecot"
+    );
+    assert!(!homing_view.is_empty());
+}

@@ -491,6 +491,17 @@ impl Brain {
     }
 
     fn step(&mut self) -> Result<bool, EngineError> {
+        // A peer that fails (for example Dovecot as backup_recv failing to
+        // delete its INBOX) ends the stream early with `X`, whatever phase
+        // this side is in: end cleanly with a failure, not a protocol error.
+        if self.phase != Phase::Done && matches!(self.inbox.front(), Some(Item::Done)) {
+            self.inbox.clear();
+            self.messages
+                .push("Remote ended the session early (it failed; see its log)".into());
+            self.failure = Some(self.failure.unwrap_or(ExitStatus::TempFail));
+            self.finish();
+            return Ok(true);
+        }
         match self.phase {
             Phase::Handshake => {
                 let Some(item) = self.inbox.pop_front() else {

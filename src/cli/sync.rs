@@ -280,7 +280,7 @@ fn print_outcome<S>(user: &str, r: &SessionResult<S>) {
     }
 }
 
-fn state_string<S>(r: &SessionResult<S>) -> String {
+pub(crate) fn state_string<S>(r: &SessionResult<S>) -> String {
     match (&r.outcome.state, r.outcome.require_full_resync) {
         (Some(states), false) => SyncState {
             mailboxes: states.iter().map(StateRecord::from).collect(),

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use super::client::{self, ClientCommand};
 use super::config::ReplicatorConfig;
+use super::config::SyncEngineKind;
+use super::engine_runner::{EngineRunner, EngineSettings};
 use super::format::{Formatter, DEFAULT_WIDTH};
 use super::queue::SystemClock;
 use super::runner::{DoveadmServerRunner, SyncFuture, SyncOutcome, SyncRequest, SyncRunner};
@@ -124,6 +126,12 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn run_daemon(config: ReplicatorConfig) -> Result<(), String> {
     let runner: Arc<dyn SyncRunner> = match &config.doveadm_server_socket {
+        _ if config.engine == SyncEngineKind::Homing => {
+            if config.replication_mail_location.is_empty() {
+                return Err("replication_engine = homing needs replication_mail_location".into());
+            }
+            Arc::new(EngineRunner::new(EngineSettings::from_config(&config)))
+        }
         Some(p) => Arc::new(
             DoveadmServerRunner::new(p.clone(), &config.dsync_parameters)
                 .with_destination(Some(config.dsync_destination.clone())),

@@ -27,6 +27,25 @@ pub enum ConfigError {
     },
 }
 
+/// What runs the syncs (`replication_engine`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncEngineKind {
+    /// Dovecot's `doveadm-server` socket, as Dovecot's replicator does.
+    DoveadmServer,
+    /// homing's own engine on `replication_mail_location`.
+    Homing,
+}
+
+/// How the `homing` engine reaches its peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerSettings {
+    pub doveadm_password: Option<String>,
+    pub doveadm_port: Option<u16>,
+    pub ca_file: Option<PathBuf>,
+    /// Empty = the default `ssh -l%{login} %{host} doveadm dsync-server -u%u -U`.
+    pub remote_cmd: String,
+}
+
 /// Everything the daemon needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicatorConfig {
@@ -57,6 +76,14 @@ pub struct ReplicatorConfig {
     /// `replication_dsync_destination`: destination appended to the sync
     /// command (`%u` expanded); empty = none (the peer uses `-d`).
     pub dsync_destination: String,
+    /// `replication_engine`: what runs each sync.
+    pub engine: SyncEngineKind,
+    /// `replication_mail_location`: the local mail location the `homing`
+    /// engine syncs (`%u`, `%n`, `%d`, `%h` expanded).
+    pub replication_mail_location: String,
+    /// Peer connection settings of the `homing` engine: `doveadm_password`,
+    /// `doveadm_port`, `ssl_client_ca_file`, `dsync_remote_cmd`.
+    pub peer: PeerSettings,
     /// passwd-file to list users from.
     pub userdb_passwd_file: Option<PathBuf>,
     /// Shell command printing one user per line (e.g. `doveadm user '*'`).
@@ -85,6 +112,9 @@ impl Default for ReplicatorConfig {
             socket_owner: None,
             dsync_parameters: "-d -N -l 30 -U".into(),
             dsync_destination: String::new(),
+            engine: SyncEngineKind::DoveadmServer,
+            replication_mail_location: String::new(),
+            peer: PeerSettings::default(),
             userdb_passwd_file: None,
             userdb_list_command: None,
             metrics_listen: None,
@@ -206,6 +236,20 @@ impl ReplicatorConfig {
             "replicator_db_dump_interval" => self.dump_interval = time(value)?.max(1),
             "replication_dsync_parameters" => self.dsync_parameters = value.to_string(),
             "replication_dsync_destination" => self.dsync_destination = value.to_string(),
+            "replication_engine" => {
+                self.engine = match value.trim() {
+                    "homing" => SyncEngineKind::Homing,
+                    "doveadm-server" => SyncEngineKind::DoveadmServer,
+                    _ => return Err(bad()),
+                }
+            }
+            "replication_mail_location" => self.replication_mail_location = value.to_string(),
+            "doveadm_password" => self.peer.doveadm_password = Some(value.to_string()),
+            "doveadm_port" => {
+                self.peer.doveadm_port = Some(value.trim().parse().map_err(|_| bad())?)
+            }
+            "ssl_client_ca_file" => self.peer.ca_file = (!value.is_empty()).then(|| value.into()),
+            "dsync_remote_cmd" => self.peer.remote_cmd = value.to_string(),
             "replicator_doveadm_socket_path" => self.doveadm_socket = self.path_in_base(value),
             "replicator_socket_path" => self.notify_socket = self.opt_path(value),
             "replication_notify_fifo_path" => self.aggregator_fifo = self.opt_path(value),

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod engine_runner;
 pub mod format;
 pub mod metrics;
 pub mod queue;
