@@ -86,7 +86,7 @@ const OPEN_BUGS: &[(Variant, &str, &str)] = &[
     (Variant::HomingSlave, "attributes_conflict", "the Maildir store refuses SetAttribute"),
     (Variant::HomingSlave, "attributes_conflict_modseq", "the Maildir store refuses SetAttribute"),
     (Variant::HomingMaster, "backup_inbox_stuck", "exit code 75 where doveadm exits 65 when the remote dsync-server fails (`INBOX can't be deleted`)"),
-    (Variant::HomingMaster, "rename_vs_delete", "differences.md #1 fires on a mail that both sides had (saved in the same second as the deletion): an extra `Archive-recovered-…` mailbox, exit 2"),
+    (Variant::HomingMaster, "opt_since", "-t: the mail received after the timestamp is not copied to the empty replica (B:INBOX stays empty); cause not investigated"),
 ];
 
 /// Scenarios this replay does not reproduce even with Dovecot on both sides.
