@@ -36,6 +36,10 @@ pub struct MaildirReplica {
     /// lists its directory, which per body made a full sync quadratic.
     /// Dropped on every change; a UID it does not know opens it again.
     body_source: Option<(Guid128, String, MaildirMailbox)>,
+    /// A status raise of the pending mailbox (uid_next, highest_modseq),
+    /// applied after its saves: committed first, a raised next uid would
+    /// refuse the pending saves below it.
+    pending_raise: Option<(u32, u64)>,
 }
 
 struct PendingSave {
@@ -111,6 +115,7 @@ impl MaildirReplica {
             incoming: None,
             pending: None,
             body_source: None,
+            pending_raise: None,
         }
     }
 
@@ -360,6 +365,7 @@ impl MaildirReplica {
         let Some((name, mut saves)) = self.pending.take() else {
             return Ok(());
         };
+        let raise = self.pending_raise.take();
         saves.sort_by_key(|s| s.msg.uid);
         let src = self.store.open_mailbox(&name).map_err(map_err)?;
         let mut t = self.store.begin(&name).map_err(map_err)?;
@@ -380,14 +386,129 @@ impl MaildirReplica {
         for uid in expunges {
             t.expunge(uid, None).map_err(map_err)?;
         }
-        t.commit().map(|_| ()).map_err(map_err)
+        t.commit().map_err(map_err)?;
+        match raise {
+            Some((uid_next, modseq)) => self.txn(&name, |t| {
+                t.raise_uid_next(uid_next)?;
+                t.raise_highest_modseq(modseq)
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `uid` of mailbox `name` is written or read by the pending
+    /// batch (a save's target or a move's/copy's source), so an action on
+    /// it needs the batch committed first.
+    fn pending_touches(&self, name: &str, uid: u32) -> bool {
+        self.pending.as_ref().is_some_and(|(n, saves)| {
+            n == name
+                && saves.iter().any(|s| {
+                    s.msg.uid == Some(uid)
+                        || matches!(s.source, SaveSource::Local { uid: u, .. } if u == uid)
+                })
+        })
+    }
+
+    /// Whether action `a` can run with the batch still pending. Committing
+    /// early is only safe when no later action of the batch can bring a
+    /// lower UID, which the adapter cannot know: the engine assigns the
+    /// renumbered UIDs of a conflict in any order (a move to 5 before a
+    /// save of 4). So actions that do not touch the batch's mails run
+    /// against committed storage, and a status raise of the batch's mailbox
+    /// waits for the batch.
+    /// Applies a flag change of a mail that is still only a pending save to
+    /// the save itself, so it needs no early commit. `false`: not such a
+    /// change.
+    fn fold_flags_into_batch(&mut self, a: &Action) -> Result<bool, StorageError> {
+        let (mailbox, uid, min_modseq) = match a {
+            Action::UpdateFlags {
+                mailbox,
+                uid,
+                min_modseq,
+                ..
+            }
+            | Action::ReplaceFlags {
+                mailbox,
+                uid,
+                min_modseq,
+                ..
+            } => (mailbox, *uid, *min_modseq),
+            _ => return Ok(false),
+        };
+        if self.pending.is_none() {
+            return Ok(false);
+        }
+        let name = self.mailbox_name(*mailbox)?;
+        let Some((n, saves)) = self.pending.as_mut() else {
+            return Ok(false);
+        };
+        let is_source = saves
+            .iter()
+            .any(|s| matches!(s.source, SaveSource::Local { uid: u, .. } if u == uid));
+        if *n != name || is_source {
+            return Ok(false);
+        }
+        let Some(save) = saves.iter_mut().find(|s| s.msg.uid == Some(uid)) else {
+            return Ok(false);
+        };
+        let msg = &mut save.msg;
+        match a {
+            Action::UpdateFlags {
+                add,
+                remove,
+                add_keywords,
+                remove_keywords,
+                ..
+            } => {
+                msg.flags = (msg.flags | (add.0 & st::flags::IMAP_MASK))
+                    & !(remove.0 & st::flags::IMAP_MASK);
+                let remove_kw = kw(remove_keywords);
+                msg.keywords.retain(|k| !remove_kw.contains(k));
+                for k in kw(add_keywords) {
+                    if !msg.keywords.contains(&k) {
+                        msg.keywords.push(k);
+                    }
+                }
+            }
+            Action::ReplaceFlags {
+                flags, keywords, ..
+            } => {
+                msg.flags = flags.0 & st::flags::IMAP_MASK;
+                msg.keywords = kw(keywords);
+            }
+            _ => return Ok(false),
+        }
+        let (_, m) = self.pending_raise.get_or_insert((0, 0));
+        *m = (*m).max(min_modseq);
+        Ok(true)
+    }
+
+    fn runs_beside_batch(&self, a: &Action) -> Result<bool, StorageError> {
+        let Some((pending_name, _)) = self.pending.as_ref() else {
+            return Ok(true);
+        };
+        let (mailbox, uid) = match a {
+            Action::SaveMail { .. } | Action::MoveMail { .. } | Action::CopyMail { .. } => {
+                return Ok(true)
+            }
+            Action::RaiseStatus { mailbox, .. } => (mailbox, None),
+            Action::UpdateFlags { mailbox, uid, .. }
+            | Action::ReplaceFlags { mailbox, uid, .. }
+            | Action::Expunge { mailbox, uid } => (mailbox, Some(*uid)),
+            _ => return Ok(false),
+        };
+        let name = self.mailbox_name(*mailbox)?;
+        Ok(match uid {
+            None => true,
+            Some(uid) => *pending_name != name || !self.pending_touches(&name, uid),
+        })
     }
 
     fn apply_inner(&mut self, a: &Action) -> Result<(), StorageError> {
-        if !matches!(
-            a,
-            Action::SaveMail { .. } | Action::MoveMail { .. } | Action::CopyMail { .. }
-        ) {
+        if self.fold_flags_into_batch(a)? {
+            return Ok(());
+        }
+        if !self.runs_beside_batch(a)? {
             self.flush()?;
         }
         let ts = |t: i64| u32::try_from(t.max(0)).unwrap_or(u32::MAX);
@@ -594,6 +715,12 @@ impl MaildirReplica {
                 ..
             } => {
                 let name = self.mailbox_name(*mailbox)?;
+                if self.pending.as_ref().is_some_and(|(n, _)| *n == name) {
+                    let (u, m) = self.pending_raise.get_or_insert((0, 0));
+                    *u = (*u).max(*uid_next);
+                    *m = (*m).max(*highest_modseq);
+                    return Ok(());
+                }
                 self.txn(&name, |t| {
                     t.raise_uid_next(*uid_next)?;
                     t.raise_highest_modseq(*highest_modseq)
@@ -671,10 +798,8 @@ impl SessionStore for MaildirReplica {
     }
 
     fn open_body(&mut self, r: &BodyRef) -> io::Result<Option<Box<dyn Read + Send>>> {
-        if self.pending.is_some() {
-            self.body_source = None;
-        }
-        self.flush().map_err(|e| io::Error::other(e.to_string()))?;
+        // No commit here: the batch may still get saves below its highest
+        // UID. A pending save is served from its source instead.
         // Finding a mailbox by GUID lists them all (and reads their uidlists).
         let name = match &self.body_source {
             Some((guid, name, _)) if *guid == r.mailbox => name.clone(),
@@ -683,6 +808,19 @@ impl SessionStore for MaildirReplica {
                 Err(_) => return Ok(None),
             },
         };
+        let mut uid = r.uid;
+        if let Some((n, saves)) = &self.pending {
+            if *n == name {
+                if let Some(s) = saves.iter().find(|s| s.msg.uid == Some(r.uid)) {
+                    match &s.source {
+                        SaveSource::Local { uid: from, .. } => uid = *from,
+                        SaveSource::Incoming(b) => return b.reread().map(Some),
+                    }
+                }
+            }
+        }
+        // The cached mailbox shows committed storage, which pending saves do
+        // not change; every applied change drops it.
         for fresh in [false, true] {
             let cached =
                 matches!(&self.body_source, Some((g, n, _)) if *g == r.mailbox && *n == name);
@@ -698,7 +836,7 @@ impl SessionStore for MaildirReplica {
             let Some((_, _, mb)) = &self.body_source else {
                 return Ok(None);
             };
-            match mb.open_body(r.uid) {
+            match mb.open_body(uid) {
                 Ok(b) => return Ok(Some(b)),
                 // Possibly a mail the cached listing predates: look again once.
                 Err(st::StorageError::NoSuchUid(_)) if !fresh && cached => continue,

@@ -5,7 +5,7 @@
 //! Calls are synchronous; the driver makes them from a blocking thread, so
 //! an implementation may block on locks and disk I/O.
 
-use std::io::{self, Cursor, Read};
+use std::io::{self, Cursor, Read, Seek};
 use std::path::PathBuf;
 
 use sync_engine::memory::MemoryReplica;
@@ -44,6 +44,24 @@ impl IncomingBody {
         }
     }
 
+    /// A second reader over the body that leaves this one untouched (a
+    /// body still waiting to be saved can be requested by the peer).
+    pub fn reread(&self) -> io::Result<Box<dyn Read + Send>> {
+        match self {
+            IncomingBody::Memory(v) => Ok(Box::new(Cursor::new(v.clone()))),
+            IncomingBody::File { file, len } => {
+                let mut file = file.try_clone()?;
+                // The clone shares the file offset: read by position only.
+                let start = file.stream_position()?;
+                Ok(Box::new(ReadAt {
+                    file,
+                    pos: start,
+                    end: start.saturating_add(*len),
+                }))
+            }
+        }
+    }
+
     /// The whole body in memory (for in-memory stores only).
     pub fn into_vec(self) -> io::Result<Vec<u8>> {
         match self {
@@ -54,6 +72,27 @@ impl IncomingBody {
                 Ok(v)
             }
         }
+    }
+}
+
+/// Reads `pos..end` of a file without moving its shared offset.
+struct ReadAt {
+    file: std::fs::File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for ReadAt {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let left = usize::try_from(self.end - self.pos).unwrap_or(usize::MAX);
+        let want = buf.len().min(left);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
