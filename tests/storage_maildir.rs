@@ -843,3 +843,73 @@ fn layout_fs() {
     assert!(inst.mail_dir(USER).join("Projects/Beta/cur").is_dir());
     inst.assert_log_clean();
 }
+
+#[test]
+fn modseqs_of_a_mailbox_only_homing_wrote() {
+    if !require_dovecot("modseqs_of_a_mailbox_only_homing_wrote") {
+        return;
+    }
+    let inst = start();
+    // Dovecot creates the user's Maildir; "Fresh" is homing's alone.
+    inst.save_message(USER, "INBOX", &mail(9)).unwrap();
+    let st = store(&inst);
+    st.create_mailbox("Fresh", None, None).unwrap();
+    let mut tx = st.begin("Fresh").unwrap();
+    for n in 1..=3 {
+        tx.save(NewMessage::default(), &mut &mail(n)[..]).unwrap();
+    }
+    tx.commit().unwrap();
+    let mut tx = st.begin("Fresh").unwrap();
+    tx.update_flags(
+        2,
+        FlagChange {
+            add: flags::SEEN,
+            add_keywords: vec!["todo".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let mut tx = st.begin("Fresh").unwrap();
+    tx.expunge(1, None).unwrap();
+    tx.commit().unwrap();
+
+    // Dovecot derives the same per-mail modseqs and HIGHESTMODSEQ.
+    let mb = st.open_mailbox("Fresh").unwrap();
+    let ours: Vec<(String, String)> = mb
+        .messages()
+        .map(|m| m.unwrap())
+        .map(|m| (m.uid.to_string(), m.modseq.to_string()))
+        .collect();
+    let highest = mb.status().highest_modseq;
+    drop(mb);
+    assert!(highest >= 5, "{highest}");
+    let theirs: Vec<(String, String)> = fetch(&inst, "Fresh", "uid modseq")
+        .into_iter()
+        .map(|r| (r["uid"].clone(), r["modseq"].clone()))
+        .collect();
+    assert_eq!(theirs, ours);
+    assert_eq!(ours[0].0, "2");
+    assert_ne!(ours[0].1, ours[1].1, "the flag change raised uid 2 only");
+    assert_eq!(status(&inst, "Fresh")["highestmodseq"], highest.to_string());
+
+    // A change Dovecot makes afterwards is seen above that modseq.
+    inst.doveadm_user(
+        USER,
+        &["flags", "add", "\\Flagged", "mailbox", "Fresh", "uid", "3"],
+    )
+    .unwrap();
+    let mb = st.open_mailbox("Fresh").unwrap();
+    let Changes::Since(later) = mb.changes_since(highest).unwrap() else {
+        panic!("log reaches back");
+    };
+    assert!(
+        later.iter().any(|c| matches!(
+            c.kind,
+            LogChangeKind::Flags { uid1: 3, uid2: 3, add, .. } if add == flags::FLAGGED
+        )),
+        "{later:?}"
+    );
+    assert!(mb.status().highest_modseq > highest);
+    inst.assert_log_clean();
+}

@@ -250,6 +250,14 @@ impl TransactionBuilder {
         Ok(())
     }
 
+    /// The highest UID appended so far, if any.
+    pub fn max_appended_uid(&self) -> Option<u32> {
+        self.appends
+            .chunks_exact(8)
+            .filter_map(|c| c[..4].try_into().ok().map(u32::from_le_bytes))
+            .max()
+    }
+
     /// MODSEQ_UPDATE entry (4.3.13); uid 0 raises only the highest modseq.
     pub fn modseq_update(&mut self, uid: u32, modseq: u64) {
         self.modseq_updates.extend_from_slice(&uid.to_le_bytes());
@@ -351,6 +359,38 @@ fn push_record(out: &mut Vec<u8>, ty: u32, payload: &[u8]) {
     out.extend_from_slice(&pack_offset(size));
     out.extend_from_slice(&ty.to_le_bytes());
     out.extend_from_slice(payload);
+}
+
+/// Header of a transaction log that starts a new history (spec 4.1, 10.6):
+/// no previous file (prev 0/0), little-endian compat flag.
+pub fn log_reset_header(
+    indexid: u32,
+    file_seq: u32,
+    create_stamp: u32,
+    initial_modseq: u64,
+) -> [u8; 40] {
+    let mut h = [0u8; 40];
+    h[0] = 1;
+    h[1] = 3;
+    h[2..4].copy_from_slice(&40u16.to_le_bytes());
+    h[4..8].copy_from_slice(&indexid.to_le_bytes());
+    h[8..12].copy_from_slice(&file_seq.to_le_bytes());
+    h[20..24].copy_from_slice(&create_stamp.to_le_bytes());
+    h[24..32].copy_from_slice(&initial_modseq.max(1).to_le_bytes());
+    h[32] = 1;
+    h
+}
+
+/// Geometry of the `modseq` extension as Dovecot introduces it (spec 4.6):
+/// header {highest modseq, log seq, log offset}, one u64 per message.
+pub fn modseq_ext_geometry() -> ExtGeometry {
+    ExtGeometry {
+        name: crate::ext::MODSEQ.into(),
+        reset_id: 0,
+        hdr_size: 16,
+        record_size: 8,
+        record_align: 8,
+    }
 }
 
 /// Base header offsets a writer updates (spec 3.2).

@@ -211,8 +211,16 @@ impl<'s> MaildirTransaction<'s> {
                     why: "the log kept being rotated while we tried to lock it".into(),
                 });
             }
-            let view = open_view(&dir)?;
+            let mut view = open_view(&dir)?;
             let log_path = dir.join("dovecot.index.log");
+            if view.is_none() {
+                // Never indexed: start the log so that every change gets a
+                // modseq from now on (spec 10.6). We hold the uidlist lock,
+                // and the log only appears complete (hard link), so a racing
+                // creator's file wins and is used instead.
+                create_log(store, &dir)?;
+                view = open_view(&dir)?;
+            }
             if view.is_none() || !log_path.exists() {
                 break (None, None, None, Vec::new());
             }
@@ -595,32 +603,44 @@ impl<'s> MaildirTransaction<'s> {
         {
             tx.header_update(header_offsets::UID_VALIDITY, &uv.to_le_bytes())?;
         }
+        // Index-internal changes go in their own non-external transactions
+        // around ours, as Dovecot writes them: `pre` before (the modseq
+        // extension must exist before anything raises a modseq), `post`
+        // after (a NEXT_UID raise must not precede the appends it covers).
+        let mut pre = TransactionBuilder::new(false);
+        let mut post = TransactionBuilder::new(false);
         if header_next != 0 {
-            tx.header_update(header_offsets::NEXT_UID, &header_next.to_le_bytes())?;
+            post.header_update(header_offsets::NEXT_UID, &header_next.to_le_bytes())?;
         }
-        if me.min_modseq > 0 {
-            if let Some(v) = &view {
-                if v.highest_modseq() < me.min_modseq {
-                    if !has_modseq_ext {
-                        // Enable modseq tracking first, as Dovecot does:
-                        // intro + header {highest modseq now, log seq 0, offset 0}.
-                        let g = index_format::write::ExtGeometry {
-                            name: index_format::ext::MODSEQ.into(),
-                            reset_id: 0,
-                            hdr_size: 16,
-                            record_size: 8,
-                            record_align: 8,
-                        };
-                        let mut hdr = [0u8; 16];
-                        hdr[..8].copy_from_slice(&log_modseq.to_le_bytes());
-                        tx.ext_hdr_update(&g, 0, &hdr)?;
-                    }
-                    tx.modseq_update(0, me.min_modseq);
+        if let Some(v) = &view {
+            let fresh = v.uid_validity() == 0;
+            if fresh {
+                // A log we just started: the index learns the uidlist's values.
+                pre.header_update(header_offsets::UID_VALIDITY, &uv.to_le_bytes())?;
+                let appended = tx.max_appended_uid().map_or(1, |u| u.saturating_add(1));
+                let nu = next.max(uidlist.next_uid).max(header_next);
+                if header_next == 0 && nu > appended.max(index_next) {
+                    post.header_update(header_offsets::NEXT_UID, &nu.to_le_bytes())?;
                 }
+            }
+            let raise = me.min_modseq > 0 && v.highest_modseq() < me.min_modseq;
+            if !has_modseq_ext && (raise || !tx.is_empty() || fresh) {
+                // Per-message modseqs exist only once the extension does:
+                // enable it first, as Dovecot does when a mailbox is opened
+                // for CONDSTORE/sync: intro + header {highest modseq now,
+                // log seq 0, offset 0}; the records after it raise modseqs.
+                let g = index_format::write::modseq_ext_geometry();
+                let mut hdr = [0u8; 16];
+                hdr[..8].copy_from_slice(&log_modseq.to_le_bytes());
+                pre.ext_hdr_update(&g, 0, &hdr)?;
+            }
+            if raise {
+                tx.modseq_update(0, me.min_modseq);
             }
         }
         let mut highest = view.as_ref().map(|v| v.highest_modseq()).unwrap_or(1);
-        if let (Some(lock), false) = (&log_lock, tx.is_empty()) {
+        let nothing = tx.is_empty() && pre.is_empty() && post.is_empty();
+        if let (Some(lock), false) = (&log_lock, nothing) {
             let log_path = dir.join("dovecot.index.log");
             let f = lock.file();
             let len = f.metadata().map_err(io_err(&log_path))?.len();
@@ -628,7 +648,9 @@ impl<'s> MaildirTransaction<'s> {
                 // A writer died mid-transaction: Dovecot truncates such garbage too.
                 f.set_len(sync_offset as u64).map_err(io_err(&log_path))?;
             }
-            let bytes = tx.encode();
+            let mut bytes = pre.encode();
+            bytes.extend_from_slice(&tx.encode());
+            bytes.extend_from_slice(&post.encode());
             let mut w: &File = f;
             w.write_all(&bytes).map_err(io_err(&log_path))?;
             if fsync {
@@ -645,6 +667,29 @@ impl<'s> MaildirTransaction<'s> {
         result.uid_next = next.max(header_next);
         result.highest_modseq = highest;
         Ok(result)
+    }
+}
+
+/// Creates `dovecot.index.log` for a mailbox that has no index yet: a reset
+/// header (file_seq 1, initial modseq 1, indexid = now). The file is written
+/// aside and hard-linked into place so no reader ever sees it half-written.
+fn create_log(store: &MaildirStore, dir: &Path) -> Result<()> {
+    let log_path = dir.join("dovecot.index.log");
+    let now = super::unix_now();
+    let hdr = index_format::write::log_reset_header(now.max(1), 1, now, 1);
+    let tmp = dir.join(format!(
+        "dovecot.index.log.{}.{}.tmp",
+        std::process::id(),
+        NAME_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_file(&tmp);
+    store.create_file(&tmp, &hdr, 0o600)?;
+    let linked = fs::hard_link(&tmp, &log_path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(&log_path)(e)),
     }
 }
 
