@@ -209,7 +209,7 @@ fn main() {
             text_lines(&mut r, &mut m, body / 5);
             let _ = write!(m, "--b{i}\nContent-Type: application/octet-stream; name=\"f{i}.bin\"\nContent-Transfer-Encoding: base64\n\n");
             base64_lines(&mut r, &mut m, body * 4 / 5);
-            let _ = write!(m, "--b{i}--\n");
+            let _ = writeln!(m, "--b{i}--");
         }
         let mut flags = String::new();
         // Maildir info letters must be in ASCII order: D F R S T, then keywords a..
