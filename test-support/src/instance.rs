@@ -318,7 +318,14 @@ impl DovecotInstance {
                     inst.stopped = false;
                     return Ok(inst);
                 }
-                Err(e @ HarnessError::StartFailed { .. }) if e.to_string().contains("in use") => {
+                // A port taken between probe and bind, or a master that died
+                // at start-up on a loaded machine: start over with new ports.
+                Err(e @ HarnessError::StartFailed { .. })
+                    if e.to_string().contains("in use")
+                        || e.to_string().contains("master exited") =>
+                {
+                    inst.kill_master();
+                    let _ = fs::remove_file(inst.run_dir().join("master.pid"));
                     let _ = fs::remove_file(inst.log_path());
                     last_err = Some(e);
                 }
@@ -482,7 +489,12 @@ impl DovecotInstance {
                 return Err(self.start_failed("listeners not ready within 30 s".into()));
             }
             if self.master_pid().is_none() && self.run_dir().join("master.pid").exists() {
-                return Err(self.start_failed("master exited".into()));
+                // The pid file may be caught half-written, or the process
+                // between fork and exec: only a lasting absence means it died.
+                thread::sleep(Duration::from_millis(300));
+                if self.master_pid().is_none() {
+                    return Err(self.start_failed("master exited".into()));
+                }
             }
             thread::sleep(Duration::from_millis(20));
         }
