@@ -4,6 +4,8 @@
 //! keywords, subscriptions, attributes, uidvalidity, Maildir names) against
 //! the fixture scenario (`fixtures/index/README.md`) and their content.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -60,25 +62,7 @@ fn with_dump(pred: impl Fn(&str) -> bool) -> Vec<PathBuf> {
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC (the fixtures were dumped with TZ=UTC).
 fn utc(t: u64) -> String {
-    let days = (t / 86400) as i64;
-    let secs = t % 86400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    common::utc(u32::try_from(t).expect("a 32-bit UNIX time"))
 }
 
 fn kv(line: &str) -> Option<(&str, &str)> {
