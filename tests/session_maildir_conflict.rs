@@ -2,6 +2,14 @@
 //! under the same UIDs, so each side renumbers its own and the peer asks for
 //! bodies while the renumbered saves are still being applied. Nothing may be
 //! lost and both sides must end with the same UIDs.
+//!
+//! The same situation with a real Dovecot on the other side (skipped when
+//! Dovecot is unavailable): a homing-written Maildir that expunged a mail
+//! and saved a new one, against a Dovecot account that saved another new
+//! mail under the same UID, with homing as master and as slave. Both sides
+//! must assign the renumbered mails the same UIDs in one run (which needs
+//! the expunge to be provable from homing's transaction log) and a further
+//! sync must change nothing.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -122,4 +130,175 @@ async fn uid_conflict_between_two_maildirs_keeps_every_mail() {
     }
     assert_eq!(ca[&1].0, "shared-1");
     assert_eq!(ca[&2].0, "shared-2");
+}
+
+mod with_dovecot {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use homing::storage::maildir::{MaildirOptions, MaildirStore};
+    use homing::storage::{flags, FlagChange, MailStore, NewMessage};
+    use test_support::{dovecot_or_skip, DovecotInstance, InstanceOptions};
+
+    /// Dovecot's account.
+    const DOVECOT_USER: &str = "bob";
+    /// The account whose Maildir only homing writes.
+    const HOMING_USER: &str = "alice";
+
+    fn message(id: &str) -> Vec<u8> {
+        format!("From: a@example.org\nSubject: {id}\nMessage-ID: <{id}@test>\n\nbody of {id}\n")
+            .into_bytes()
+    }
+
+    /// (uid, guid, sorted flags and keywords) of the INBOX, read by doveadm.
+    type Inbox = Vec<(u32, String, Vec<String>)>;
+
+    fn inbox(inst: &DovecotInstance, user: &str) -> Inbox {
+        let snap = inst.snapshot(user).expect("snapshot");
+        let mut v: Inbox = snap
+            .mails
+            .iter()
+            .filter(|m| m.mailbox == "INBOX")
+            .map(|m| {
+                let mut f = m.flags.clone();
+                f.extend(m.keywords.iter().cloned());
+                f.retain(|x| x != "\\Recent");
+                f.sort();
+                (m.uid, m.guid.clone(), f)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The homing side's mail root, owned by the mail user like Dovecot's.
+    fn mail_root(inst: &DovecotInstance) -> PathBuf {
+        let dir = inst.mail_dir(HOMING_USER);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (uid, gid) = inst.vmail_ids();
+        let mut p = dir.as_path();
+        while p.starts_with(inst.home(HOMING_USER)) {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+            match p.parent() {
+                Some(q) => p = q,
+                None => break,
+            }
+        }
+        dir
+    }
+
+    #[derive(Clone, Copy)]
+    enum Role {
+        /// `homing sync` on the Maildir against `doveadm dsync-server`.
+        HomingMaster,
+        /// `doveadm sync` against `homing dsync-server` on the Maildir.
+        HomingSlave,
+    }
+
+    fn sync(inst: &DovecotInstance, root: &Path, role: Role) {
+        let (ok, detail) = match role {
+            Role::HomingMaster => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_homing"));
+                c.env_remove("HOMING_LOG")
+                    .arg("-o")
+                    .arg(format!("mail_location=maildir:{}", root.display()))
+                    .args(["sync", "-u", HOMING_USER])
+                    .args(inst.dsync_server_argv(DOVECOT_USER));
+                let out = c.output().unwrap();
+                (
+                    out.status.success(),
+                    format!(
+                        "exit {:?}: {}",
+                        out.status.code(),
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                )
+            }
+            Role::HomingSlave => {
+                let cmd = format!(
+                    "{} -o mail_location=maildir:{} dsync-server -u {HOMING_USER}",
+                    env!("CARGO_BIN_EXE_homing"),
+                    root.display()
+                );
+                let out = inst.doveadm(["sync", "-u", DOVECOT_USER, &cmd]).unwrap();
+                (
+                    out.success(),
+                    format!("exit {:?}: {}", out.code(), out.stderr_str()),
+                )
+            }
+        };
+        assert!(ok, "sync failed: {detail}\n{}", inst.log());
+    }
+
+    fn conflict_converges_in_one_run(role: Role) {
+        let inst = dovecot_or_skip!(InstanceOptions::new().users(&[DOVECOT_USER, HOMING_USER]));
+        for i in 1..=4 {
+            inst.save_message(DOVECOT_USER, "INBOX", &message(&format!("m{i}")))
+                .expect("save");
+        }
+        let root = mail_root(&inst);
+        sync(&inst, &root, role);
+        let before = inbox(&inst, DOVECOT_USER);
+        assert_eq!(inbox(&inst, HOMING_USER), before);
+        assert_eq!(before.len(), 4);
+
+        // homing's side: a new mail (UID 5), a flag change and an expunge,
+        // all written by homing's storage.
+        let st = MaildirStore::open(&root, MaildirOptions::default()).unwrap();
+        let mut t = st.begin("INBOX").unwrap();
+        t.save(NewMessage::default(), &mut &message("on-homing")[..])
+            .unwrap();
+        t.update_flags(
+            1,
+            FlagChange {
+                add: flags::SEEN | flags::FLAGGED,
+                add_keywords: vec!["todo".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        t.expunge(2, None).unwrap();
+        assert_eq!(t.commit().unwrap().saved_uids, [5]);
+        drop(st);
+        // Dovecot's side: another new mail under the same UID 5.
+        inst.save_message(DOVECOT_USER, "INBOX", &message("on-dovecot"))
+            .expect("save");
+
+        sync(&inst, &root, role);
+        let after = inbox(&inst, DOVECOT_USER);
+        assert_eq!(
+            inbox(&inst, HOMING_USER),
+            after,
+            "both sides must hold the same mails under the same UIDs"
+        );
+        let uids: Vec<u32> = after.iter().map(|m| m.0).collect();
+        // Both new mails had UID 5, which both sides used: each is
+        // renumbered from max(UIDNEXT) = 6; the expunged 2 stays gone.
+        assert_eq!(uids, [1, 3, 4, 6, 7], "{after:?}");
+        assert_eq!(
+            after[0].2,
+            ["\\Flagged", "\\Seen", "todo"],
+            "flags of uid 1: {after:?}"
+        );
+        for old in before.iter().filter(|m| m.0 != 2) {
+            assert!(after.iter().any(|m| m.0 == old.0 && m.1 == old.1));
+        }
+
+        // A further sync finds nothing to do.
+        sync(&inst, &root, role);
+        assert_eq!(inbox(&inst, DOVECOT_USER), after);
+        assert_eq!(inbox(&inst, HOMING_USER), after);
+        let log = inst.log();
+        assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+    }
+
+    #[test]
+    fn uid_conflict_with_dovecot_peer_homing_master() {
+        conflict_converges_in_one_run(Role::HomingMaster);
+    }
+
+    #[test]
+    fn uid_conflict_with_dovecot_peer_homing_slave() {
+        conflict_converges_in_one_run(Role::HomingSlave);
+    }
 }

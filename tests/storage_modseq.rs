@@ -127,3 +127,39 @@ fn changes_written_by_homing_get_growing_modseqs() {
         "{later:?}"
     );
 }
+
+/// A stateless sync proves that a mail missing here was expunged (and is
+/// not new on the peer) only by the 128-bit GUID in the expunge record, so
+/// the record must carry the mail's GUID (hashed, as Dovecot derives it from
+/// a Maildir base name), never zero.
+#[test]
+fn expunge_records_carry_the_mail_guid() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("Maildir")).unwrap();
+    let st = MaildirStore::open(d.path().join("Maildir"), MaildirOptions::default()).unwrap();
+    st.create_mailbox("INBOX", None, None).unwrap();
+    save(
+        &st,
+        "INBOX",
+        &["Subject: 1\n\none\n", "Subject: 2\n\ntwo\n"],
+    );
+    let guid = {
+        let mb = st.open_mailbox("INBOX").unwrap();
+        mb.message(2).unwrap().unwrap().guid
+    };
+    let since = modseqs(&st, "INBOX").iter().map(|m| m.1).max().unwrap();
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.expunge(2, None).unwrap();
+    tx.commit().unwrap();
+    let expunges: Vec<_> = changes(&st, "INBOX", since)
+        .into_iter()
+        .filter(|c| matches!(c, LogChangeKind::Expunge { .. }))
+        .collect();
+    assert_eq!(
+        expunges,
+        [LogChangeKind::Expunge {
+            uid: 2,
+            guid: Some(index_format::maildir::guid_128_from_string(&guid)),
+        }]
+    );
+}

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use index_format::log::{LogFile, RecordBody};
-use index_format::maildir::{parse_filename, MaildirFlags, MAX_KEYWORDS};
+use index_format::maildir::{guid_128_from_string, parse_filename, MaildirFlags, MAX_KEYWORDS};
 use index_format::write::{header_offsets, uidlist_line, TransactionBuilder, UidlistExt};
 
 use super::mailbox::{maildir_order, open_view, read_keywords, scan_files, FileLoc, UidlistState};
@@ -502,8 +502,8 @@ impl<'s> MaildirTransaction<'s> {
                 continue;
             };
             let e = &uidlist.entries[i];
+            let have = e.guid.as_deref().unwrap_or(&e.base);
             if let Some(g) = &want_guid {
-                let have = e.guid.as_deref().unwrap_or(&e.base);
                 if have != g {
                     result.guid_mismatch.push(uid);
                     continue;
@@ -523,7 +523,10 @@ impl<'s> MaildirTransaction<'s> {
                     } else {
                         dirs_touched.1 = true;
                     }
-                    tx.expunge_guid(uid, [0; 16])?;
+                    // The mail's GUID, not zero: a stateless sync proves
+                    // an expunge only by matching this GUID with the mail
+                    // the peer still lists under that UID.
+                    tx.expunge_guid(uid, guid_128_from_string(have))?;
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                     result.already_expunged.push(uid)
