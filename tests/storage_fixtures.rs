@@ -132,3 +132,25 @@ fn bad_names_are_refused() {
         assert!(st.create_mailbox(bad, None, None).is_err(), "{bad:?}");
     }
 }
+
+/// In Maildir++ a parent such as `Archive` of `Archive/Lists` has no
+/// directory: Dovecot opens any `.Name` directory as a selectable mailbox.
+/// Creating it as a directory when it has children must therefore leave the
+/// disk alone (Dovecot answers "exists"), and it stays unlisted.
+#[test]
+fn maildirpp_parent_of_a_mailbox_gets_no_directory() {
+    let (d, st) = fixture();
+    st.create_mailbox("Archive/Lists", None, None).unwrap();
+    st.create_dir("Archive").unwrap();
+    let root = d.path().join("Maildir");
+    assert!(root.join(".Archive.Lists").is_dir());
+    assert!(!root.join(".Archive").exists());
+    let names: Vec<String> = st
+        .list_mailboxes()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.contains(&"Archive/Lists".to_string()), "{names:?}");
+    assert!(!names.contains(&"Archive".to_string()), "{names:?}");
+}

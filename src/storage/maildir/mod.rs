@@ -619,6 +619,17 @@ impl MailStore for MaildirStore {
             }
             Ok(())
         } else {
+            // A `.Name` directory is a selectable mailbox to Dovecot; a name
+            // with children already exists as their virtual parent.
+            let prefix = format!(".{}.", comps.join("."));
+            let has_children = self.folder_dirs()?.iter().any(|(_, d)| {
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix))
+            });
+            if has_children {
+                return Ok(());
+            }
             self.mkdir(&dir)
         }
     }
