@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Replicator(_) | Command::Server(_) => {
             // Both daemons set up their own logging and runtime.
-            match std::mem::replace(&mut cli.command, Command::Demo) {
+            match std::mem::replace(&mut cli.command, Command::Demo { dir: None }) {
                 Command::Replicator(args) => ExitCode::from(homing::replicator::cli::run(args)),
                 Command::Server(args) => ExitCode::from(homing::server::cli::run(args)),
                 _ => exit(EX_USAGE),
@@ -79,7 +79,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Sync { .. } | Command::Backup { .. } | Command::DsyncServer(_) | Command::Demo => {
+        Command::Sync { .. }
+        | Command::Backup { .. }
+        | Command::DsyncServer(_)
+        | Command::Demo { .. } => {
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -88,9 +91,9 @@ fn main() -> ExitCode {
                 }
             };
             let code = match &cli.command {
-                Command::Demo => {
+                Command::Demo { dir } => {
                     let mut out = std::io::stdout();
-                    match rt.block_on(homing::demo::run(&mut out)) {
+                    match rt.block_on(homing::demo::run(dir.as_deref(), &mut out)) {
                         Ok(()) => 0,
                         Err(e) => {
                             eprintln!("homing demo: {e}");

@@ -66,8 +66,12 @@ pub enum Command {
     /// The dsync peer over stdin/stdout (like `doveadm dsync-server`).
     #[command(name = "dsync-server")]
     DsyncServer(ServerArgs),
-    /// Build two sample replicas, change both, sync them, verify the result.
-    Demo,
+    /// Build two sample Maildir replicas, change both, sync them, verify and explain the result.
+    Demo {
+        /// Keep the replicas in DIR/A and DIR/B (new, or empty) instead of a temporary directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Replication queue daemon and its admin commands (drop-in for Dovecot's replicator).
     Replicator(crate::replicator::cli::ReplicatorArgs),
     /// doveadm-server protocol daemon: the peer of `doveadm sync/backup tcp:`/`tcps:` and of Dovecot's replicator.
