@@ -484,6 +484,10 @@ pub async fn run_sync(globals: &Globals, mode: Mode, a: &SyncArgs) -> i32 {
         eprintln!("{}", f.message);
         f.code
     };
+    // doveadm: option errors first, then the user selection, then the rest.
+    if let Some(f) = invalid_option(mode, a) {
+        return report(f);
+    }
     // doveadm: the user selection is checked before the arguments.
     if a.socket.is_some() {
         return report(fatal(
@@ -539,27 +543,32 @@ pub async fn run_sync(globals: &Globals, mode: Mode, a: &SyncArgs) -> i32 {
 /// doveadm's exit code for an unknown user.
 pub const EX_NOUSER: i32 = 67;
 
+/// An option letter doveadm does not know, given where the destination starts.
+fn invalid_option(mode: Mode, a: &SyncArgs) -> Option<Failure> {
+    let w = a
+        .destination
+        .first()
+        .filter(|w| w.starts_with('-') && w.len() > 1)?;
+    let name = if mode == Mode::Backup {
+        "backup"
+    } else {
+        "sync"
+    };
+    let letter = w.chars().nth(1).unwrap_or('-');
+    Some(fatal(
+        EX_USAGE,
+        format!("{name}: invalid option -- '{letter}'"),
+    ))
+}
+
 fn prepare<'a>(
     globals: &'a Globals,
     mode: Mode,
     a: &'a SyncArgs,
     many: bool,
 ) -> Result<Prepared<'a>, Failure> {
-    if let Some(w) = a
-        .destination
-        .first()
-        .filter(|w| w.starts_with('-') && w.len() > 1)
-    {
-        let name = if mode == Mode::Backup {
-            "backup"
-        } else {
-            "sync"
-        };
-        let letter = w.chars().nth(1).unwrap_or('-');
-        return Err(fatal(
-            EX_USAGE,
-            format!("{name}: invalid option -- '{letter}'"),
-        ));
+    if let Some(f) = invalid_option(mode, a) {
+        return Err(f);
     }
     let dest = if a.default_destination {
         if !a.destination.is_empty() {
