@@ -25,6 +25,15 @@ fn run(c: &mut Command) -> (i32, String, String) {
     )
 }
 
+/// A scratch directory the mail user (vmail) may write in, as doveadm
+/// runs as that user.
+fn scratch(inst: &DovecotInstance) -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    let (uid, gid) = inst.vmail_ids();
+    std::os::unix::fs::chown(t.path(), Some(uid), Some(gid)).unwrap();
+    t
+}
+
 fn message(id: &str) -> Vec<u8> {
     format!("From: a@example.org\nSubject: {id}\nMessage-ID: <{id}@test>\n\nbody of {id}\n")
         .into_bytes()
@@ -96,9 +105,16 @@ fn lookup_and_listing_through_the_auth_socket() {
 fn home_relative_location_and_files_owned_by_the_user() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&["alice"]));
     inst.save_message("alice", "INBOX", &message("a1")).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    // b1 arrives on the other side through doveadm's own copy of alice.
+    let tmp = scratch(&inst);
+    // A copy of alice's mail, then b1 saved there by Dovecot: the two-way
+    // sync writes b1 into alice's `~/Maildir` (the config's mail_location).
     let side = tmp.path().join("side");
+    let (c, _, err) = run(homing()
+        .arg("-c")
+        .arg(inst.config_path())
+        .args(["backup", "-u", "alice"])
+        .arg(format!("maildir:{}", side.display())));
+    assert_eq!(c, 0, "{err}");
     inst.doveadm_with_input(
         [
             "-o",
@@ -130,7 +146,7 @@ fn new_user_home_is_created_as_the_user() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&["carol"]));
     // A home that does not exist yet: created on the way, as the user.
     std::fs::remove_dir_all(inst.home("carol")).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch(&inst);
     let src = tmp.path().join("src");
     inst.doveadm_with_input(
         [
