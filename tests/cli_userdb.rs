@@ -308,3 +308,51 @@ fn no_progress_bar_when_stderr_is_not_a_terminal() {
     assert!(!err.contains("mailboxes"), "{err}");
     assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
 }
+
+/// A master that stops in the middle of a session: `homing dsync-server`
+/// fails with 75, as `doveadm dsync-server` does on the same input.
+#[test]
+fn dsync_server_fails_like_doveadm_when_the_master_stops_mid_session() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&["alice"]));
+    let capture = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/captures/01-first-sync.c2s"
+    ))
+    .unwrap();
+    // Past the handshake and the mailbox tree, inside a mail body.
+    let cut = &capture[..3000];
+    let tmp = scratch(&inst);
+    let real = inst
+        .doveadm_with_input(
+            [
+                "-o",
+                &format!("mail_location=maildir:{}/d", tmp.path().display()),
+                "-o",
+                &format!("mail_attribute_dict=file:{}/attrs", tmp.path().display()),
+                "dsync-server",
+                "-u",
+                "alice",
+            ],
+            Some(cut),
+        )
+        .unwrap();
+    let mut child = homing()
+        .arg("-o")
+        .arg(format!("mail_location=maildir:{}/h", tmp.path().display()))
+        .args(["dsync-server", "-u", "alice"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(cut);
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(real.code(), Some(75), "{}", real.stderr_str());
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(err.contains("dsync-remote(alice): Error:"), "{err}");
+}
