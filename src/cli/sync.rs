@@ -793,7 +793,7 @@ impl ProgressBar {
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
                     b.set_style(style);
                     b.set_prefix(user.clone());
-                    b.with_elapsed(started.elapsed().into())
+                    b.with_elapsed(started.elapsed())
                 });
                 b.set_length(total.max(done));
                 b.set_position(done);
