@@ -356,3 +356,96 @@ fn dsync_server_fails_like_doveadm_when_the_master_stops_mid_session() {
     assert_eq!(out.status.code(), Some(75), "{err}");
     assert!(err.contains("dsync-remote(alice): Error:"), "{err}");
 }
+
+/// Debian's stock configuration tree, copied and edited as an admin would
+/// (passwd-file auth, a Maildir location, a local.conf): homing finds the
+/// same settings as `doveconf`, and syncs a user from its passwd-file.
+#[test]
+fn debian_default_configuration_tree() {
+    let stock = Path::new("/etc/dovecot");
+    if !test_support::require_dovecot("debian_default_configuration_tree") {
+        return;
+    }
+    if !stock.join("conf.d/10-mail.conf").exists() {
+        eprintln!("skipped: no stock /etc/dovecot tree");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let etc = tmp.path().join("etc");
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(stock)
+        .arg(&etc)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let edit = |file: &str, from: &str, to: &str| {
+        let p = etc.join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{file} has no '{from}'");
+        std::fs::write(&p, text.replace(from, to)).unwrap();
+    };
+    edit(
+        "conf.d/10-auth.conf",
+        "!include auth-system.conf.ext",
+        "#!include auth-system.conf.ext\n!include auth-passwdfile.conf.ext",
+    );
+    let users = tmp.path().join("users");
+    edit(
+        "conf.d/auth-passwdfile.conf.ext",
+        "/etc/dovecot/users",
+        users.to_str().unwrap(),
+    );
+    edit(
+        "conf.d/10-mail.conf",
+        "mail_location = mbox:~/mail:INBOX=/var/mail/%u",
+        "mail_location = maildir:~/Maildir",
+    );
+    let run_dir = tmp.path().join("run");
+    std::fs::write(
+        etc.join("local.conf"),
+        format!(
+            "base_dir = {}\ndoveadm_password = s3cret\nplugin {{\n  mail_replica = tcp:peer:12345\n}}\n",
+            run_dir.display()
+        ),
+    )
+    .unwrap();
+    let home = tmp.path().join("home/alice");
+    std::fs::write(
+        &users,
+        format!(
+            "alice:{{PLAIN}}x:0:0::{}::userdb_quota_rule=*:storage=1G\n",
+            home.display()
+        ),
+    )
+    .unwrap();
+    let conf = etc.join("dovecot.conf");
+    let settings = Settings::load(Some(&conf), &[]).unwrap();
+    let doveconf = |key: &str| {
+        let out = Command::new("doveconf")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-h", key])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for key in ["mail_location", "base_dir", "doveadm_password"] {
+        assert_eq!(settings.get(key).unwrap_or(""), doveconf(key), "{key}");
+    }
+    assert_eq!(settings.get("mail_replica"), Some("tcp:peer:12345"));
+    assert_eq!(settings.userdbs.len(), 1, "{:?}", settings.userdbs);
+    assert_eq!(settings.userdbs[0].driver, "passwd-file");
+    // No Dovecot runs with this base_dir: the passwd-file answers.
+    let (c, _, err) = run(homing()
+        .arg("-c")
+        .arg(&conf)
+        .args(["sync", "-u", "alice", "memory:"]));
+    assert_eq!(c, 0, "{err}");
+    assert!(home.join("Maildir").is_dir());
+    let (c, _, err) = run(homing()
+        .arg("-c")
+        .arg(&conf)
+        .args(["sync", "-u", "bob", "memory:"]));
+    assert_eq!(c, 67, "{err}");
+}
