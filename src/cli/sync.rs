@@ -873,3 +873,97 @@ pub async fn run_dsync_server(globals: &Globals, a: &ServerArgs) -> i32 {
     }
     r.exit_code()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_users_exit_code() {
+        let all = |codes: &[i32]| codes.iter().fold(0, |a, &c| combine_exit_codes(a, c));
+        assert_eq!(all(&[0, 0]), 0);
+        assert_eq!(all(&[0, 65, 0]), 65);
+        assert_eq!(all(&[65, 67]), 65, "the first failure is kept");
+        assert_eq!(all(&[65, 75, 67]), 75, "tempfail overrides");
+        assert_eq!(all(&[2, 65]), 65, "a failure is not hidden by 'run again'");
+        assert_eq!(all(&[65, 2]), 65);
+        assert_eq!(all(&[0, 2, 0]), 2);
+    }
+
+    #[test]
+    fn home_and_variables_in_locations() {
+        let h = Some("/home/bob");
+        assert_eq!(
+            expand_location("maildir:~/Maildir:INDEX=~/idx:LAYOUT=fs", "bob", h).unwrap(),
+            "maildir:/home/bob/Maildir:INDEX=/home/bob/idx:LAYOUT=fs"
+        );
+        assert_eq!(
+            expand_location("maildir:%h/M/%d/%n", "bob@x.org", h).unwrap(),
+            "maildir:/home/bob/M/x.org/bob"
+        );
+        assert_eq!(
+            expand_location("maildir:/m/~x", "bob", None).unwrap(),
+            "maildir:/m/~x"
+        );
+        let e = expand_location("maildir:~/Maildir", "bob", None).unwrap_err();
+        assert_eq!(e.code, EX_TEMPFAIL);
+        assert!(e.message.contains("home"), "{}", e.message);
+        assert!(expand_location("maildir:%h/x", "bob", None).is_err());
+    }
+
+    #[test]
+    fn standalone_with_a_location_override() {
+        let s = Settings::load(None, &["mail_location=maildir:/m/%u".into()]).unwrap();
+        assert!(s.config_file.is_none());
+        assert!(s.userdb().is_none());
+        let u = resolve_user(&s, "ann").unwrap().unwrap();
+        assert_eq!(u.location.as_deref(), Some("maildir:/m/ann"));
+        assert!(u.info.is_none() && u.owner.is_none());
+    }
+
+    #[test]
+    fn passwd_file_userdb_gives_home_mail_and_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let users = d.path().join("users");
+        std::fs::write(
+            &users,
+            "ann:x:4321:8765::/h/ann::userdb_mail=maildir:~/Mail userdb_mail_replica=tcp:peer\n",
+        )
+        .unwrap();
+        let conf = d.path().join("dovecot.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "base_dir = {}/run\nmail_location = maildir:~/Maildir\nmail_replica = tcp:other\n\
+                 userdb {{\n  driver = passwd-file\n  args = {}\n}}\n",
+                d.path().display(),
+                users.display()
+            ),
+        )
+        .unwrap();
+        let s = Settings::load(Some(&conf), &[]).unwrap();
+        let u = resolve_user(&s, "ann").unwrap().unwrap();
+        assert_eq!(u.location.as_deref(), Some("maildir:/h/ann/Mail"));
+        assert_eq!(
+            u.owner,
+            Some(Owner {
+                uid: 4321,
+                gid: 8765
+            })
+        );
+        assert_eq!(u.setting(&s, "mail_replica"), Some("tcp:peer"));
+        assert!(resolve_user(&s, "bob").unwrap().is_none());
+        // -o beats the userdb.
+        let s = Settings::load(
+            Some(&conf),
+            &[
+                "mail_location=maildir:/o/%u".into(),
+                "mail_replica=tcp:o".into(),
+            ],
+        )
+        .unwrap();
+        let u = resolve_user(&s, "ann").unwrap().unwrap();
+        assert_eq!(u.location.as_deref(), Some("maildir:/o/ann"));
+        assert_eq!(u.setting(&s, "mail_replica"), Some("tcp:o"));
+    }
+}

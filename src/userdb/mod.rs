@@ -151,7 +151,11 @@ pub struct Userdb {
     pub socket: Option<PathBuf>,
     /// Used when the socket is absent or refuses connections.
     pub passwd_files: Vec<PasswdFile>,
+    /// Default [`DEFAULT_TIMEOUT`].
     pub timeout: Option<Duration>,
+    /// The `service=` of requests on the socket (default `doveadm`; the
+    /// replicator lists users as `replicator`).
+    pub service: Option<String>,
 }
 
 impl Userdb {
@@ -189,6 +193,7 @@ impl Userdb {
                 .map(PasswdFile::from_section)
                 .collect(),
             timeout: None,
+            service: None,
         }
     }
 
@@ -196,11 +201,15 @@ impl Userdb {
         self.timeout.unwrap_or(DEFAULT_TIMEOUT)
     }
 
+    fn service(&self) -> &str {
+        self.service.as_deref().unwrap_or("doveadm")
+    }
+
     /// Looks `user` up: `Ok(None)` when no userdb knows it.
     pub fn lookup(&self, user: &str) -> Result<Option<UserInfo>, UserdbError> {
         let mut unavailable = None;
         if let Some(path) = &self.socket {
-            match socket::lookup(path, user, self.timeout()) {
+            match socket::lookup(path, user, self.service(), self.timeout()) {
                 Err(e) if e.is_unavailable() && !self.passwd_files.is_empty() => {
                     tracing::debug!("{e}; reading the passwd-file userdb instead");
                 }
@@ -226,7 +235,7 @@ impl Userdb {
     pub fn list(&self) -> Result<UserList, UserdbError> {
         let mut unavailable = None;
         if let Some(path) = &self.socket {
-            match socket::list(path, self.timeout()) {
+            match socket::list(path, self.service(), self.timeout()) {
                 Ok(l) => return Ok(UserList(ListInner::Socket(l))),
                 Err(e) if e.is_unavailable() => unavailable = Some(e),
                 Err(e) => return Err(e),

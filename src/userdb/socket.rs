@@ -124,12 +124,13 @@ impl Conn {
 pub(super) fn lookup(
     path: &Path,
     user: &str,
+    service: &str,
     timeout: Duration,
 ) -> Result<Option<UserInfo>, UserdbError> {
     let mut c = Conn::open(
         path,
         timeout,
-        &format!("USER\t1\t{}\tservice=doveadm", escape(user)),
+        &format!("USER\t1\t{}\tservice={}", escape(user), escape(service)),
     )?;
     loop {
         let Some(line) = c.line()? else {
@@ -176,8 +177,16 @@ pub(super) struct SocketList {
     count: usize,
 }
 
-pub(super) fn list(path: &Path, timeout: Duration) -> Result<SocketList, UserdbError> {
-    let conn = Conn::open(path, timeout, "LIST\t1\tuser=*\tservice=doveadm")?;
+pub(super) fn list(
+    path: &Path,
+    service: &str,
+    timeout: Duration,
+) -> Result<SocketList, UserdbError> {
+    let conn = Conn::open(
+        path,
+        timeout,
+        &format!("LIST\t1\tuser=*\tservice={}", escape(service)),
+    )?;
     Ok(SocketList {
         conn,
         done: false,
@@ -271,7 +280,7 @@ mod tests {
         let (_d, p) = serve(
             "USER\t1\tal\x01tice\tuid=5000\tgid=5000\thome=/h/a\tmail=maildir:~/M\tnoreplicate\n",
         );
-        let u = lookup(&p, "alice", t).unwrap().unwrap();
+        let u = lookup(&p, "alice", "doveadm", t).unwrap().unwrap();
         assert_eq!(u.user, "al\tice");
         assert_eq!(
             (u.uid, u.gid, u.home.as_deref()),
@@ -280,27 +289,32 @@ mod tests {
         assert_eq!(u.mail(), Some("maildir:~/M"));
         assert_eq!(u.get("noreplicate"), Some(""));
         let (_d, p) = serve("NOTFOUND\t1\n");
-        assert!(lookup(&p, "x", t).unwrap().is_none());
+        assert!(lookup(&p, "x", "doveadm", t).unwrap().is_none());
         let (_d, p) = serve("FAIL\t1\treason=db down\n");
-        assert!(matches!(lookup(&p, "x", t), Err(UserdbError::Failed(r)) if r == "db down"));
+        assert!(
+            matches!(lookup(&p, "x", "doveadm", t), Err(UserdbError::Failed(r)) if r == "db down")
+        );
         let (_d, p) = serve("USER\t2\tx\n");
         assert!(matches!(
-            lookup(&p, "x", t),
+            lookup(&p, "x", "doveadm", t),
             Err(UserdbError::Protocol { .. })
         ));
         let (_d, p) = serve("");
         assert!(matches!(
-            lookup(&p, "x", t),
+            lookup(&p, "x", "doveadm", t),
             Err(UserdbError::Protocol { .. })
         ));
         let (_d, p) = serve("LIST\t1\ta\nLIST\t1\tb\nDONE\t1\t\n");
-        let l: Vec<_> = list(&p, t).unwrap().map(Result::unwrap).collect();
+        let l: Vec<_> = list(&p, "doveadm", t)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(l, ["a", "b"]);
         let (_d, p) = serve("LIST\t1\ta\nDONE\t1\tfail\n");
-        let l: Vec<_> = list(&p, t).unwrap().collect();
+        let l: Vec<_> = list(&p, "doveadm", t).unwrap().collect();
         assert!(matches!(l[..], [Ok(_), Err(UserdbError::ListFailed)]));
         let (_d, p) = serve("LIST\t1\ta\n");
-        assert!(list(&p, t).unwrap().any(|r| r.is_err()));
+        assert!(list(&p, "doveadm", t).unwrap().any(|r| r.is_err()));
     }
 
     #[test]
@@ -313,7 +327,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(800));
             drop(s);
         });
-        let e = lookup(&p, "x", Duration::from_millis(200)).unwrap_err();
+        let e = lookup(&p, "x", "doveadm", Duration::from_millis(200)).unwrap_err();
         assert!(matches!(e, UserdbError::Io { .. }), "{e}");
         h.join().unwrap();
     }
