@@ -11,6 +11,7 @@ pub mod server;
 pub mod session;
 pub mod storage;
 pub mod transport;
+pub mod userdb;
 
 pub use dsync_protocol as protocol;
 pub use index_format;

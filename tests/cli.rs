@@ -357,7 +357,13 @@ fn demo_replicas_read_the_same_with_dovecot() {
 #[test]
 fn dsync_server_speaks_first_and_fails_on_eof() {
     let out = homing()
-        .args(["dsync-server", "-u", "nobody"])
+        .args([
+            "-o",
+            "mail_location=memory:",
+            "dsync-server",
+            "-u",
+            "nobody",
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();

@@ -211,7 +211,10 @@ fn doveadm_sync_against_homing_dsync_server() {
     let before = dovecot_view(&inst);
     // doveadm appends `dsync-server` (the last word is not it); homing
     // ignores the extra word like doveadm does.
-    let cmd = format!("{} dsync-server -u {USER}", env!("CARGO_BIN_EXE_homing"));
+    let cmd = format!(
+        "{} -o mail_location=memory: dsync-server -u {USER}",
+        env!("CARGO_BIN_EXE_homing")
+    );
     let out = inst.doveadm(["sync", "-u", USER, "-f", &cmd]).unwrap();
     assert!(out.success(), "doveadm sync failed: {}", out.stderr_str());
     // Two-way sync with an empty peer: Dovecot's side keeps everything.
@@ -446,7 +449,10 @@ fn cli_sync_between_two_local_maildirs() {
 fn doveadm_backup_reverse_against_empty_homing_dsync_server() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "carol"]));
     seed(&inst);
-    let cmd = format!("{} dsync-server -u {USER}", env!("CARGO_BIN_EXE_homing"));
+    let cmd = format!(
+        "{} -o mail_location=memory: dsync-server -u {USER}",
+        env!("CARGO_BIN_EXE_homing")
+    );
     let homing_out = inst.doveadm(["backup", "-R", "-u", USER, &cmd]).unwrap();
     // Mailbox, UID and flags (the re-seeded Maildir names differ).
     let shape = |v: View| -> Vec<_> { v.into_iter().map(|(b, u, _, f)| (b, u, f)).collect() };

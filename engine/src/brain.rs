@@ -386,6 +386,19 @@ impl Brain {
             return Err(e.clone());
         }
         match input {
+            // A slave that fails sends its finish item early, in any phase:
+            // the session ends with the slave's error class.
+            Input::Peer(Item::Finish(f))
+                if f.error.is_some()
+                    && self.role == Role::Master
+                    && self.phase != Phase::WaitFinish
+                    && self.phase != Phase::Done =>
+            {
+                self.inbox.clear();
+                self.out.clear();
+                self.recv_finish(f);
+                return Ok(());
+            }
             Input::Peer(item) => self.inbox.push_back(item),
             Input::Answer(a) => self.answer = Some(a),
             Input::ActionFailed { action, error } => {
@@ -722,23 +735,7 @@ impl Brain {
                     return Ok(false);
                 };
                 match item {
-                    Item::Finish(f) => {
-                        if let Some(e) = f.error {
-                            self.messages
-                                .push(format!("Remote: {}", String::from_utf8_lossy(&e)));
-                            let st = if f.mail_error == 0 || f.mail_error == 1 {
-                                ExitStatus::TempFail
-                            } else {
-                                ExitStatus::DataErr
-                            };
-                            self.failure = Some(self.failure.unwrap_or(st));
-                        }
-                        if f.require_full_resync {
-                            self.require_full_resync = true;
-                            self.desync = true;
-                        }
-                        self.finish();
-                    }
+                    Item::Finish(f) => self.recv_finish(f),
                     other => return Err(unexpected(&other, "waiting for the finish item")),
                 }
                 Ok(true)
@@ -749,6 +746,26 @@ impl Brain {
                 Ok(false)
             }
         }
+    }
+
+    /// The slave's finish item: its failure (with its error class) and
+    /// whether it needs a full resync end the session.
+    fn recv_finish(&mut self, f: Finish) {
+        if let Some(e) = f.error {
+            self.messages
+                .push(format!("Remote: {}", String::from_utf8_lossy(&e)));
+            let st = if f.mail_error == 0 || f.mail_error == 1 {
+                ExitStatus::TempFail
+            } else {
+                ExitStatus::DataErr
+            };
+            self.failure = Some(self.failure.unwrap_or(st));
+        }
+        if f.require_full_resync {
+            self.require_full_resync = true;
+            self.desync = true;
+        }
+        self.finish();
     }
 
     /// Asks for the next mailbox whose deletion may destroy unseen mail,

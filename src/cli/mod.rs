@@ -6,6 +6,7 @@
 //! everything from the first non-option word on is the destination; usage
 //! errors exit 64.
 
+pub mod config;
 pub mod options;
 pub mod sync;
 

@@ -1,10 +1,13 @@
 //! Parsing of option values the way doveadm reads them, and of the few
 //! settings homing takes from `-o` and a Dovecot config file.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use dsync_protocol::Guid128;
+
+use super::config::{DovecotConfig, UserdbSection};
+use crate::userdb::Userdb;
 
 /// Why an option value was refused (doveadm exits 75 for these).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -144,58 +147,68 @@ pub fn size(v: &str) -> Result<u64, OptionError> {
     n.checked_mul(mult).ok_or_else(bad)
 }
 
-/// Settings from a Dovecot config file's top level (sections are skipped)
+/// Where doveadm reads its configuration when `-c` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/dovecot/dovecot.conf";
+
+/// Settings from a Dovecot configuration file (see [`super::config`])
 /// overlaid with `-o KEY=VALUE`. `plugin/KEY` and `KEY` are the same key.
 #[derive(Debug, Default, Clone)]
 pub struct Settings {
     pub values: BTreeMap<String, String>,
+    /// The configuration file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Its `userdb { }` sections.
+    pub userdbs: Vec<UserdbSection>,
+    /// Keys given with `-o`.
+    pub overridden: BTreeSet<String>,
 }
 
 impl Settings {
+    /// Reads `config`; without one, doveadm's default file when it exists,
+    /// unless `-o mail_location=` is given (homing then runs without any
+    /// Dovecot configuration or userdb).
     pub fn load(config: Option<&Path>, overrides: &[String]) -> Result<Settings, OptionError> {
         let mut s = Settings::default();
-        if let Some(p) = config {
-            let text = std::fs::read_to_string(p).map_err(|e| OptionError::Config {
-                path: p.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            let mut depth = 0usize;
-            let mut in_plugin = false;
-            for line in text.lines() {
-                let line = line.split('#').next().unwrap_or("").trim();
-                if line.ends_with('{') {
-                    depth += 1;
-                    in_plugin = depth == 1 && line.starts_with("plugin");
-                    continue;
-                }
-                if line == "}" {
-                    depth = depth.saturating_sub(1);
-                    in_plugin = false;
-                    continue;
-                }
-                if depth > 0 && !in_plugin {
-                    continue;
-                }
-                if let Some((k, v)) = line.split_once('=') {
-                    s.set(k.trim(), v.trim());
-                }
-            }
-        }
+        let mut over = Vec::new();
         for o in overrides {
             let (k, v) = o
                 .split_once('=')
                 .ok_or_else(|| OptionError::Override(o.clone()))?;
-            s.set(k.trim(), v.trim());
+            let k = k.trim();
+            let k = k.strip_prefix("plugin/").unwrap_or(k);
+            over.push((k.to_string(), v.trim().to_string()));
+        }
+        let path = match config {
+            Some(p) => Some(p.to_path_buf()),
+            None if over.iter().any(|(k, _)| k == "mail_location") => None,
+            None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
+        };
+        if let Some(p) = path {
+            let c = DovecotConfig::read(&p).map_err(|e| OptionError::Config {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            s.values = c.values;
+            s.userdbs = c.userdbs;
+            s.config_file = Some(p);
+        }
+        for (k, v) in over {
+            s.overridden.insert(k.clone());
+            s.values.insert(k, v);
         }
         Ok(s)
     }
 
-    fn set(&mut self, k: &str, v: &str) {
-        let k = k.strip_prefix("plugin/").unwrap_or(k);
-        self.values.insert(k.to_string(), v.to_string());
-    }
-
     pub fn get(&self, k: &str) -> Option<&str> {
         self.values.get(k).map(|s| s.as_str())
+    }
+
+    /// The userdb to ask, when there is one: a configuration was read, or
+    /// `-o base_dir=`/`-o auth_socket_path=` points at a running Dovecot.
+    pub fn userdb(&self) -> Option<Userdb> {
+        let pointed =
+            self.overridden.contains("base_dir") || self.overridden.contains("auth_socket_path");
+        (self.config_file.is_some() || pointed)
+            .then(|| Userdb::from_config(&self.values, &self.userdbs))
     }
 }

@@ -1,6 +1,7 @@
 //! `homing sync`, `homing backup` and `homing dsync-server`.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dsync_protocol::state::{StateRecord, SyncState};
@@ -14,10 +15,12 @@ use super::options::{self, OptionError, Settings};
 use super::{ServerArgs, SyncArgs, EX_USAGE};
 use crate::session::maildir_store::MaildirReplica;
 use crate::session::{
-    hostname, now, run_local_pair, run_master_over, run_slave_session, SessionOptions,
+    hostname, now, run_local_pair, run_master_over, run_slave_session, Progress, SessionOptions,
     SessionResult, SessionStats, SessionStore,
 };
+use crate::storage::lock::Owner;
 use crate::transport::{self, Destination, OpenOptions, EX_NOHOST, EX_TEMPFAIL};
+use crate::userdb::UserInfo;
 
 const SYNC_USAGE: &str = "doveadm sync [-1fPRU] [-l <secs>] [-r <rawlog path>] [-m <mailbox>] [-g <mailbox guid>] [-n <namespace> | -N] [-x <exclude>] [-a <all mailbox>] [-s <state>] [-T <secs>] [-t <start date>] [-e <end date>] [-O <sync flag>] [-I <max size>] -d|<dest>";
 
@@ -106,39 +109,135 @@ impl SessionStore for LocalReplica {
     }
 }
 
-/// Expands `%u`, `%n`, `%d` of a mail location for `user`.
-fn expand_location(loc: &str, user: &str) -> Result<String, Failure> {
-    let (n, d) = user.split_once('@').unwrap_or((user, ""));
-    let mut out = String::new();
-    let mut chars = loc.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
+/// Expands a mail location for `user`: `%u %n %d` (and `%h` with a home),
+/// and `~` at the start of the path and of `KEY=` parameter values.
+pub fn expand_location(loc: &str, user: &str, home: Option<&str>) -> Result<String, Failure> {
+    let bad = |why: String| fatal(EX_TEMPFAIL, format!("Fatal: mail_location {loc}: {why}"));
+    let out = crate::userdb::expand_vars(loc, user, home).map_err(bad)?;
+    if !out.contains('~') {
+        return Ok(out);
+    }
+    let (scheme, rest) = out.split_once(':').unwrap_or(("", out.as_str()));
+    let mut parts = Vec::new();
+    for (i, part) in rest.split(':').enumerate() {
+        let (key, value) = match part.split_once('=') {
+            Some((k, v)) if i > 0 => (Some(k), v),
+            _ => (None, part),
+        };
+        let value = match value.strip_prefix('~') {
+            Some(tail) if tail.is_empty() || tail.starts_with('/') => {
+                let h = home.ok_or_else(|| {
+                    bad(format!(
+                        "~ needs the home directory of {user}, and the userdb gives none"
+                    ))
+                })?;
+                format!("{}{tail}", h.trim_end_matches('/'))
+            }
+            _ => value.to_string(),
+        };
+        parts.push(match key {
+            Some(k) => format!("{k}={value}"),
+            None => value,
+        });
+    }
+    Ok(format!("{scheme}:{}", parts.join(":")))
+}
+
+/// One user's local side: what the userdb says and where its mail is.
+#[derive(Debug, Clone, Default)]
+pub struct LocalUser {
+    pub user: String,
+    /// The userdb's answer; `None` when homing runs without a userdb.
+    pub info: Option<UserInfo>,
+    /// The expanded mail location (`-o mail_location`, else the userdb's
+    /// `mail`, else the configuration's); `None` when nothing sets one.
+    pub location: Option<String>,
+    /// Who owns what is created, when running as root: the userdb's uid and gid.
+    pub owner: Option<Owner>,
+}
+
+impl LocalUser {
+    /// A setting for this user: `-o` first, then the userdb's field, then
+    /// the configuration file.
+    pub fn setting<'a>(&'a self, settings: &'a Settings, key: &str) -> Option<&'a str> {
+        if settings.overridden.contains(key) {
+            return settings.get(key);
         }
-        match chars.next() {
-            Some('u') => out.push_str(user),
-            Some('n') => out.push_str(n),
-            Some('d') => out.push_str(d),
-            Some('%') => out.push('%'),
-            other => {
+        self.info
+            .as_ref()
+            .and_then(|i| i.get(key))
+            .or_else(|| settings.get(key))
+    }
+}
+
+/// Looks `user` up as doveadm does. `Ok(None)`: the userdb does not know it.
+pub fn resolve_user(settings: &Settings, user: &str) -> Result<Option<LocalUser>, Failure> {
+    let info = match settings.userdb() {
+        None => None,
+        Some(db) => match db.lookup(user) {
+            Ok(Some(info)) => Some(info),
+            Ok(None) => return Ok(None),
+            // Without a reachable userdb, a location given with -o (or a
+            // configuration naming no userdb) is enough.
+            Err(e)
+                if e.is_unavailable()
+                    && (settings.overridden.contains("mail_location")
+                        || settings.userdbs.is_empty()) =>
+            {
+                tracing::debug!("no userdb lookup for {user}: {e}");
+                None
+            }
+            Err(e) => {
                 return Err(fatal(
                     EX_TEMPFAIL,
-                    format!(
-                        "Fatal: mail_location {loc}: %{} is not supported (only %u, %n, %d)",
-                        other.map(String::from).unwrap_or_default()
-                    ),
+                    format!("doveadm({user}): Error: User lookup failed: {e}"),
                 ))
             }
-        }
+        },
+    };
+    let name = info
+        .as_ref()
+        .map(|i| i.user.clone())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| user.to_string());
+    let home = info.as_ref().and_then(|i| i.home.clone());
+    let raw = if settings.overridden.contains("mail_location") {
+        settings.get("mail_location")
+    } else {
+        info.as_ref()
+            .and_then(UserInfo::mail)
+            .or_else(|| settings.get("mail_location"))
+    };
+    let location = match raw.filter(|l| !l.is_empty()) {
+        Some(l) => Some(expand_location(l, &name, home.as_deref())?),
+        None => None,
+    };
+    let owner = info.as_ref().and_then(|i| {
+        let uid = i.uid?;
+        let gid = i.gid.or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.gid.as_raw())
+        })?;
+        Some(Owner { uid, gid })
+    });
+    Ok(Some(LocalUser {
+        user: name,
+        info,
+        location,
+        owner,
+    }))
+}
+
+/// Opens a user's replica: created files belong to `owner` when running as root.
+pub fn open_location_as(location: &str, owner: Option<Owner>) -> Result<LocalReplica, Failure> {
+    match location.split(':').next().unwrap_or("") {
+        "maildir" => MaildirReplica::open_location_as(location, owner)
+            .map(|m| LocalReplica::Maildir(Box::new(m)))
+            .map_err(|e| fatal(EX_TEMPFAIL, format!("Fatal: {e}"))),
+        _ => open_location(location),
     }
-    if out.contains('~') {
-        return Err(fatal(
-            EX_TEMPFAIL,
-            format!("Fatal: mail_location {loc}: home directories (~) are not supported; give an absolute path"),
-        ));
-    }
-    Ok(out)
 }
 
 /// Opens the replica a mail location names.
@@ -291,78 +390,198 @@ pub(crate) fn state_string<S>(r: &SessionResult<S>) -> String {
     }
 }
 
+/// Exit code of several users' runs: the first failure is kept, a
+/// temporary failure (75) overrides any other, and a failure is never
+/// hidden by a later "run again" (2).
+pub fn combine_exit_codes(acc: i32, code: i32) -> i32 {
+    match (acc, code) {
+        (_, 0) => acc,
+        (_, EX_TEMPFAIL) => EX_TEMPFAIL,
+        (0, c) | (2, c) => c,
+        (a, _) => a,
+    }
+}
+
+/// Which users a command runs for.
+enum Users {
+    One(String),
+    /// `-A`, `-F` or a `-u` mask (`*`, `?`).
+    Many(Vec<String>),
+}
+
+/// What is checked once, before any user.
+struct Prepared<'a> {
+    globals: &'a Globals,
+    args: &'a SyncArgs,
+    settings: SyncSettings,
+    print_state: bool,
+    /// `None` with `-d`: each user's `mail_replica`.
+    dest: Option<(Destination, Vec<String>)>,
+    many: bool,
+}
+
+fn usage(mode: Mode) -> Failure {
+    let usage = if mode == Mode::Backup {
+        SYNC_USAGE.replace("sync [-1fPRU]", "backup [-fPRU]")
+    } else {
+        SYNC_USAGE.to_string()
+    };
+    fatal(EX_USAGE, format!("doveadm: Usage: {usage}"))
+}
+
+/// The users of `-A`, `-F`, a `-u` mask, or the one user.
+fn select_users(globals: &Globals, a: &SyncArgs) -> Result<Users, Failure> {
+    let mask = a.user.as_deref().filter(|u| u.contains(['*', '?']));
+    if !a.all_users && a.user_file.is_none() && mask.is_none() {
+        return match a.user.clone().or_else(|| std::env::var("USER").ok()) {
+            Some(u) if !u.is_empty() => Ok(Users::One(u)),
+            _ => Err(fatal(
+                EX_USAGE,
+                "Fatal: USER environment is missing and -u option not used",
+            )),
+        };
+    }
+    let iter_failed = |why: String| {
+        fatal(
+            EX_TEMPFAIL,
+            format!("doveadm: Error: {why}\ndoveadm: Error: Failed to iterate through some users"),
+        )
+    };
+    if let Some(path) = &a.user_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| iter_failed(format!("read({}) failed: {e}", path.display())))?;
+        // Blank lines name no user.
+        return Ok(Users::Many(
+            text.lines()
+                .map(|l| l.trim_end_matches('\r'))
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect(),
+        ));
+    }
+    let Some(db) = globals.settings.userdb() else {
+        return Err(fatal(
+            EX_TEMPFAIL,
+            "Fatal: listing users needs Dovecot's configuration (-c) and its userdb",
+        ));
+    };
+    let mut users = Vec::new();
+    for u in db
+        .list()
+        .map_err(|e| iter_failed(format!("listing users failed: {e}")))?
+    {
+        let u = u.map_err(|e| iter_failed(format!("listing users failed: {e}")))?;
+        if mask.is_none_or(|m| super::config::wildcard_match_icase(m, &u)) {
+            users.push(u);
+        }
+    }
+    Ok(Users::Many(users))
+}
+
 /// `homing sync` / `homing backup`: returns the exit code.
 pub async fn run_sync(globals: &Globals, mode: Mode, a: &SyncArgs) -> i32 {
-    match run_sync_inner(globals, mode, a).await {
-        Ok(code) => code,
-        Err(f) => {
-            eprintln!("{}", f.message);
-            f.code
+    let report = |f: Failure| {
+        eprintln!("{}", f.message);
+        f.code
+    };
+    // doveadm: option errors first, then the user selection, then the rest.
+    if let Some(f) = invalid_option(mode, a) {
+        return report(f);
+    }
+    // doveadm: the user selection is checked before the arguments.
+    if a.socket.is_some() {
+        return report(fatal(
+            EX_TEMPFAIL,
+            "Fatal: -S (run through a doveadm server) is not supported; run homing on that server instead",
+        ));
+    }
+    let single = !a.all_users
+        && a.user_file.is_none()
+        && !a.user.as_deref().is_some_and(|u| u.contains(['*', '?']));
+    if single && a.user.is_none() && std::env::var("USER").map_or(true, |u| u.is_empty()) {
+        return report(fatal(
+            EX_USAGE,
+            "Fatal: USER environment is missing and -u option not used",
+        ));
+    }
+    let prepared = match prepare(globals, mode, a, !single) {
+        Ok(p) => p,
+        Err(f) => return report(f),
+    };
+    let users = match select_users(globals, a) {
+        Ok(u) => u,
+        Err(f) => return report(f),
+    };
+    match users {
+        Users::One(user) => match run_user(&prepared, &user).await {
+            Ok(Some(code)) => code,
+            Ok(None) => {
+                eprintln!("doveadm({user}): Error: User doesn't exist");
+                EX_NOUSER
+            }
+            Err(f) => report(f),
+        },
+        Users::Many(users) => {
+            let mut code = 0;
+            for user in users {
+                match run_user(&prepared, &user).await {
+                    Ok(Some(c)) => code = combine_exit_codes(code, c),
+                    Ok(None) => eprintln!("doveadm({user}): Info: User no longer exists, skipping"),
+                    // As doveadm: a user that cannot be set up stops the run.
+                    Err(f) => {
+                        eprintln!("{}", f.message);
+                        eprintln!("doveadm: Error: Failed to iterate through some users");
+                        return EX_TEMPFAIL;
+                    }
+                }
+            }
+            code
         }
     }
 }
 
-async fn run_sync_inner(globals: &Globals, mode: Mode, a: &SyncArgs) -> Result<i32, Failure> {
-    if let Some(w) = a
+/// doveadm's exit code for an unknown user.
+pub const EX_NOUSER: i32 = 67;
+
+/// An option letter doveadm does not know, given where the destination starts.
+fn invalid_option(mode: Mode, a: &SyncArgs) -> Option<Failure> {
+    let w = a
         .destination
         .first()
-        .filter(|w| w.starts_with('-') && w.len() > 1)
-    {
-        let name = if mode == Mode::Backup {
-            "backup"
-        } else {
-            "sync"
-        };
-        let letter = w.chars().nth(1).unwrap_or('-');
-        return Err(fatal(
-            EX_USAGE,
-            format!("{name}: invalid option -- '{letter}'"),
-        ));
-    }
-    if a.all_users || a.user_file.is_some() {
-        return Err(fatal(
-            EX_TEMPFAIL,
-            "Fatal: -A and -F (several users) are not supported; run once per user with -u",
-        ));
-    }
-    if a.socket.is_some() {
-        return Err(fatal(
-            EX_TEMPFAIL,
-            "Fatal: -S (run through a doveadm server) is not supported",
-        ));
-    }
-    let user = match a.user.clone().or_else(|| std::env::var("USER").ok()) {
-        Some(u) if !u.is_empty() => u,
-        _ => {
-            return Err(fatal(
-                EX_USAGE,
-                "Fatal: USER environment is missing and -u option not used",
-            ))
-        }
+        .filter(|w| w.starts_with('-') && w.len() > 1)?;
+    let name = if mode == Mode::Backup {
+        "backup"
+    } else {
+        "sync"
     };
-    let cfg = &globals.settings;
-    let words: Vec<String> = if a.default_destination {
+    let letter = w.chars().nth(1).unwrap_or('-');
+    Some(fatal(
+        EX_USAGE,
+        format!("{name}: invalid option -- '{letter}'"),
+    ))
+}
+
+fn prepare<'a>(
+    globals: &'a Globals,
+    mode: Mode,
+    a: &'a SyncArgs,
+    many: bool,
+) -> Result<Prepared<'a>, Failure> {
+    if let Some(f) = invalid_option(mode, a) {
+        return Err(f);
+    }
+    let dest = if a.default_destination {
         if !a.destination.is_empty() {
             eprintln!("Error: Don't give mail location with -d parameter");
         }
-        match cfg.get("mail_replica").filter(|s| !s.is_empty()) {
-            Some(r) => vec![r.to_string()],
-            None => {
-                return Err(fatal(
-                    EX_NOHOST,
-                    "Error: User has no mail_replica in userdb",
-                ))
-            }
-        }
+        None
     } else if a.destination.is_empty() {
-        let usage = if mode == Mode::Backup {
-            SYNC_USAGE.replace("sync [-1fPRU]", "backup [-fPRU]")
-        } else {
-            SYNC_USAGE.to_string()
-        };
-        return Err(fatal(EX_USAGE, format!("doveadm: Usage: {usage}")));
+        return Err(usage(mode));
     } else {
-        a.destination.clone()
+        let words = a.destination.clone();
+        let dest =
+            Destination::parse(&words).map_err(|e| fatal(e.exit_code(), format!("Error: {e}")))?;
+        Some((dest, words))
     };
     for ns in &a.namespace {
         if !ns.is_empty() {
@@ -375,37 +594,92 @@ async fn run_sync_inner(globals: &Globals, mode: Mode, a: &SyncArgs) -> Result<i
     if a.rawlog.is_some() {
         eprintln!("Warning: -r (rawlog) is not supported; continuing without it");
     }
-    let now = now();
-    let (settings, print_state) = settings(mode, a, now)?;
-    let dest =
-        Destination::parse(&words).map_err(|e| fatal(e.exit_code(), format!("Error: {e}")))?;
-    if a.all_namespaces && matches!(dest, Destination::Location(_)) {
+    let (settings, print_state) = settings(mode, a, now())?;
+    if a.all_namespaces && matches!(dest, Some((Destination::Location(_), _))) {
         return Err(fatal(
             EX_TEMPFAIL,
             "Fatal: -N parameter requires syncing with remote host",
         ));
     }
-    let location = match cfg.get("mail_location") {
-        Some(l) if !l.is_empty() => expand_location(l, &user)?,
-        _ => {
-            return Err(fatal(
-                EX_TEMPFAIL,
-                "Fatal: no mail_location: give -o mail_location=LOCATION or -c with a config that sets it",
-            ))
-        }
+    Ok(Prepared {
+        globals,
+        args: a,
+        settings,
+        print_state,
+        dest,
+        many,
+    })
+}
+
+/// Whether a progress bar is drawn: stderr is a terminal and nothing else
+/// writes there or to stdout for a machine.
+fn progress_wanted(p: &Prepared) -> bool {
+    use std::io::IsTerminal;
+    !p.globals.debug
+        && !p.globals.verbose
+        && !p.args.json
+        && std::env::var_os("HOMING_NO_PROGRESS").is_none()
+        && std::io::stderr().is_terminal()
+}
+
+/// Syncs one user. `Ok(None)`: the userdb does not know the user.
+async fn run_user(p: &Prepared<'_>, user: &str) -> Result<Option<i32>, Failure> {
+    let cfg = &p.globals.settings;
+    let Some(local_user) = resolve_user(cfg, user)? else {
+        return Ok(None);
     };
-    let local = open_location(&location)?;
+    let user = local_user.user.as_str();
+    let (dest, words) = match &p.dest {
+        Some((d, w)) => (d.clone(), w.clone()),
+        None => match local_user
+            .setting(cfg, "mail_replica")
+            .filter(|s| !s.is_empty())
+        {
+            Some(r) => {
+                let words = vec![r.to_string()];
+                let d = Destination::parse(&words)
+                    .map_err(|e| fatal(e.exit_code(), format!("Error: {e}")))?;
+                (d, words)
+            }
+            None => {
+                return Err(fatal(
+                    EX_NOHOST,
+                    format!("doveadm({user}): Error: User has no mail_replica in userdb"),
+                ))
+            }
+        },
+    };
+    if p.args.all_namespaces && matches!(dest, Destination::Location(_)) {
+        return Err(fatal(
+            EX_TEMPFAIL,
+            "Fatal: -N parameter requires syncing with remote host",
+        ));
+    }
+    let location = local_user.location.clone().ok_or_else(|| {
+        fatal(
+            EX_TEMPFAIL,
+            "Fatal: no mail_location: give -o mail_location=LOCATION, or -c with a config (or a userdb `mail` field) that sets it",
+        )
+    })?;
+    let local = open_location_as(&location, local_user.owner)?;
     let host = hostname();
-    let opts = SessionOptions::default();
-    let json = a.json;
-    let mut out = std::io::stdout().lock();
+    let progress = progress_wanted(p).then(|| Arc::new(Progress::default()));
+    let opts = SessionOptions {
+        progress: progress.clone(),
+        ..SessionOptions::default()
+    };
+    let bar = progress.map(|c| ProgressBar::start(c, user));
+    let json = p.args.json;
+    let settings = p.settings.clone();
 
     let (result, remote_stats, dest_text) = match &dest {
         Destination::Location(loc) => {
             if *loc == location {
                 return Err(fatal(EX_TEMPFAIL, format!("Error: Both source and destination mail_location points to same directory: {loc}")));
             }
-            let other = open_location(loc)?;
+            // doveadm leaves %-variables of this argument unexpanded; the
+            // second replica is the same user's, with the same owner.
+            let other = open_location_as(loc, local_user.owner)?;
             let (m, s) = run_local_pair(local, other, &host, settings, &opts).await;
             let code_s = s.outcome.status.code();
             if code_s != 0 {
@@ -417,9 +691,9 @@ async fn run_sync_inner(globals: &Globals, mode: Mode, a: &SyncArgs) -> Result<i
         }
         _ => {
             let open = OpenOptions {
-                user: Some(user.clone()),
-                remote_cmd: cfg
-                    .get("dsync_remote_cmd")
+                user: Some(user.to_string()),
+                remote_cmd: local_user
+                    .setting(cfg, "dsync_remote_cmd")
                     .unwrap_or(transport::DEFAULT_REMOTE_CMD)
                     .to_string(),
                 default_port: cfg.get("doveadm_port").and_then(|p| p.parse().ok()),
@@ -429,11 +703,11 @@ async fn run_sync_inner(globals: &Globals, mode: Mode, a: &SyncArgs) -> Result<i
                     .or(cfg.get("ssl_client_ca_dir"))
                     .map(Into::into),
                 flags: transport::CommandFlags {
-                    debug: globals.debug,
-                    verbose: globals.verbose,
+                    debug: p.globals.debug,
+                    verbose: p.globals.verbose,
                 },
-                replicator_notify: a.replicator_notify,
-                io_timeout: io_timeout(a.timeout.as_deref()),
+                replicator_notify: p.args.replicator_notify,
+                io_timeout: io_timeout(p.args.timeout.as_deref()),
                 ..OpenOptions::default()
             };
             let stream = transport::open(&dest, &open)
@@ -443,15 +717,25 @@ async fn run_sync_inner(globals: &Globals, mode: Mode, a: &SyncArgs) -> Result<i
             (r, None, words.join(" "))
         }
     };
-    print_outcome(&user, &result);
+    if let Some(b) = bar {
+        b.finish().await;
+    }
+    print_outcome(user, &result);
     let code = result.exit_code();
-    let state = print_state.then(|| state_string(&result));
+    let state = p.print_state.then(|| state_string(&result));
+    let mut out = std::io::stdout().lock();
     if let Some(s) = &state {
-        let _ = writeln!(out, "{s}");
+        // Several users: each state with its own user (doveadm shows the
+        // next user's name there, an off-by-one not copied).
+        if p.many {
+            let _ = writeln!(out, "{s} {user}");
+        } else {
+            let _ = writeln!(out, "{s}");
+        }
     }
     if json {
         let summary = Summary {
-            user: &user,
+            user,
             destination: dest_text,
             exit_code: code,
             status: format!("{:?}", result.outcome.status),
@@ -460,11 +744,72 @@ async fn run_sync_inner(globals: &Globals, mode: Mode, a: &SyncArgs) -> Result<i
             remote: remote_stats.as_ref(),
             state,
         };
-        if let Ok(j) = serde_json::to_string_pretty(&summary) {
+        let text = if p.many {
+            serde_json::to_string(&summary)
+        } else {
+            serde_json::to_string_pretty(&summary)
+        };
+        if let Ok(j) = text {
             let _ = writeln!(out, "{j}");
         }
     }
-    Ok(code)
+    Ok(Some(code))
+}
+
+/// The terminal progress display of one user's sync: drawn only once the
+/// sync has run for a second, cleared at the end.
+struct ProgressBar {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProgressBar {
+    const DELAY: Duration = Duration::from_secs(1);
+    const TICK: Duration = Duration::from_millis(200);
+
+    fn start(counters: Arc<Progress>, user: &str) -> ProgressBar {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let user = user.to_string();
+        let task = tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut bar: Option<indicatif::ProgressBar> = None;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tokio::time::sleep(Self::TICK) => {}
+                }
+                if started.elapsed() < Self::DELAY {
+                    continue;
+                }
+                let (done, total, mails, bytes) = counters.snapshot();
+                let b = bar.get_or_insert_with(|| {
+                    let b = indicatif::ProgressBar::with_draw_target(
+                        Some(total),
+                        indicatif::ProgressDrawTarget::stderr(),
+                    );
+                    let style = indicatif::ProgressStyle::with_template(
+                        "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} mailboxes, {msg}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+                    b.set_style(style);
+                    b.set_prefix(user.clone());
+                    b.with_elapsed(started.elapsed())
+                });
+                b.set_length(total.max(done));
+                b.set_position(done);
+                b.set_message(format!("{mails} mails, {}", indicatif::HumanBytes(bytes)));
+            }
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+        });
+        ProgressBar { stop, task }
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 /// `homing dsync-server`: the slave over stdin/stdout. Returns the exit code.
@@ -479,11 +824,23 @@ pub async fn run_dsync_server(globals: &Globals, a: &ServerArgs) -> i32 {
     if a.rawlog.is_some() {
         eprintln!("Warning: -r (rawlog) is not supported; continuing without it");
     }
-    let location = match globals.settings.get("mail_location") {
-        Some(l) if !l.is_empty() => l.to_string(),
-        _ => "memory:".to_string(),
+    let local_user = match resolve_user(&globals.settings, &user) {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            eprintln!("doveadm({user}): Error: User doesn't exist");
+            return EX_NOUSER;
+        }
+        Err(f) => {
+            eprintln!("{}", f.message);
+            return f.code;
+        }
     };
-    let store = match expand_location(&location, &user).and_then(|l| open_location(&l)) {
+    // Without any mail location, an empty in-memory replica (a blank peer).
+    let location = local_user
+        .location
+        .clone()
+        .unwrap_or_else(|| "memory:".to_string());
+    let store = match open_location_as(&location, local_user.owner) {
         Ok(s) => s,
         Err(f) => {
             eprintln!("{}", f.message);
@@ -502,7 +859,7 @@ pub async fn run_dsync_server(globals: &Globals, a: &ServerArgs) -> i32 {
         &SessionOptions::default(),
     )
     .await;
-    let prefix = format!("dsync-remote({user})");
+    let prefix = format!("dsync-remote({})", local_user.user);
     if let Some(e) = &r.error {
         eprintln!("{prefix}: Error: {e}");
     }
@@ -515,4 +872,98 @@ pub async fn run_dsync_server(globals: &Globals, a: &ServerArgs) -> i32 {
         eprintln!("{prefix}: {level}: {m}");
     }
     r.exit_code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_users_exit_code() {
+        let all = |codes: &[i32]| codes.iter().fold(0, |a, &c| combine_exit_codes(a, c));
+        assert_eq!(all(&[0, 0]), 0);
+        assert_eq!(all(&[0, 65, 0]), 65);
+        assert_eq!(all(&[65, 67]), 65, "the first failure is kept");
+        assert_eq!(all(&[65, 75, 67]), 75, "tempfail overrides");
+        assert_eq!(all(&[2, 65]), 65, "a failure is not hidden by 'run again'");
+        assert_eq!(all(&[65, 2]), 65);
+        assert_eq!(all(&[0, 2, 0]), 2);
+    }
+
+    #[test]
+    fn home_and_variables_in_locations() {
+        let h = Some("/home/bob");
+        assert_eq!(
+            expand_location("maildir:~/Maildir:INDEX=~/idx:LAYOUT=fs", "bob", h).unwrap(),
+            "maildir:/home/bob/Maildir:INDEX=/home/bob/idx:LAYOUT=fs"
+        );
+        assert_eq!(
+            expand_location("maildir:%h/M/%d/%n", "bob@x.org", h).unwrap(),
+            "maildir:/home/bob/M/x.org/bob"
+        );
+        assert_eq!(
+            expand_location("maildir:/m/~x", "bob", None).unwrap(),
+            "maildir:/m/~x"
+        );
+        let e = expand_location("maildir:~/Maildir", "bob", None).unwrap_err();
+        assert_eq!(e.code, EX_TEMPFAIL);
+        assert!(e.message.contains("home"), "{}", e.message);
+        assert!(expand_location("maildir:%h/x", "bob", None).is_err());
+    }
+
+    #[test]
+    fn standalone_with_a_location_override() {
+        let s = Settings::load(None, &["mail_location=maildir:/m/%u".into()]).unwrap();
+        assert!(s.config_file.is_none());
+        assert!(s.userdb().is_none());
+        let u = resolve_user(&s, "ann").unwrap().unwrap();
+        assert_eq!(u.location.as_deref(), Some("maildir:/m/ann"));
+        assert!(u.info.is_none() && u.owner.is_none());
+    }
+
+    #[test]
+    fn passwd_file_userdb_gives_home_mail_and_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let users = d.path().join("users");
+        std::fs::write(
+            &users,
+            "ann:x:4321:8765::/h/ann::userdb_mail=maildir:~/Mail userdb_mail_replica=tcp:peer\n",
+        )
+        .unwrap();
+        let conf = d.path().join("dovecot.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "base_dir = {}/run\nmail_location = maildir:~/Maildir\nmail_replica = tcp:other\n\
+                 userdb {{\n  driver = passwd-file\n  args = {}\n}}\n",
+                d.path().display(),
+                users.display()
+            ),
+        )
+        .unwrap();
+        let s = Settings::load(Some(&conf), &[]).unwrap();
+        let u = resolve_user(&s, "ann").unwrap().unwrap();
+        assert_eq!(u.location.as_deref(), Some("maildir:/h/ann/Mail"));
+        assert_eq!(
+            u.owner,
+            Some(Owner {
+                uid: 4321,
+                gid: 8765
+            })
+        );
+        assert_eq!(u.setting(&s, "mail_replica"), Some("tcp:peer"));
+        assert!(resolve_user(&s, "bob").unwrap().is_none());
+        // -o beats the userdb.
+        let s = Settings::load(
+            Some(&conf),
+            &[
+                "mail_location=maildir:/o/%u".into(),
+                "mail_replica=tcp:o".into(),
+            ],
+        )
+        .unwrap();
+        let u = resolve_user(&s, "ann").unwrap().unwrap();
+        assert_eq!(u.location.as_deref(), Some("maildir:/o/ann"));
+        assert_eq!(u.setting(&s, "mail_replica"), Some("tcp:o"));
+    }
 }

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use dsync_protocol::{Guid128, MailFlags};
@@ -20,6 +21,7 @@ use sync_engine::{
 };
 
 use super::store::{IncomingBody, SessionStore};
+use crate::storage::lock::Owner;
 use crate::storage::maildir::{Layout, MaildirMailbox, MaildirOptions, MaildirStore};
 use crate::storage::{self as st, Changes, FlagChange, MailStore, Mailbox as _, NewMessage};
 
@@ -56,6 +58,34 @@ enum SaveSource {
     },
 }
 
+/// `mkdir -p` where each directory created is given to `owner`: a new
+/// user's home and mail root must not stay root's.
+fn create_dirs_as(path: &std::path::Path, owner: Option<Owner>) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut p = path;
+    while !p.exists() {
+        missing.push(p.to_path_buf());
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => break,
+        }
+    }
+    for dir in missing.iter().rev() {
+        match std::fs::create_dir(dir) {
+            Ok(()) => {
+                if let Some(o) = owner {
+                    std::os::unix::fs::chown(dir, Some(o.uid), Some(o.gid))?;
+                    // Only the user reads its mail (Dovecot's mode too).
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Why a `maildir:` location cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum LocationError {
@@ -75,6 +105,17 @@ impl MaildirReplica {
     /// Opens `maildir:PATH[:LAYOUT=fs]`, creating the root directory when
     /// it does not exist yet (like Dovecot's autocreate of a mail root).
     pub fn open_location(location: &str) -> Result<MaildirReplica, LocationError> {
+        Self::open_location_as(location, None)
+    }
+
+    /// Opens `maildir:PATH[:LAYOUT=fs]` for a user: when running as root,
+    /// the directories created on the way and every file written later
+    /// belong to `owner` (the userdb's uid and gid); without an owner, to
+    /// the owner of the mail root.
+    pub fn open_location_as(
+        location: &str,
+        owner: Option<Owner>,
+    ) -> Result<MaildirReplica, LocationError> {
         let rest = location
             .strip_prefix("maildir:")
             .ok_or_else(|| LocationError::NotMaildir(location.to_string()))?;
@@ -97,15 +138,16 @@ impl MaildirReplica {
             location: location.to_string(),
             source,
         };
+        let owner = owner.filter(|_| rustix::process::geteuid().is_root());
         if !path.exists() {
-            std::fs::create_dir_all(&path).map_err(|e| {
+            create_dirs_as(&path, owner).map_err(|e| {
                 storage_err(st::StorageError::Io {
                     path: path.clone(),
                     source: e,
                 })
             })?;
         }
-        let store = MaildirStore::open(&path, opts).map_err(storage_err)?;
+        let store = MaildirStore::open_as(&path, opts, owner).map_err(storage_err)?;
         Ok(MaildirReplica::new(store))
     }
 

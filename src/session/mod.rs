@@ -24,6 +24,8 @@ pub mod maildir_store;
 pub mod store;
 
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dsync_protocol::{Decoder, DecoderConfig, Encoder, Event, Item};
@@ -46,6 +48,48 @@ pub struct SessionOptions {
     pub decoder: DecoderConfig,
     /// How long to keep draining the peer's stream after the session ended.
     pub close_grace: Duration,
+    /// Counters a progress display reads while the session runs.
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// Live counters of a running session, updated by its worker thread.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Mailboxes this side announced in its tree.
+    pub mailboxes_total: AtomicU64,
+    /// Mailboxes whose sync started (`B` items sent).
+    pub mailboxes_started: AtomicU64,
+    /// Mails sent and received with a body.
+    pub mails: AtomicU64,
+    /// Body bytes sent and received.
+    pub bytes: AtomicU64,
+}
+
+impl Progress {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sent(&self, item: &Item) {
+        match item {
+            Item::MailboxTreeNode(n) if n.mailbox_guid.is_some() => {
+                Self::add(&self.mailboxes_total, 1)
+            }
+            Item::Mailbox(_) => Self::add(&self.mailboxes_started, 1),
+            Item::Mail(m) if m.stream => Self::add(&self.mails, 1),
+            _ => {}
+        }
+    }
+
+    /// (mailboxes started, mailboxes total, mails, bytes) now.
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.mailboxes_started.load(Ordering::Relaxed),
+            self.mailboxes_total.load(Ordering::Relaxed),
+            self.mails.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Default for SessionOptions {
@@ -60,6 +104,7 @@ impl Default for SessionOptions {
                 ..DecoderConfig::default()
             },
             close_grace: Duration::from_secs(5),
+            progress: None,
         }
     }
 }
@@ -361,6 +406,11 @@ struct Driver<S> {
     chunk_size: usize,
     stats: SessionStats,
     peer: String,
+    progress: Option<Arc<Progress>>,
+    /// The writer is gone (the peer closed its input): output is dropped,
+    /// but the peer's stream is still read, as it may carry the peer's own
+    /// failure (a finish item with its error class).
+    write_closed: bool,
 }
 
 impl<S: SessionStore> Driver<S> {
@@ -369,12 +419,10 @@ impl<S: SessionStore> Driver<S> {
             return Ok(());
         }
         let data = std::mem::take(&mut self.buf);
-        self.out
-            .blocking_send(data)
-            .map_err(|_| SessionError::Write {
-                peer: self.peer.clone(),
-                reason: "the connection is closed".into(),
-            })
+        if !self.write_closed && self.out.blocking_send(data).is_err() {
+            self.write_closed = true;
+        }
+        Ok(())
     }
 
     fn encode_err(&self, e: impl std::fmt::Display) -> SessionError {
@@ -403,6 +451,9 @@ impl<S: SessionStore> Driver<S> {
                         .encode_item(&item, &mut self.buf)
                         .map_err(|e| self.encode_err(e))?;
                     self.stats.items_sent += 1;
+                    if let Some(p) = &self.progress {
+                        p.sent(&item);
+                    }
                     if let Some(mut rd) = reader {
                         self.send_body(&mut rd)?;
                     }
@@ -438,6 +489,9 @@ impl<S: SessionStore> Driver<S> {
                 Err(e) => return Err(SessionError::Storage(format!("reading a mail: {e}"))),
             };
             self.stats.body_bytes_sent += n as u64;
+            if let Some(p) = &self.progress {
+                Progress::add(&p.bytes, n as u64);
+            }
             self.enc
                 .encode_body_chunk(&chunk[..n], &mut self.buf)
                 .map_err(|e| self.encode_err(e))?;
@@ -469,6 +523,12 @@ impl<S: SessionStore> Driver<S> {
             if self.brain.outcome().is_some() {
                 return Ok(());
             }
+            if closed && self.write_closed {
+                return Err(SessionError::Write {
+                    peer: self.peer.clone(),
+                    reason: "the connection is closed".into(),
+                });
+            }
             if closed {
                 return Err(SessionError::Read {
                     peer: self.peer.clone(),
@@ -481,6 +541,10 @@ impl<S: SessionStore> Driver<S> {
                     if let Some(b) = body {
                         self.stats.bodies_received += 1;
                         self.stats.body_bytes_received += b.len();
+                        if let Some(p) = &self.progress {
+                            Progress::add(&p.bytes, b.len());
+                            Progress::add(&p.mails, 1);
+                        }
                         if matches!(b, IncomingBody::File { .. }) {
                             self.stats.bodies_spooled += 1;
                         }
@@ -542,6 +606,8 @@ where
         chunk_size: opts.chunk_size.max(512),
         stats: SessionStats::default(),
         peer: peer.to_string(),
+        progress: opts.progress.clone(),
+        write_closed: false,
     };
     let worker = tokio::task::spawn_blocking(move || {
         let mut r = driver.run(&mut in_rx);
@@ -646,8 +712,20 @@ pub async fn run_local_pair<A: SessionStore, B: SessionStore>(
     let (s_read, s_write) = tokio::io::split(s_end);
     let master = Brain::master(hostname.as_bytes(), settings, now());
     let slave = Brain::slave(hostname.as_bytes(), now());
+    // The master's counters see both directions already.
+    let slave_opts = SessionOptions {
+        progress: None,
+        ..opts.clone()
+    };
     tokio::join!(
         run_session(master, master_store, m_read, m_write, "local slave", opts),
-        run_session(slave, slave_store, s_read, s_write, "local master", opts),
+        run_session(
+            slave,
+            slave_store,
+            s_read,
+            s_write,
+            "local master",
+            &slave_opts
+        ),
     )
 }

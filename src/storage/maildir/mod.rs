@@ -93,6 +93,21 @@ impl MaildirStore {
         Ok(MaildirStore { root, opts, owner })
     }
 
+    /// Like [`MaildirStore::open`], but files are created as `owner` (the
+    /// user's uid and gid from the userdb) when running as root, whoever
+    /// owns the mail root.
+    pub fn open_as(
+        root: impl Into<PathBuf>,
+        opts: MaildirOptions,
+        owner: Option<Owner>,
+    ) -> Result<MaildirStore> {
+        let mut store = Self::open(root, opts)?;
+        if store.owner.is_some() && owner.is_some() {
+            store.owner = owner;
+        }
+        Ok(store)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
