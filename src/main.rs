@@ -39,7 +39,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HOMING_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+                // Dovecot's tcps: client sends the peer's IP address as SNI,
+                // which rustls reports (and ignores) on every connection.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(format!(
+                        "{level},rustls::msgs::handshake=error"
+                    ))
+                }),
         )
         .try_init();
     let globals = || -> Result<Globals, i32> {
