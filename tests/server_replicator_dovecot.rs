@@ -541,3 +541,75 @@ fn dsync_server_with_u_notifies_the_local_replicator() {
     std::fs::remove_file(d.join("run/replicator-doveadm")).unwrap();
     run(&["-U"]);
 }
+
+/// The `NOTIFY` homing sends is understood by Dovecot 2.3's own replicator:
+/// the user appears with its fast (and, after `-f`, full) sync time set and
+/// no successful sync counted (a notice is not a sync of its own), as the
+/// replicator does for a Dovecot peer's `dsync-server -U`.
+#[test]
+fn notify_reaches_a_real_dovecot_replicator() {
+    if !require_dovecot("notify_reaches_a_real_dovecot_replicator") {
+        return;
+    }
+    // A replicator that never syncs on its own.
+    let inst = DovecotInstance::start(InstanceOptions::new().users(&["bob"]).extra_conf(
+        "replication_max_conns = 0\n\
+         service replicator {\n  process_min_avail = 1\n  unix_listener replicator-doveadm {\n    mode = 0600\n  }\n}\n",
+    ))
+    .expect("private Dovecot instance");
+    let sock = inst.run_dir().join("replicator-doveadm");
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(a.join(sub)).unwrap();
+    }
+    std::fs::write(
+        a.join("cur/1700000000.M1P1.test:2,"),
+        b"Subject: n\r\nMessage-ID: <n@example.org>\r\n\r\nx\r\n",
+    )
+    .unwrap();
+    let out = Command::new(homing_bin())
+        .arg("-o")
+        .arg(format!("mail_location=maildir:{}", a.display()))
+        .args(["sync", "-f", "-u", "zoe"])
+        .arg(homing_bin())
+        .arg("-o")
+        .arg(format!("mail_location=maildir:{}", b.display()))
+        .arg("-o")
+        .arg(format!("base_dir={}", inst.run_dir().display()))
+        .args(["dsync-server", "-uzoe", "-U"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = inst
+        .doveadm(["-f", "tab", "replicator", "status", "zoe"])
+        .unwrap();
+    let row: Vec<String> = st
+        .stdout_str()
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split('\t')
+        .map(str::to_string)
+        .collect();
+    // username, priority, fast sync, full sync, success sync, failed
+    assert_eq!(row.len(), 6, "{}", st.stdout_str());
+    assert_eq!(row[0], "zoe");
+    assert_eq!(row[1], "none");
+    assert_ne!(row[2], "-", "fast sync set by the notice: {row:?}");
+    assert_ne!(row[3], "-", "full sync set by a notice with f: {row:?}");
+    assert_eq!(row[4], "-", "a notice is not a successful sync: {row:?}");
+    assert_eq!(row[5], "-");
+    inst.assert_log_clean();
+}
