@@ -27,6 +27,9 @@ use test_support::{
 
 const PASSWORD: &str = "s3cret";
 
+/// doveadm's internal NOREPLICATE code (1001) as a process exit status.
+const EXIT_NOREPLICATE: i32 = 1001 & 0xff;
+
 fn homing_bin() -> &'static str {
     env!("CARGO_BIN_EXE_homing")
 }
@@ -612,4 +615,110 @@ fn notify_reaches_a_real_dovecot_replicator() {
     assert_eq!(row[4], "-", "a notice is not a successful sync: {row:?}");
     assert_eq!(row[5], "-");
     inst.assert_log_clean();
+}
+
+/// `homing sync -U tcp:` against `homing server`: `-U` travels on the
+/// command line (`dsync-server -uUSER -U`), the server notifies its
+/// replicator after the session, not without `-U`, and a `noreplicate`
+/// user is refused with NOREPLICATE before any dsync, which `homing sync`
+/// reports without crashing (Dovecot 2.3.19.1's doveadm aborts here).
+#[test]
+fn homing_sync_u_against_homing_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for u in ["carol", "dave"] {
+        std::fs::create_dir_all(d.join("homes").join(u)).unwrap();
+    }
+    std::fs::write(
+        d.join("passwd"),
+        "carol:x::::::\ndave:x:::::: userdb_noreplicate=y\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("password"), format!("{PASSWORD}\n")).unwrap();
+    let notify = FakeReplicator::start(&d.join("replicator-doveadm"));
+    let port = free_port().unwrap();
+    let mut server = HomingServer {
+        child: Command::new(homing_bin())
+            .arg("server")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--password-file")
+            .arg(d.join("password"))
+            .arg("--passwd-file")
+            .arg(d.join("passwd"))
+            .args(["--home", &format!("{}/homes/%u", d.display())])
+            .args(["--mail-location", "maildir:%h/Maildir"])
+            .args([
+                "--set",
+                &format!(
+                    "replicator_socket={}",
+                    d.join("replicator-doveadm").display()
+                ),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("server.log")).unwrap())
+            .spawn()
+            .unwrap(),
+        stderr: d.join("server.log"),
+    };
+    wait_port(port, &mut server);
+    let local = d.join("local");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(local.join(sub)).unwrap();
+    }
+    std::fs::write(
+        local.join("cur/1700000000.M1P1.test:2,"),
+        b"Subject: n\r\nMessage-ID: <n@example.org>\r\n\r\nx\r\n",
+    )
+    .unwrap();
+    let sync = |user: &str, u: bool| {
+        let mut c = Command::new(homing_bin());
+        c.arg("-o")
+            .arg(format!("mail_location=maildir:{}", local.display()))
+            .arg("-o")
+            .arg(format!("doveadm_password={PASSWORD}"))
+            .args(["sync", "-u", user]);
+        if u {
+            c.arg("-U");
+        }
+        c.arg(format!("tcp:127.0.0.1:{port}")).output().unwrap()
+    };
+    let out = sync("carol", true);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notices = notify.notices();
+    assert_eq!(notices.len(), 1, "{:?}", notify.all_lines());
+    assert_eq!(notices[0][1], "carol");
+    assert!(SyncState::parse(&notices[0][3]).is_ok(), "{notices:?}");
+
+    let out = sync("carol", false);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(notify.notices().len(), 1, "no NOTIFY without -U");
+
+    // noreplicate: refused only with -U.
+    let out = sync("dave", true);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(EXIT_NOREPLICATE), "{err}");
+    assert!(err.contains("disabled for replication"), "{err}");
+    assert!(
+        !d.join("homes/dave/Maildir").exists(),
+        "nothing synced for dave"
+    );
+    let out = sync("dave", false);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(notify.notices().len(), 1);
 }
