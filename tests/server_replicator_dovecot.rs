@@ -132,6 +132,13 @@ fn chown_vmail(p: &Path, inst_ids: (u32, u32)) {
 /// Starts `homing server` (plain and TLS listeners) and then a Dovecot whose
 /// replicator uses it as `mail_replica` over `scheme` (`tcp` or `tcps`).
 fn start_pair(tls: bool) -> Option<Pair> {
+    start_pair_with(tls, None)
+}
+
+/// Like [`start_pair`]; with `passwd`, homing's user database is that
+/// passwd-file (else every user with a home directory), and Dovecot has
+/// the users named in it.
+fn start_pair_with(tls: bool, passwd: Option<&str>) -> Option<Pair> {
     if !require_dovecot("server_replicator_dovecot") {
         return None;
     }
@@ -144,7 +151,22 @@ fn start_pair(tls: bool) -> Option<Pair> {
     std::fs::write(d.join("cert.pem"), &issued.cert_pem).unwrap();
     std::fs::write(d.join("key.pem"), &issued.key_pem).unwrap();
     std::fs::write(d.join("password"), format!("{PASSWORD}\n")).unwrap();
-    std::fs::create_dir_all(d.join("replica/bob")).unwrap();
+    let users: Vec<String> = match passwd {
+        Some(p) => p
+            .lines()
+            .filter_map(|l| l.split(':').next())
+            .map(str::to_string)
+            .collect(),
+        None => vec!["bob".to_string()],
+    };
+    for u in &users {
+        std::fs::create_dir_all(d.join("replica").join(u)).unwrap();
+        chown_vmail(&d.join("replica").join(u), vmail);
+    }
+    if let Some(p) = passwd {
+        std::fs::write(d.join("passwd"), p).unwrap();
+        chown_vmail(&d.join("passwd"), vmail);
+    }
     std::fs::create_dir_all(d.join("notify")).unwrap();
     for p in [
         d.join("cert.pem"),
@@ -173,6 +195,13 @@ fn start_pair(tls: bool) -> Option<Pair> {
         .arg("--password-file")
         .arg(d.join("password"))
         .args(["--home", &format!("{}/replica/%u", d.display())])
+        .args(match passwd {
+            Some(_) => vec![
+                "--passwd-file".to_string(),
+                d.join("passwd").display().to_string(),
+            ],
+            None => Vec::new(),
+        })
         .args(["--mail-location", "maildir:%h/Maildir"])
         .args(["--set", "hostname=homing-peer"])
         .args(["--set", "auth_failure_delay=100ms"])
@@ -210,7 +239,7 @@ fn start_pair(tls: bool) -> Option<Pair> {
     );
     let inst = DovecotInstance::start(
         InstanceOptions::new()
-            .users(&["bob"])
+            .users(&users.iter().map(String::as_str).collect::<Vec<_>>())
             .doveadm_password(PASSWORD)
             .tls(true)
             .ca(ca)
@@ -721,4 +750,67 @@ fn homing_sync_u_against_homing_server() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(notify.notices().len(), 1);
+}
+
+/// Spec 7.3.7 with homing as the peer: a user homing's userdb marks
+/// `noreplicate` is answered `-NOREPLICATE` before any dsync (the
+/// replicator's sync carries `-U`), as a Dovecot peer answers. Dovecot
+/// 2.3.19.1's doveadm then aborts (`fd_set_nonblock` assertion, the defect
+/// of spec 1.5, under doveadm-server too), so its replicator keeps the user
+/// as failed instead of dropping it; the other user replicates normally.
+#[test]
+fn noreplicate_user_is_refused_to_dovecots_replicator() {
+    let Some(pair) = start_pair_with(
+        false,
+        Some("bob:x::::::\ndave:x:::::: userdb_noreplicate=y\n"),
+    ) else {
+        return;
+    };
+    let inst = &pair.inst;
+    inst.save_message("bob", "INBOX", &message(0)).unwrap();
+    inst.save_message("dave", "INBOX", &message(1)).unwrap();
+    pair.wait_in_sync("bob after a save");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dave = loop {
+        let out = inst
+            .doveadm(["-f", "tab", "replicator", "status", "dave"])
+            .unwrap();
+        let row: Vec<String> = out
+            .stdout_str()
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split('\t')
+            .map(str::to_string)
+            .collect();
+        if row.get(5).map(String::as_str) == Some("y") || Instant::now() > deadline {
+            break row;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(
+        dave.get(5).map(String::as_str),
+        Some("y"),
+        "{dave:?}\n{}",
+        inst.log()
+    );
+    assert_eq!(dave.get(4).map(String::as_str), Some("-"), "{dave:?}");
+    // Nothing was synced or announced for dave.
+    let replica_root = pair
+        .replica_location
+        .trim_start_matches("maildir:")
+        .replace("/bob/", "/dave/");
+    assert!(
+        !Path::new(&replica_root).exists(),
+        "nothing synced for dave"
+    );
+    assert!(pair.notify.notices().iter().all(|n| n[1] == "bob"));
+    let log = inst.log();
+    assert!(
+        log.contains("doveadm(dave)") && log.contains("fd_set_nonblock"),
+        "Dovecot 2.3.19.1 aborts on a remote NOREPLICATE:\n{log}"
+    );
+    inst.assert_log_clean_except(&["doveadm(dave)"]);
+    let server_log = pair.server.log();
+    assert!(!server_log.contains("ERROR"), "{server_log}");
 }
