@@ -6,8 +6,10 @@ use clap::Parser;
 use homing::cli::sync::{run_dsync_server, run_sync, Globals, Mode};
 use homing::cli::{options::Settings, Cli, Command, EX_USAGE};
 
+/// The process exit status of a doveadm exit code: the low byte, as the
+/// OS keeps it (doveadm's internal NOREPLICATE, 1001, becomes 233).
 fn exit(code: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+    ExitCode::from((code & 0xff) as u8)
 }
 
 fn main() -> ExitCode {
@@ -39,7 +41,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HOMING_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+                // Dovecot's tcps: client sends the peer's IP address as SNI,
+                // which rustls reports (and ignores) on every connection.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(format!(
+                        "{level},rustls::msgs::handshake=error"
+                    ))
+                }),
         )
         .try_init();
     let globals = || -> Result<Globals, i32> {

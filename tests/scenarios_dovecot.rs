@@ -5,6 +5,9 @@
 //!   `doveadm dsync-server` serving replica B;
 //! * `homing_slave`: real `doveadm sync` on replica A against
 //!   `homing dsync-server` serving replica B (two-way scenarios only);
+//! * `homing_server_tcp` / `homing_server_tcps`: real `doveadm sync` with
+//!   `tcp:`/`tcps:` against a running `homing server` (the binary, as the
+//!   mail user) serving replica B (two-way scenarios only, as above);
 //! * `doveadm_oracle`: both sides real Dovecot, which checks that this
 //!   replay reproduces the recorded end states at all.
 //!
@@ -109,6 +112,36 @@ const OPEN_BUGS: &[(Variant, &str, &str)] = &[
         "attributes_conflict_modseq",
         "the Maildir store refuses SetAttribute",
     ),
+    (
+        Variant::HomingServerTcp,
+        "attributes",
+        "the Maildir store refuses SetAttribute",
+    ),
+    (
+        Variant::HomingServerTcp,
+        "attributes_conflict",
+        "the Maildir store refuses SetAttribute",
+    ),
+    (
+        Variant::HomingServerTcp,
+        "attributes_conflict_modseq",
+        "the Maildir store refuses SetAttribute",
+    ),
+    (
+        Variant::HomingServerTcps,
+        "attributes",
+        "the Maildir store refuses SetAttribute",
+    ),
+    (
+        Variant::HomingServerTcps,
+        "attributes_conflict",
+        "the Maildir store refuses SetAttribute",
+    ),
+    (
+        Variant::HomingServerTcps,
+        "attributes_conflict_modseq",
+        "the Maildir store refuses SetAttribute",
+    ),
 ];
 
 /// Scenarios recorded with two local replicas whose exit code differs when
@@ -147,6 +180,8 @@ enum Variant {
     DoveadmOracle,
     HomingMaster,
     HomingSlave,
+    HomingServerTcp,
+    HomingServerTcps,
 }
 
 impl Variant {
@@ -155,6 +190,108 @@ impl Variant {
             Variant::DoveadmOracle => "doveadm both sides",
             Variant::HomingMaster => "homing master",
             Variant::HomingSlave => "homing slave",
+            Variant::HomingServerTcp => "homing server tcp",
+            Variant::HomingServerTcps => "homing server tcps",
+        }
+    }
+
+    /// Variants where real doveadm is the master and homing serves B.
+    fn homing_serves_b(self) -> bool {
+        matches!(
+            self,
+            Variant::HomingSlave | Variant::HomingServerTcp | Variant::HomingServerTcps
+        )
+    }
+}
+
+/// A running `homing server` (as the mail user) that serves `maildir:%h/B`
+/// for the users of one Dovecot instance, with plain and TLS listeners.
+struct PeerServer {
+    child: Child,
+    tcp: String,
+    tcps: String,
+    ca_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PeerServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PeerServer {
+    fn start(inst: &DovecotInstance) -> PeerServer {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let (uid, gid) = inst.vmail_ids();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let ca = test_support::TestCa::generate("homing scenario CA").expect("CA");
+        let issued = ca
+            .issue_server_cert(&["127.0.0.1", "localhost"])
+            .expect("certificate");
+        let ca_file = d.join("ca.pem");
+        ca.write_cert(&ca_file).expect("CA file");
+        std::fs::write(d.join("cert.pem"), &issued.cert_pem).expect("cert");
+        std::fs::write(d.join("key.pem"), &issued.key_pem).expect("key");
+        std::fs::write(d.join("password"), inst.doveadm_password()).expect("password");
+        for f in ["cert.pem", "key.pem", "password"] {
+            chown(d.join(f), Some(uid), Some(gid)).expect("chown");
+        }
+        let home_root = inst
+            .home("x")
+            .parent()
+            .expect("homes directory")
+            .to_path_buf();
+        let (port, tls_port) = (
+            test_support::free_port().expect("port"),
+            test_support::free_port().expect("port"),
+        );
+        let mut child = Command::new(homing_bin())
+            .env_clear()
+            .arg("server")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--tls-listen", &format!("127.0.0.1:{tls_port}")])
+            .arg("--tls-cert")
+            .arg(d.join("cert.pem"))
+            .arg("--tls-key")
+            .arg(d.join("key.pem"))
+            .arg("--password-file")
+            .arg(d.join("password"))
+            .args(["--home", &format!("{}/%u", home_root.display())])
+            .args(["--mail-location", "maildir:%h/B"])
+            .args(["--set", "auth_failure_delay=100ms"])
+            // No replicator on this side.
+            .args(["--set", "replicator_socket="])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .uid(uid)
+            .gid(gid)
+            .spawn()
+            .expect("start homing server");
+        for p in [port, tls_port] {
+            let mut up = false;
+            for _ in 0..200 {
+                if std::net::TcpStream::connect(("127.0.0.1", p)).is_ok() {
+                    up = true;
+                    break;
+                }
+                if let Ok(Some(st)) = child.try_wait() {
+                    panic!("homing server exited: {st}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(up, "homing server not listening on {p}");
+        }
+        PeerServer {
+            child,
+            tcp: format!("tcp:127.0.0.1:{port}"),
+            tcps: format!("tcps:127.0.0.1:{tls_port}"),
+            ca_file,
+            _dir: dir,
         }
     }
 }
@@ -201,6 +338,7 @@ fn text(o: &Output) -> String {
 /// One scenario's replicas: `<home>/A` and `<home>/B` of one user.
 struct Run<'a> {
     inst: &'a DovecotInstance,
+    peer: Option<&'a PeerServer>,
     scenario: String,
     user: String,
     home: PathBuf,
@@ -567,6 +705,20 @@ impl Run<'_> {
                 ));
                 c.output()
             }
+            Variant::HomingServerTcp | Variant::HomingServerTcps => {
+                let peer = self.peer.ok_or("no homing server for this variant")?;
+                let mut c = self.inst.doveadm_command();
+                c.args(self.side_opts("A"));
+                let dest = if self.variant == Variant::HomingServerTcps {
+                    c.arg("-o")
+                        .arg(format!("ssl_client_ca_file={}", peer.ca_file.display()));
+                    &peer.tcps
+                } else {
+                    &peer.tcp
+                };
+                c.args([verb, "-u", &self.user]).args(&args).arg(dest);
+                c.output()
+            }
         }
         .map_err(|e| e.to_string())?;
         if let Some(mut l) = self.lock_holder.take() {
@@ -837,7 +989,13 @@ enum Verdict {
     Skipped(String),
 }
 
-fn run_scenario(inst: &DovecotInstance, user: &str, s: &Value, variant: Variant) -> Verdict {
+fn run_scenario(
+    inst: &DovecotInstance,
+    peer: Option<&PeerServer>,
+    user: &str,
+    s: &Value,
+    variant: Variant,
+) -> Verdict {
     let name = s["name"].as_str().unwrap_or("?").to_string();
     let other_format = OTHER_FORMAT.iter().find(|(n, _)| *n == name);
     let known = KNOWN.iter().find(|(n, _)| *n == name);
@@ -850,7 +1008,7 @@ fn run_scenario(inst: &DovecotInstance, user: &str, s: &Value, variant: Variant)
     if variant == Variant::DoveadmOracle && other_format.is_some() {
         return Verdict::Skipped("not a Maildir scenario".into());
     }
-    if variant == Variant::HomingSlave
+    if variant.homing_serves_b()
         && ops
             .iter()
             .any(|l| l.starts_with("doveadm backup") || l.starts_with("doveadm sync -1"))
@@ -862,6 +1020,7 @@ fn run_scenario(inst: &DovecotInstance, user: &str, s: &Value, variant: Variant)
     let _ = std::fs::create_dir_all(&home);
     let mut run = Run {
         inst,
+        peer,
         scenario: name.clone(),
         user: user.to_string(),
         home,
@@ -985,10 +1144,15 @@ fn run_all(test: &str, variant: Variant) -> Option<Vec<(String, Verdict)>> {
                 let users_ref: Vec<&str> = users.iter().map(|s| s.as_str()).collect();
                 let inst = DovecotInstance::start(InstanceOptions::new().users(&users_ref))
                     .expect("start a private Dovecot");
+                let peer = matches!(
+                    variant,
+                    Variant::HomingServerTcp | Variant::HomingServerTcps
+                )
+                .then(|| PeerServer::start(&inst));
                 for (i, s) in mine {
                     let name = s["name"].as_str().unwrap_or("?").to_string();
                     let started = SystemTime::now();
-                    let v = run_scenario(&inst, &format!("s{i}"), s, variant);
+                    let v = run_scenario(&inst, peer.as_ref(), &format!("s{i}"), s, variant);
                     let secs = started.elapsed().map(|d| d.as_secs_f32()).unwrap_or(0.0);
                     eprintln!("[{}] {name}: {} ({secs:.1}s)", variant.label(), short(&v));
                     results
@@ -1132,6 +1296,32 @@ fn scenarios_homing_slave() {
     );
 }
 
+#[test]
+fn scenarios_homing_server_tcp() {
+    scenarios_against_homing_server("scenarios_homing_server_tcp", Variant::HomingServerTcp);
+}
+
+#[test]
+fn scenarios_homing_server_tcps() {
+    scenarios_against_homing_server("scenarios_homing_server_tcps", Variant::HomingServerTcps);
+}
+
+fn scenarios_against_homing_server(test: &str, variant: Variant) {
+    if !homing_has_maildir() {
+        println!("SKIPPED: this build of homing cannot open a Maildir location");
+        return;
+    }
+    let Some(r) = run_all(test, variant) else {
+        return;
+    };
+    let fails = report(variant, &r);
+    assert!(
+        fails.is_empty(),
+        "scenarios fail against homing server ({}): {fails:?}",
+        variant.label()
+    );
+}
+
 /// A small deterministic generator (xorshift64*), so that a failing case
 /// can be replayed from its printed seed.
 struct Rng(u64);
@@ -1227,6 +1417,7 @@ fn random_operations_homing_vs_doveadm() {
                         let _ = std::fs::create_dir_all(&home);
                         let mut run = Run {
                             inst: &inst,
+                            peer: None,
                             scenario: format!("random-{case}"),
                             user,
                             home,

@@ -180,9 +180,13 @@ pub struct Outcome {
     /// Warnings and errors, in order.
     pub messages: Vec<String>,
     pub require_full_resync: bool,
-    /// Master only: the new state table (`None` when a full resync is
-    /// required).
+    /// The new state table (`None` when a full resync is required or the
+    /// session failed). A slave's table starts from the states the master
+    /// sent; it is what a `dsync-server -U` reports to its replicator.
     pub state: Option<Vec<MailboxState>>,
+    /// The sync type this side ran: the master's setting, or what a slave
+    /// adopted from the handshake.
+    pub sync_type: SyncType,
 }
 
 /// A protocol violation by the peer: the session cannot continue.
@@ -431,6 +435,7 @@ impl Brain {
             messages: self.messages.clone(),
             require_full_resync: self.require_full_resync,
             state: None,
+            sync_type: self.settings.sync_type,
         });
         Err(e)
     }
@@ -902,15 +907,26 @@ impl Brain {
             None if self.desync || self.require_full_resync => ExitStatus::ChangesDuringSync,
             None => ExitStatus::Ok,
         };
-        let state = if self.role == Role::Master && !self.require_full_resync {
+        let state = if !self.require_full_resync {
             let alive: Vec<Guid128> = self
                 .merged
                 .as_ref()
                 .map(|t| t.mailbox_guids())
                 .unwrap_or_default();
             let mut all: BTreeMap<Guid128, MailboxState> = BTreeMap::new();
-            for s in &self.settings.states {
-                all.insert(s.mailbox_guid, s.clone());
+            // The master starts from its own settings; a slave from the
+            // states the master sent.
+            match self.role {
+                Role::Master => {
+                    for s in &self.settings.states {
+                        all.insert(s.mailbox_guid, s.clone());
+                    }
+                }
+                Role::Slave => {
+                    for (g, s) in &self.states {
+                        all.insert(*g, s.clone());
+                    }
+                }
             }
             for (g, s) in &self.new_states {
                 all.insert(*g, s.clone());
@@ -924,6 +940,7 @@ impl Brain {
             messages: self.messages.clone(),
             require_full_resync: self.require_full_resync,
             state,
+            sync_type: self.settings.sync_type,
         });
     }
 

@@ -171,6 +171,7 @@ fn failed(e: &EngineError) -> Outcome {
         messages: vec![e.to_string()],
         require_full_resync: false,
         state: None,
+        sync_type: dsync_protocol::SyncType::Changed,
     }
 }
 

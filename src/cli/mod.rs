@@ -178,10 +178,13 @@ pub struct ServerArgs {
     /// I/O timeout in seconds (default 600).
     #[arg(short = 'T', value_name = "SECS")]
     pub timeout: Option<String>,
-    /// Notify the local replicator after the run (not supported; ignored).
+    /// After a successful run, tell the local replicator (`<base_dir>/replicator-doveadm`)
+    /// that the user was just synced (`NOTIFY`).
     #[arg(short = 'U')]
     pub replicator_notify: bool,
-    /// Ignored words (old setups pass `dsync-server` twice).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    /// Ignored words (old setups pass `dsync-server` twice). Hyphen words
+    /// are not taken here: that would swallow a joined `-uUSER`, the form
+    /// `dsync_remote_cmd` (`-u%u`) produces.
+    #[arg(trailing_var_arg = true, hide = true)]
     pub ignored: Vec<String>,
 }

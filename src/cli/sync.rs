@@ -871,7 +871,27 @@ pub async fn run_dsync_server(globals: &Globals, a: &ServerArgs) -> i32 {
     for m in &r.outcome.messages {
         eprintln!("{prefix}: {level}: {m}");
     }
-    r.exit_code()
+    let code = r.exit_code();
+    if a.replicator_notify && code == 0 {
+        let socket = replicator_socket(&globals.settings);
+        let full = r.outcome.sync_type == SyncType::Full;
+        if let Err(e) =
+            crate::replicator::client::notify(&socket, &user, full, &state_string(&r)).await
+        {
+            eprintln!("{prefix}: Error: {e}");
+        }
+    }
+    code
+}
+
+/// The local replicator's `replicator-doveadm` socket: `<base_dir>/replicator-doveadm`
+/// (`base_dir` from the Dovecot configuration or `-o`, default `/run/dovecot`).
+pub fn replicator_socket(settings: &Settings) -> std::path::PathBuf {
+    let base = settings
+        .get("base_dir")
+        .filter(|b| !b.is_empty())
+        .unwrap_or("/run/dovecot");
+    std::path::Path::new(base).join("replicator-doveadm")
 }
 
 #[cfg(test)]

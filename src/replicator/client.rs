@@ -293,3 +293,106 @@ mod tests {
         assert_eq!(out.exit_code, 75);
     }
 }
+
+/// Why a `NOTIFY` to the local replicator did not get through.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("net_connect_unix({path}) failed: {source}")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("write({path}) failed: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("read({path}) failed: {reason}")]
+    Read { path: String, reason: String },
+}
+
+/// How long a `NOTIFY` may take before it is given up (the sync itself is
+/// already done; the notice only saves the peer's replicator a sync back).
+pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends `NOTIFY <user> <f|> <state>` to the `replicator-doveadm` socket at
+/// `path`, as a `dsync-server -U` does after a successful session: the
+/// local replicator then counts the user as just synced and does not sync
+/// straight back. `full` marks a full sync. The answer is read (so the
+/// replicator has taken the line before the connection closes) but not
+/// judged.
+///
+/// Returns `Ok(false)` when no replicator runs there (the socket is missing
+/// or refuses connections): that is normal on hosts without one and is not
+/// an error.
+pub async fn notify(path: &Path, user: &str, full: bool, state: &str) -> Result<bool, NotifyError> {
+    let shown = || path.display().to_string();
+    let stream = match tokio::time::timeout(NOTIFY_TIMEOUT, UnixStream::connect(path)).await {
+        Err(_) => {
+            return Err(NotifyError::Connect {
+                path: shown(),
+                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+            })
+        }
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(false)
+        }
+        Ok(Err(source)) => {
+            return Err(NotifyError::Connect {
+                path: shown(),
+                source,
+            })
+        }
+        Ok(Ok(s)) => s,
+    };
+    let (rd, mut wr) = stream.into_split();
+    let request = format!(
+        "VERSION\treplicator-doveadm-client\t1\t0\nNOTIFY\t{}\t{}\t{}\n",
+        escape(user),
+        if full { "f" } else { "" },
+        escape(state)
+    );
+    match tokio::time::timeout(NOTIFY_TIMEOUT, wr.write_all(request.as_bytes())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => {
+            return Err(NotifyError::Write {
+                path: shown(),
+                source,
+            })
+        }
+        Err(_) => {
+            return Err(NotifyError::Write {
+                path: shown(),
+                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+            })
+        }
+    }
+    // The server's VERSION line, then the answer to NOTIFY.
+    let mut rd = BufReader::new(rd);
+    let mut line = String::new();
+    for _ in 0..2 {
+        match next_line(&mut rd, &mut line).await {
+            Some(l) if l == "\u{0}timeout" => {
+                return Err(NotifyError::Read {
+                    path: shown(),
+                    reason: "timed out".into(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                return Err(NotifyError::Read {
+                    path: shown(),
+                    reason: "disconnected before answering".into(),
+                })
+            }
+        }
+    }
+    Ok(true)
+}

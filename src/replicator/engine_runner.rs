@@ -42,6 +42,11 @@ pub struct EngineSettings {
     pub lock_timeout: u32,
     /// Upper bound for one sync.
     pub timeout: Duration,
+    /// Ask the peer's dsync-server to notify its replicator (`-U`, part of
+    /// Dovecot's default `replication_dsync_parameters`): the peer then
+    /// does not sync the same changes straight back, and answers
+    /// NOREPLICATE for users it excludes.
+    pub replicator_notify: bool,
 }
 
 /// A [`SyncRunner`] that runs the dsync session itself.
@@ -121,6 +126,7 @@ impl EngineSettings {
             ca_path: c.peer.ca_file.clone(),
             lock_timeout: 30,
             timeout: Duration::from_secs(3600),
+            replicator_notify: true,
         }
     }
 }
@@ -202,11 +208,15 @@ impl EngineRunner {
             default_port: settings.doveadm_port,
             doveadm_password: settings.doveadm_password.clone(),
             ca_path: settings.ca_path.clone(),
+            replicator_notify: settings.replicator_notify,
             ..OpenOptions::default()
         };
         let stream = match transport::open(&dest, &open).await {
             Ok(s) => s,
             Err(e) if e.exit_code() == EX_NOUSER => return SyncOutcome::NoUser,
+            Err(e) if e.exit_code() == transport::EX_NOREPLICATE => {
+                return SyncOutcome::NoReplicate
+            }
             Err(e) => return failed(format!("{dest_text}: {e}")),
         };
         let r = run_master_over(

@@ -121,7 +121,11 @@ pub fn run(args: ServerArgs) -> u8 {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // Dovecot's tcps: client sends the peer's IP address as SNI,
+                // which rustls reports (and ignores) on every connection.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,rustls::msgs::handshake=error")
+                }),
         )
         .with_writer(std::io::stderr)
         .try_init();

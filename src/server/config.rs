@@ -83,6 +83,10 @@ pub struct ServerConfig {
     /// Delegate sessions to this command (`%u` user, `%h` home, `%m` mail
     /// location), e.g. `doveadm -c /etc/dovecot/dovecot.conf dsync-server -u%u`.
     pub dsync_command: Option<String>,
+    /// The local replicator's `replicator-doveadm` socket: after a
+    /// successful session run with `-U`, the user is reported there with
+    /// `NOTIFY` (as Dovecot's `dsync-server -U` does). None: no notice.
+    pub replicator_socket: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -110,9 +114,14 @@ impl Default for ServerConfig {
             max_list_items: 10_000_000,
             max_dsync_line: 1 << 20,
             dsync_command: None,
+            replicator_socket: Some(PathBuf::from(DEFAULT_REPLICATOR_SOCKET)),
         }
     }
 }
+
+/// Where homing's and Dovecot's replicator put `replicator-doveadm` by
+/// default (`base_dir` = `/run/dovecot`).
+pub const DEFAULT_REPLICATOR_SOCKET: &str = "/run/dovecot/replicator-doveadm";
 
 fn default_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -220,6 +229,7 @@ impl ServerConfig {
                     .ok_or_else(|| bad("not a size"))?
             }
             "dsync_command" => self.dsync_command = (!value.is_empty()).then(|| value.to_string()),
+            "replicator_socket" => self.replicator_socket = opt_path(value),
             _ => {
                 return Err(ConfigError::Value {
                     key: key.to_string(),

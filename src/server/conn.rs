@@ -326,6 +326,7 @@ where
             io_timeout: Some(io_timeout),
         };
         let user_name = request.user.name.clone();
+        let notify_replicator = request.args.replicator_notify;
         shared
             .stats
             .sessions_started
@@ -335,6 +336,26 @@ where
         drop(permit);
         drop(lock);
         if outcome.exit_code == 0 {
+            if notify_replicator {
+                if let (Some(path), Some(n)) = (&cfg.replicator_socket, &outcome.notice) {
+                    match crate::replicator::client::notify(path, &user_name, n.full_sync, &n.state)
+                        .await
+                    {
+                        Ok(true) => {
+                            shared
+                                .stats
+                                .replicator_notices
+                                .fetch_add(1, Ordering::Relaxed);
+                            log.debug("replicator notified");
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(user = %user_name, "replicator notify: {e}");
+                            log.error(&e.to_string());
+                        }
+                    }
+                }
+            }
             shared.stats.sessions_ok.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, user = %user_name, elapsed = ?started.elapsed(), "dsync session finished");
         } else {

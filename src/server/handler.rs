@@ -52,6 +52,18 @@ pub struct SessionIo {
 pub struct SessionOutcome {
     pub exit_code: i32,
     pub message: Option<String>,
+    /// What a `-U` session reports to the local replicator; None when the
+    /// handler cannot tell (then no `NOTIFY` is sent).
+    pub notice: Option<ReplicatorNotice>,
+}
+
+/// The slave side's view of a finished session, for `NOTIFY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatorNotice {
+    /// The master asked for a full sync.
+    pub full_sync: bool,
+    /// The slave's new dsync state string (empty when unknown).
+    pub state: String,
 }
 
 impl SessionOutcome {
@@ -59,12 +71,14 @@ impl SessionOutcome {
         SessionOutcome {
             exit_code: 0,
             message: None,
+            notice: None,
         }
     }
     pub fn failed(exit_code: i32, message: impl Into<String>) -> SessionOutcome {
         SessionOutcome {
             exit_code,
             message: Some(message.into()),
+            notice: None,
         }
     }
 }
@@ -181,7 +195,13 @@ impl SessionHandler for SlaveHandler {
             let code = r.exit_code();
             match (&r.error, code) {
                 (Some(e), _) => SessionOutcome::failed(code, e.to_string()),
-                (None, 0) => SessionOutcome::success(),
+                (None, 0) => SessionOutcome {
+                    notice: Some(ReplicatorNotice {
+                        full_sync: r.outcome.sync_type == dsync_protocol::SyncType::Full,
+                        state: crate::cli::sync::state_string(&r),
+                    }),
+                    ..SessionOutcome::success()
+                },
                 (None, c) => {
                     SessionOutcome::failed(c, format!("dsync session ended with status {c}"))
                 }

@@ -34,8 +34,8 @@ use tokio_rustls::TlsAcceptor;
 
 pub use config::{MailUser, ServerConfig, UserDbConfig};
 pub use handler::{
-    CommandHandler, SessionFuture, SessionHandler, SessionIo, SessionOutcome, SessionRequest,
-    SlaveHandler,
+    CommandHandler, ReplicatorNotice, SessionFuture, SessionHandler, SessionIo, SessionOutcome,
+    SessionRequest, SlaveHandler,
 };
 pub use output::SessionLog;
 
@@ -69,6 +69,8 @@ pub struct ServerStats {
     pub sessions_ok: AtomicU64,
     pub sessions_failed: AtomicU64,
     pub lock_timeouts: AtomicU64,
+    /// `NOTIFY`s delivered to the local replicator after `-U` sessions.
+    pub replicator_notices: AtomicU64,
     /// Connections aborted at the end of the shutdown grace period.
     pub aborted: AtomicU64,
 }

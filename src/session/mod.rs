@@ -212,6 +212,7 @@ fn failed_outcome(reason: String) -> Outcome {
         messages: vec![reason],
         require_full_resync: false,
         state: None,
+        sync_type: dsync_protocol::SyncType::Changed,
     }
 }
 

@@ -18,8 +18,9 @@ pub const EX_NOHOST: i32 = 68;
 pub const EX_PROTOCOL: i32 = 76;
 /// Permission denied (EX_NOPERM).
 pub const EX_NOPERM: i32 = 77;
-/// The user is excluded from replication: not a process exit status; callers
-/// skip the user (Dovecot uses this internal code on the doveadm wire only).
+/// The user is excluded from replication: Dovecot's internal code, sent as
+/// `-NOREPLICATE` on the doveadm wire; callers skip the user. As a process
+/// exit status it is its low byte, 233.
 pub const EX_NOREPLICATE: i32 = 1001;
 
 /// Why a transport to a dsync peer failed, with where it happened.
@@ -57,7 +58,7 @@ pub enum TransportError {
         user: String,
         detail: Option<String>,
     },
-    #[error("user {user:?} is excluded from replication on {peer}")]
+    #[error("user {user:?} is disabled for replication on {peer}")]
     NoReplicate { peer: String, user: String },
     #[error("failed to start remote dsync-server command on {peer}: -{code}{}", detail_suffix(.detail))]
     RemoteCommandRefused {
