@@ -79,12 +79,6 @@ const ALLOWED_ABSENT: &[(&str, &str, &str)] = &[
 /// counted as failures in the summary; the test fails when one of them
 /// starts passing (so the list is kept current) or when another scenario fails.
 const OPEN_BUGS: &[(Variant, &str, &str)] = &[
-    (Variant::HomingMaster, "attributes", "the Maildir store refuses SetAttribute (mailbox attributes not supported)"),
-    (Variant::HomingMaster, "attributes_conflict", "the Maildir store refuses SetAttribute"),
-    (Variant::HomingMaster, "attributes_conflict_modseq", "the Maildir store refuses SetAttribute"),
-    (Variant::HomingSlave, "attributes", "the Maildir store refuses SetAttribute"),
-    (Variant::HomingSlave, "attributes_conflict", "the Maildir store refuses SetAttribute"),
-    (Variant::HomingSlave, "attributes_conflict_modseq", "the Maildir store refuses SetAttribute"),
     (Variant::HomingMaster, "backup_inbox_stuck", "exit code 75 where doveadm exits 65 when the remote dsync-server fails (`INBOX can't be deleted`)"),
 ];
 

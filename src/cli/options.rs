@@ -161,16 +161,32 @@ impl Settings {
             })?;
             let mut depth = 0usize;
             let mut in_plugin = false;
+            // The first userdb section is kept as `userdb/KEY` (the user's
+            // home comes from it).
+            let mut in_userdb = false;
+            let mut userdb_seen = false;
             for line in text.lines() {
                 let line = line.split('#').next().unwrap_or("").trim();
                 if line.ends_with('{') {
                     depth += 1;
                     in_plugin = depth == 1 && line.starts_with("plugin");
+                    in_userdb = depth == 1
+                        && !userdb_seen
+                        && line.split_whitespace().next() == Some("userdb");
+                    userdb_seen |= in_userdb;
                     continue;
                 }
                 if line == "}" {
                     depth = depth.saturating_sub(1);
                     in_plugin = false;
+                    in_userdb = false;
+                    continue;
+                }
+                if in_userdb && depth == 1 {
+                    if let Some((k, v)) = line.split_once('=') {
+                        s.values
+                            .insert(format!("userdb/{}", k.trim()), v.trim().to_string());
+                    }
                     continue;
                 }
                 if depth > 0 && !in_plugin {
@@ -197,5 +213,59 @@ impl Settings {
 
     pub fn get(&self, k: &str) -> Option<&str> {
         self.values.get(k).map(|s| s.as_str())
+    }
+
+    /// The home directory of `user`: `mail_home`, else the userdb of the
+    /// config (a passwd-file's home field, else `home=` of its
+    /// `default_fields`, or of a static userdb's args). `None` when none
+    /// of them gives one.
+    pub fn user_home(&self, user: &str) -> Option<std::path::PathBuf> {
+        let (n, d) = user.split_once('@').unwrap_or((user, ""));
+        let expand = |t: &str| -> String {
+            let mut out = String::new();
+            let mut chars = t.chars();
+            while let Some(c) = chars.next() {
+                if c != '%' {
+                    out.push(c);
+                    continue;
+                }
+                match chars.next() {
+                    Some('u') => out.push_str(user),
+                    Some('n') => out.push_str(n),
+                    Some('d') => out.push_str(d),
+                    Some(o) => {
+                        out.push('%');
+                        out.push(o);
+                    }
+                    None => out.push('%'),
+                }
+            }
+            out
+        };
+        let absolute = |h: String| Some(h).filter(|h| h.starts_with('/')).map(Into::into);
+        if let Some(h) = self.get("mail_home").filter(|h| !h.is_empty()) {
+            return absolute(expand(h));
+        }
+        let field_home = |fields: &str| {
+            fields
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("home="))
+                .map(&expand)
+        };
+        match self.get("userdb/driver") {
+            Some("passwd-file") => {
+                let path = expand(self.get("userdb/args")?.split_whitespace().last()?);
+                let text = std::fs::read_to_string(path).ok()?;
+                let line = text
+                    .lines()
+                    .find(|l| !l.starts_with('#') && l.split(':').next() == Some(user))?;
+                match line.split(':').nth(5).filter(|h| !h.is_empty()) {
+                    Some(h) => absolute(h.to_string()),
+                    None => absolute(field_home(self.get("userdb/default_fields")?)?),
+                }
+            }
+            Some("static") => absolute(field_home(self.get("userdb/args")?)?),
+            _ => None,
+        }
     }
 }

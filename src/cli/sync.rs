@@ -143,11 +143,49 @@ fn expand_location(loc: &str, user: &str) -> Result<String, Failure> {
 
 /// Opens the replica a mail location names.
 pub fn open_location(location: &str) -> Result<LocalReplica, Failure> {
+    open_location_with(location, None, None)
+}
+
+/// Opens `user`'s replica at `location` with the settings that go with it:
+/// the attribute dict (`mail_attribute_dict`, `~/` = the home) and the home
+/// (for the `-l` lock).
+pub fn open_user_location(
+    settings: &Settings,
+    location: &str,
+    user: &str,
+) -> Result<LocalReplica, Failure> {
+    let home = settings.user_home(user);
+    let dict = match settings
+        .get("mail_attribute_dict")
+        .filter(|d| !d.is_empty())
+    {
+        None => None,
+        Some(d) => {
+            let d = match (d.split_once(":~/"), &home) {
+                (Some((scheme, rest)), Some(h)) => {
+                    format!("{scheme}:{}/{rest}", h.display())
+                }
+                _ => d.to_string(),
+            };
+            Some(expand_location(&d, user)?)
+        }
+    };
+    open_location_with(location, dict.as_deref(), home)
+}
+
+fn open_location_with(
+    location: &str,
+    attribute_dict: Option<&str>,
+    home: Option<std::path::PathBuf>,
+) -> Result<LocalReplica, Failure> {
     let scheme = location.split(':').next().unwrap_or("");
     match scheme {
         "memory" => Ok(LocalReplica::Memory(MemoryReplica::new())),
-        "maildir" => MaildirReplica::open_location(location)
-            .map(|m| LocalReplica::Maildir(Box::new(m)))
+        "maildir" => MaildirReplica::open_location_with(location, attribute_dict)
+            .map(|mut m| {
+                m.set_home(home);
+                LocalReplica::Maildir(Box::new(m))
+            })
             .map_err(|e| fatal(EX_TEMPFAIL, format!("Fatal: {e}"))),
         _ => Err(fatal(
             EX_TEMPFAIL,
@@ -394,7 +432,7 @@ async fn run_sync_inner(globals: &Globals, mode: Mode, a: &SyncArgs) -> Result<i
             ))
         }
     };
-    let local = open_location(&location)?;
+    let local = open_user_location(cfg, &location, &user)?;
     let host = hostname();
     let opts = SessionOptions::default();
     let json = a.json;
@@ -405,7 +443,7 @@ async fn run_sync_inner(globals: &Globals, mode: Mode, a: &SyncArgs) -> Result<i
             if *loc == location {
                 return Err(fatal(EX_TEMPFAIL, format!("Error: Both source and destination mail_location points to same directory: {loc}")));
             }
-            let other = open_location(loc)?;
+            let other = open_user_location(cfg, loc, &user)?;
             let (m, s) = run_local_pair(local, other, &host, settings, &opts).await;
             let code_s = s.outcome.status.code();
             if code_s != 0 {
@@ -483,7 +521,9 @@ pub async fn run_dsync_server(globals: &Globals, a: &ServerArgs) -> i32 {
         Some(l) if !l.is_empty() => l.to_string(),
         _ => "memory:".to_string(),
     };
-    let store = match expand_location(&location, &user).and_then(|l| open_location(&l)) {
+    let store = match expand_location(&location, &user)
+        .and_then(|l| open_user_location(&globals.settings, &l, &user))
+    {
         Ok(s) => s,
         Err(f) => {
             eprintln!("{}", f.message);

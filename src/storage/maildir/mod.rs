@@ -6,6 +6,7 @@
 //! lines under `dovecot-uidlist.lock`, one EXTERNAL log transaction under the
 //! log's fcntl lock, tree changes recorded in `dovecot.mailbox.log`.
 
+mod attributes;
 mod mailbox;
 mod txn;
 
@@ -20,6 +21,7 @@ use index_format::mailbox_log::{mailbox_name_hash, MailboxLog, MailboxLogType};
 use index_format::maildir::{parse_uidvalidity, parse_uidvalidity_marker, Uidlist};
 use index_format::subscriptions::Subscriptions;
 
+pub use attributes::parse_dict_uri;
 pub use mailbox::MaildirMailbox;
 pub use txn::MaildirTransaction;
 
@@ -47,6 +49,9 @@ pub struct MaildirOptions {
     pub log_lock_timeout: Duration,
     /// fsync mail files, directories, uidlist and log per commit (`mail_fsync=optimized`).
     pub fsync: bool,
+    /// The file dict holding mailbox attributes (`mail_attribute_dict =
+    /// file:PATH`); `None`: attributes are not enabled.
+    pub attribute_dict: Option<PathBuf>,
 }
 
 impl Default for MaildirOptions {
@@ -56,6 +61,7 @@ impl Default for MaildirOptions {
             namespace: Namespace::default(),
             log_lock_timeout: Duration::from_secs(180),
             fsync: true,
+            attribute_dict: None,
         }
     }
 }
