@@ -913,3 +913,119 @@ fn modseqs_of_a_mailbox_only_homing_wrote() {
     assert!(mb.status().highest_modseq > highest);
     inst.assert_log_clean();
 }
+
+/// Mailbox attributes in the file dict: homing reads what Dovecot set (with
+/// the modseqs of its log records), and what homing sets, Dovecot reads;
+/// each set is one logged change that raises HIGHESTMODSEQ, as Dovecot's.
+#[test]
+fn attributes_in_the_file_dict() {
+    if !require_dovecot("attributes_in_the_file_dict") {
+        return;
+    }
+    let inst = start();
+    inst.save_message(USER, "INBOX", &mail(1)).unwrap();
+    let meta = |args: &[&str]| {
+        let mut a = vec!["mailbox", "metadata", args[0], "-u", USER];
+        a.extend_from_slice(&args[1..]);
+        inst.doveadm(a).unwrap().ok().unwrap().stdout_str()
+    };
+    meta(&["set", "INBOX", "/private/comment", "from dovecot"]);
+    meta(&["set", "INBOX", "/shared/note", "shared value"]);
+    let dict = inst.home(USER).join("dovecot-attributes");
+    assert!(dict.exists(), "the instance keeps attributes in {dict:?}");
+    let st = MaildirStore::open(
+        inst.mail_dir(USER),
+        MaildirOptions {
+            attribute_dict: Some(dict.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let modseq_before = status(&inst, "INBOX")["highestmodseq"]
+        .parse::<u64>()
+        .unwrap();
+    {
+        let mb = st.open_mailbox("INBOX").unwrap();
+        let mut attrs = mb.attributes().unwrap();
+        attrs.sort_by(|a, b| a.key.cmp(&b.key));
+        let got: Vec<_> = attrs
+            .iter()
+            .map(|a| (a.private, a.key.as_str(), a.value.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (true, "comment", &b"from dovecot"[..]),
+                (false, "note", &b"shared value"[..])
+            ]
+        );
+        let Changes::Since(ch) = mb.changes_since(0).unwrap() else {
+            panic!("log too old")
+        };
+        let logged: Vec<_> = ch
+            .iter()
+            .filter_map(|c| match &c.kind {
+                LogChangeKind::Attribute { key, set, private } => {
+                    Some((c.modseq, key.clone(), *set, *private))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            logged,
+            vec![
+                (modseq_before - 1, "comment".to_string(), true, true),
+                (modseq_before, "note".to_string(), true, false),
+            ]
+        );
+    }
+
+    // homing's changes, one transaction.
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.set_attribute(true, "comment", Some(b"from homing\twith tab"), 0)
+        .unwrap();
+    tx.set_attribute(false, "note", None, 0).unwrap();
+    tx.set_attribute(true, "vendor/x/new", Some(b"n"), 0)
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        meta(&["get", "INBOX", "/private/comment"]).trim_end(),
+        "from homing\twith tab"
+    );
+    assert_eq!(meta(&["get", "INBOX", "/shared/note"]).trim_end(), "");
+    assert_eq!(
+        meta(&["get", "INBOX", "/private/vendor/x/new"]).trim_end(),
+        "n"
+    );
+    let modseq_after = status(&inst, "INBOX")["highestmodseq"]
+        .parse::<u64>()
+        .unwrap();
+    assert_eq!(modseq_after, modseq_before + 1, "one record, one modseq");
+
+    // Dovecot's next change follows ours in the same modseq sequence.
+    meta(&["set", "INBOX", "/private/comment", "again"]);
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let Changes::Since(ch) = mb.changes_since(modseq_before).unwrap() else {
+        panic!("log too old")
+    };
+    let logged: Vec<_> = ch
+        .iter()
+        .filter_map(|c| match &c.kind {
+            LogChangeKind::Attribute { key, set, .. } => Some((c.modseq, key.clone(), *set)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        logged,
+        vec![
+            (modseq_after, "comment".to_string(), true),
+            (modseq_after, "note".to_string(), false),
+            (modseq_after, "vendor/x/new".to_string(), true),
+            (modseq_after + 1, "comment".to_string(), true),
+        ]
+    );
+    let (vuid, _) = inst.vmail_ids();
+    assert_eq!(std::fs::metadata(&dict).unwrap().uid(), vuid);
+    assert!(!inst.home(USER).join("dovecot-attributes.lock").exists());
+    inst.assert_log_clean();
+}

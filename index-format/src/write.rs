@@ -652,6 +652,21 @@ mod tests {
         want.extend_from_slice(&0x6b0b_5553u32.to_le_bytes());
         want.extend_from_slice(&1u32.to_le_bytes());
         assert_eq!(b.encode(), want);
+        // The key list fills its last word: the terminator takes a whole
+        // word of padding, which the reader must skip.
+        let bytes = log_with(&want);
+        let lf = LogFile::parse(&bytes).unwrap();
+        let rec = lf.records().next().unwrap().unwrap();
+        match rec.body().unwrap() {
+            RecordBody::AttributeUpdate(ch) => {
+                assert_eq!(ch.len(), 1);
+                assert_eq!(
+                    (ch[0].key, ch[0].timestamp, ch[0].value_len),
+                    (&b"abcde"[..], 0x6b0b_5553, Some(1))
+                );
+            }
+            other => panic!("not an attribute update: {other:?}"),
+        }
 
         let mut u = TransactionBuilder::new(false);
         u.set_sync(true);
