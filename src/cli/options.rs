@@ -269,3 +269,39 @@ impl Settings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_home_from_the_config_userdb() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(
+            &passwd,
+            "alice:{PLAIN}pw::::::\nbob:{PLAIN}pw:5000:5000::/srv/bob::\n",
+        )
+        .unwrap();
+        let conf = dir.path().join("dovecot.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "mail_location = maildir:~/Maildir\n\
+                 passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {p}\n}}\n\
+                 userdb {{\n  driver = passwd-file\n  args = {p}\n  default_fields = uid=5000 home=/home/%u\n}}\n\
+                 userdb {{\n  driver = static\n  args = home=/elsewhere/%u\n}}\n",
+                p = passwd.display()
+            ),
+        )
+        .unwrap();
+        let s = Settings::load(Some(&conf), &[]).unwrap();
+        assert_eq!(s.user_home("alice"), Some("/home/alice".into()));
+        assert_eq!(s.user_home("bob"), Some("/srv/bob".into()));
+        assert_eq!(s.user_home("nobody"), None);
+        let s = Settings::load(Some(&conf), &["mail_home=/m/%n".into()]).unwrap();
+        assert_eq!(s.user_home("carol@example.org"), Some("/m/carol".into()));
+        let s = Settings::load(None, &[]).unwrap();
+        assert_eq!(s.user_home("alice"), None);
+    }
+}

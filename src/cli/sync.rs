@@ -64,6 +64,15 @@ pub enum LocalReplica {
     Maildir(Box<MaildirReplica>),
 }
 
+impl LocalReplica {
+    /// Sets the user's home (where `-l` takes `.dovecot-sync.lock`).
+    pub fn set_home(&mut self, home: std::path::PathBuf) {
+        if let LocalReplica::Maildir(m) = self {
+            m.set_home(Some(home));
+        }
+    }
+}
+
 impl SessionStore for LocalReplica {
     fn answer(&mut self, q: &sync_engine::Query) -> sync_engine::Answer {
         match self {
@@ -161,12 +170,19 @@ pub fn open_user_location(
     {
         None => None,
         Some(d) => {
-            let d = match (d.split_once(":~/"), &home) {
-                (Some((scheme, rest)), Some(h)) => {
-                    format!("{scheme}:{}/{rest}", h.display())
+            let mut d = d.to_string();
+            if let Some(h) = &home {
+                let h = h.display().to_string();
+                if let Some((scheme, rest)) = d.split_once(":~/") {
+                    d = format!("{scheme}:{h}/{rest}");
                 }
-                _ => d.to_string(),
-            };
+                d = d.replace("%h", &h);
+            } else if d.contains("%h") || d.contains(":~/") {
+                return Err(fatal(
+                    EX_TEMPFAIL,
+                    format!("Fatal: mail_attribute_dict {d}: user {user} has no home directory"),
+                ));
+            }
             Some(expand_location(&d, user)?)
         }
     };

@@ -162,10 +162,14 @@ impl SessionHandler for SlaveHandler {
             ..request.decoder.clone()
         };
         Box::pin(async move {
-            let store = match crate::cli::sync::open_location(&request.user.mail_location) {
+            let mut store = match crate::cli::sync::open_location(&request.user.mail_location) {
                 Ok(s) => s,
                 Err(f) => return SessionOutcome::failed(f.code, f.message),
             };
+            // When the engine decides this side takes the `-l` lock, it is
+            // Dovecot's `<home>/.dovecot-sync.lock`, shared with Dovecot's
+            // own syncs of the user.
+            store.set_home(request.user.home.clone());
             let r = crate::session::run_slave_session(
                 io.reader,
                 io.writer,
