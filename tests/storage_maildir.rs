@@ -1029,3 +1029,102 @@ fn attributes_in_the_file_dict() {
     assert!(!inst.home(USER).join("dovecot-attributes.lock").exists());
     inst.assert_log_clean();
 }
+
+/// Dovecot 2.3 keeps a mailbox list index (`dovecot.list.index*`, on by
+/// default) with names, GUIDs and cached STATUS. homing does not write it:
+/// this shows that Dovecot notices homing's tree changes at once anyway —
+/// listing re-reads the directory, and a cached STATUS is only used while
+/// the mailbox's own index log is unchanged — with a clean log.
+#[test]
+fn list_index_follows_homing_tree_changes() {
+    if !require_dovecot("list_index_follows_homing_tree_changes") {
+        return;
+    }
+    let inst = start();
+    inst.save_message(USER, "INBOX", &mail(1)).unwrap();
+    inst.create_mailboxes(USER, &["Keep", "Old", "Gone", "Reuse"])
+        .unwrap();
+    for (n, b) in ["Keep", "Old", "Reuse"].iter().enumerate() {
+        inst.save_message(USER, b, &mail(10 + n as u32)).unwrap();
+    }
+    let all_status = |inst: &DovecotInstance| {
+        let out = inst
+            .doveadm([
+                "-f",
+                "tab",
+                "mailbox",
+                "status",
+                "-u",
+                USER,
+                "messages uidnext uidvalidity guid",
+                "*",
+            ])
+            .unwrap()
+            .ok()
+            .unwrap();
+        let mut rows = table(&out.stdout_str());
+        rows.sort_by(|a, b| a["mailbox"].cmp(&b["mailbox"]));
+        rows
+    };
+    // Dovecot's list index now knows every mailbox and caches its status.
+    let before = all_status(&inst);
+    assert_eq!(before.len(), 5);
+    let list_log = inst.mail_dir(USER).join("dovecot.list.index.log");
+    assert!(list_log.exists(), "Dovecot keeps a list index");
+    let old_guid = status(&inst, "Old")["guid"].clone();
+
+    let st = store(&inst);
+    let new_guid = [0x4e; 16];
+    let reuse_guid = [0x52; 16];
+    st.create_mailbox("New", Some(new_guid), Some(111)).unwrap();
+    st.rename_mailbox("Old", "Renamed", 1_800_000_000).unwrap();
+    st.delete_mailbox("Gone", None, 1_800_000_001).unwrap();
+    st.delete_mailbox("Reuse", None, 1_800_000_002).unwrap();
+    st.create_mailbox("Reuse", Some(reuse_guid), Some(222))
+        .unwrap();
+    let mut tx = st.begin("Keep").unwrap();
+    tx.save(NewMessage::default(), &mut &mail(20)[..]).unwrap();
+    tx.commit().unwrap();
+
+    // STATUS by name first (no listing in between).
+    let s = status(&inst, "Renamed");
+    assert_eq!(
+        (s["guid"].as_str(), s["messages"].as_str()),
+        (old_guid.as_str(), "1")
+    );
+    let s = status(&inst, "Reuse");
+    assert_eq!(
+        (
+            s["guid"].as_str(),
+            s["uidvalidity"].as_str(),
+            s["messages"].as_str()
+        ),
+        (hex(&reuse_guid).as_str(), "222", "0")
+    );
+    let s = status(&inst, "New");
+    assert_eq!(
+        (s["guid"].as_str(), s["uidvalidity"].as_str()),
+        (hex(&new_guid).as_str(), "111")
+    );
+    assert_eq!(status(&inst, "Keep")["messages"], "2");
+    for gone in ["Old", "Gone"] {
+        let o = inst
+            .doveadm(["mailbox", "status", "-u", USER, "messages", gone])
+            .unwrap();
+        assert!(
+            !o.success(),
+            "{gone} still has a status: {}",
+            o.stdout_str()
+        );
+    }
+    let mut names = inst.mailbox_names(USER).unwrap();
+    names.sort();
+    assert_eq!(names, vec!["INBOX", "Keep", "New", "Renamed", "Reuse"]);
+    let after = all_status(&inst);
+    let row = |name: &str| after.iter().find(|r| r["mailbox"] == name).cloned();
+    assert_eq!(row("Reuse").unwrap()["guid"], hex(&reuse_guid));
+    assert_eq!(row("Renamed").unwrap()["guid"], old_guid);
+    assert_eq!(row("Keep").unwrap()["messages"], "2");
+    assert!(row("Old").is_none() && row("Gone").is_none());
+    inst.assert_log_clean();
+}
