@@ -1072,6 +1072,13 @@ fn list_index_follows_homing_tree_changes() {
     let list_log = inst.mail_dir(USER).join("dovecot.list.index.log");
     assert!(list_log.exists(), "Dovecot keeps a list index");
     let old_guid = status(&inst, "Old")["guid"].clone();
+    // A running IMAP session that has listed the tree already.
+    let mut imap = Imap::start(&inst);
+    assert_eq!(
+        imap.list(),
+        vec!["Gone", "INBOX", "Keep", "Old", "Reuse"],
+        "before"
+    );
 
     let st = store(&inst);
     let new_guid = [0x4e; 16];
@@ -1085,6 +1092,14 @@ fn list_index_follows_homing_tree_changes() {
     let mut tx = st.begin("Keep").unwrap();
     tx.save(NewMessage::default(), &mut &mail(20)[..]).unwrap();
     tx.commit().unwrap();
+
+    // The running session lists the new tree at once, before any other
+    // Dovecot process touched the list index (the refresh flag).
+    assert_eq!(
+        imap.list(),
+        vec!["INBOX", "Keep", "New", "Renamed", "Reuse"]
+    );
+    drop(imap);
 
     // STATUS by name first (no listing in between).
     let s = status(&inst, "Renamed");
@@ -1127,4 +1142,75 @@ fn list_index_follows_homing_tree_changes() {
     assert_eq!(row("Keep").unwrap()["messages"], "2");
     assert!(row("Old").is_none() && row("Gone").is_none());
     inst.assert_log_clean();
+}
+
+/// A preauthenticated IMAP session (`doveadm exec imap`) over pipes.
+struct Imap {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    tag: u32,
+}
+
+impl Imap {
+    fn start(inst: &DovecotInstance) -> Imap {
+        let mut c = inst.doveadm_command();
+        c.args(["exec", "imap", "-u", USER])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = c.spawn().expect("start imap");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut imap = Imap { child, out, tag: 0 };
+        let greeting = imap.line();
+        assert!(greeting.starts_with("* PREAUTH"), "{greeting}");
+        imap
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.out.read_line(&mut l).expect("read imap");
+        assert!(!l.is_empty(), "imap closed the connection");
+        l.trim_end().to_string()
+    }
+
+    /// Runs one command; returns its untagged lines.
+    fn command(&mut self, cmd: &str) -> Vec<String> {
+        use std::io::Write as _;
+        self.tag += 1;
+        let tag = format!("t{}", self.tag);
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        write!(stdin, "{tag} {cmd}\r\n").expect("write imap");
+        stdin.flush().expect("flush imap");
+        let mut lines = Vec::new();
+        loop {
+            let l = self.line();
+            if let Some(rest) = l.strip_prefix(&format!("{tag} ")) {
+                assert!(rest.starts_with("OK"), "{cmd}: {l}");
+                return lines;
+            }
+            lines.push(l);
+        }
+    }
+
+    /// Mailbox names from `LIST "" *`, sorted.
+    fn list(&mut self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .command("LIST \"\" *")
+            .iter()
+            .filter_map(|l| {
+                l.rsplit_once("\"/\" ")
+                    .map(|(_, n)| n.trim_matches('"').to_string())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Imap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

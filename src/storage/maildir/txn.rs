@@ -736,7 +736,7 @@ fn create_log(store: &MaildirStore, dir: &Path) -> Result<()> {
 
 /// Reads a whole file through an already open descriptor (positional reads:
 /// the log lock's descriptor must stay the only one we use).
-fn read_all(f: &File, path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_all(f: &File, path: &Path) -> Result<Vec<u8>> {
     let len = f.metadata().map_err(io_err(path))?.len() as usize;
     let mut buf = vec![0u8; len];
     let mut off = 0;
