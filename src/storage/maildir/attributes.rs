@@ -6,6 +6,7 @@
 //! then renamed over the file). The dict keeps no timestamps; the change
 //! history (modseqs) lives in the mailbox's transaction log.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -123,13 +124,19 @@ pub(crate) fn update(
     let mut lock = Dotlock::acquire_for_replace(path, DICT_DOTLOCK, owner)?;
     let data = read_dict(path)?;
     let attrs = Attributes::parse(&data);
-    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(attrs.entries.len() + 1);
-    for e in attrs.entries {
-        let (k, v) = (e.key.into_owned(), e.value.into_owned());
-        match entries.iter_mut().find(|(ek, _)| *ek == k) {
-            Some(slot) => slot.1 = v,
-            None => entries.push((k, v)),
+    // File order is kept; a key's later duplicate replaces the earlier one
+    // (the dict holds every mailbox's attributes, so look keys up by hash).
+    let mut entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(attrs.entries.len() + 1);
+    let mut index: HashMap<Vec<u8>, usize> = HashMap::with_capacity(attrs.entries.len() + 1);
+    let mut put = |k: Vec<u8>, v: Option<Vec<u8>>| match index.get(&k) {
+        Some(&i) => entries[i].1 = v,
+        None => {
+            index.insert(k.clone(), entries.len());
+            entries.push((k, v));
         }
+    };
+    for e in attrs.entries {
+        put(e.key.into_owned(), Some(e.value.into_owned()));
     }
     let g = hex(guid);
     for c in changes {
@@ -138,18 +145,13 @@ pub(crate) fn update(
         } else {
             AttributeScope::Shared
         };
-        let key = mailbox_key(scope, &g, &c.key).into_bytes();
-        let pos = entries.iter().position(|(k, _)| *k == key);
-        match (&c.value, pos) {
-            (Some(v), Some(i)) => entries[i].1 = v.clone(),
-            (Some(v), None) => entries.push((key, v.clone())),
-            (None, Some(i)) => {
-                entries.remove(i);
-            }
-            (None, None) => {}
-        }
+        put(mailbox_key(scope, &g, &c.key).into_bytes(), c.value.clone());
     }
-    let content = encode(entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+    let content = encode(
+        entries
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.as_slice(), v.as_slice()))),
+    );
     let lock_path = lock.path().to_path_buf();
     let f = lock.file_mut().ok_or_else(|| StorageError::Inconsistent {
         path: lock_path.clone(),
