@@ -189,7 +189,9 @@ pub fn open_user_location(
     open_location_with(location, dict.as_deref(), home)
 }
 
-fn open_location_with(
+/// Opens a mail location with an attribute dict URI (already expanded) and
+/// the user's home.
+pub fn open_location_with(
     location: &str,
     attribute_dict: Option<&str>,
     home: Option<std::path::PathBuf>,
