@@ -913,3 +913,304 @@ fn modseqs_of_a_mailbox_only_homing_wrote() {
     assert!(mb.status().highest_modseq > highest);
     inst.assert_log_clean();
 }
+
+/// Mailbox attributes in the file dict: homing reads what Dovecot set (with
+/// the modseqs of its log records), and what homing sets, Dovecot reads;
+/// each set is one logged change that raises HIGHESTMODSEQ, as Dovecot's.
+#[test]
+fn attributes_in_the_file_dict() {
+    if !require_dovecot("attributes_in_the_file_dict") {
+        return;
+    }
+    let inst = start();
+    inst.save_message(USER, "INBOX", &mail(1)).unwrap();
+    let meta = |args: &[&str]| {
+        let mut a = vec!["mailbox", "metadata", args[0], "-u", USER];
+        a.extend_from_slice(&args[1..]);
+        inst.doveadm(a).unwrap().ok().unwrap().stdout_str()
+    };
+    meta(&["set", "INBOX", "/private/comment", "from dovecot"]);
+    meta(&["set", "INBOX", "/shared/note", "shared value"]);
+    let dict = inst.home(USER).join("dovecot-attributes");
+    assert!(dict.exists(), "the instance keeps attributes in {dict:?}");
+    let st = MaildirStore::open(
+        inst.mail_dir(USER),
+        MaildirOptions {
+            attribute_dict: Some(dict.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let modseq_before = status(&inst, "INBOX")["highestmodseq"]
+        .parse::<u64>()
+        .unwrap();
+    {
+        let mb = st.open_mailbox("INBOX").unwrap();
+        let mut attrs = mb.attributes().unwrap();
+        attrs.sort_by(|a, b| a.key.cmp(&b.key));
+        let got: Vec<_> = attrs
+            .iter()
+            .map(|a| (a.private, a.key.as_str(), a.value.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (true, "comment", &b"from dovecot"[..]),
+                (false, "note", &b"shared value"[..])
+            ]
+        );
+        let Changes::Since(ch) = mb.changes_since(0).unwrap() else {
+            panic!("log too old")
+        };
+        let logged: Vec<_> = ch
+            .iter()
+            .filter_map(|c| match &c.kind {
+                LogChangeKind::Attribute { key, set, private } => {
+                    Some((c.modseq, key.clone(), *set, *private))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            logged,
+            vec![
+                (modseq_before - 1, "comment".to_string(), true, true),
+                (modseq_before, "note".to_string(), true, false),
+            ]
+        );
+    }
+
+    // homing's changes, one transaction.
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.set_attribute(true, "comment", Some(b"from homing\twith tab"), 0)
+        .unwrap();
+    tx.set_attribute(false, "note", None, 0).unwrap();
+    tx.set_attribute(true, "vendor/x/new", Some(b"n"), 0)
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        meta(&["get", "INBOX", "/private/comment"]).trim_end(),
+        "from homing\twith tab"
+    );
+    assert_eq!(meta(&["get", "INBOX", "/shared/note"]).trim_end(), "");
+    assert_eq!(
+        meta(&["get", "INBOX", "/private/vendor/x/new"]).trim_end(),
+        "n"
+    );
+    let modseq_after = status(&inst, "INBOX")["highestmodseq"]
+        .parse::<u64>()
+        .unwrap();
+    assert_eq!(modseq_after, modseq_before + 1, "one record, one modseq");
+
+    // Dovecot's next change follows ours in the same modseq sequence.
+    meta(&["set", "INBOX", "/private/comment", "again"]);
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let Changes::Since(ch) = mb.changes_since(modseq_before).unwrap() else {
+        panic!("log too old")
+    };
+    let logged: Vec<_> = ch
+        .iter()
+        .filter_map(|c| match &c.kind {
+            LogChangeKind::Attribute { key, set, .. } => Some((c.modseq, key.clone(), *set)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        logged,
+        vec![
+            (modseq_after, "comment".to_string(), true),
+            (modseq_after, "note".to_string(), false),
+            (modseq_after, "vendor/x/new".to_string(), true),
+            (modseq_after + 1, "comment".to_string(), true),
+        ]
+    );
+    let (vuid, _) = inst.vmail_ids();
+    assert_eq!(std::fs::metadata(&dict).unwrap().uid(), vuid);
+    assert!(!inst.home(USER).join("dovecot-attributes.lock").exists());
+    inst.assert_log_clean();
+}
+
+/// Dovecot 2.3 keeps a mailbox list index (`dovecot.list.index*`, on by
+/// default) with names, GUIDs and cached STATUS. homing does not write it:
+/// this shows that Dovecot notices homing's tree changes at once anyway —
+/// listing re-reads the directory, and a cached STATUS is only used while
+/// the mailbox's own index log is unchanged — with a clean log.
+#[test]
+fn list_index_follows_homing_tree_changes() {
+    if !require_dovecot("list_index_follows_homing_tree_changes") {
+        return;
+    }
+    let inst = start();
+    inst.save_message(USER, "INBOX", &mail(1)).unwrap();
+    inst.create_mailboxes(USER, &["Keep", "Old", "Gone", "Reuse"])
+        .unwrap();
+    for (n, b) in ["Keep", "Old", "Reuse"].iter().enumerate() {
+        inst.save_message(USER, b, &mail(10 + n as u32)).unwrap();
+    }
+    let all_status = |inst: &DovecotInstance| {
+        let out = inst
+            .doveadm([
+                "-f",
+                "tab",
+                "mailbox",
+                "status",
+                "-u",
+                USER,
+                "messages uidnext uidvalidity guid",
+                "*",
+            ])
+            .unwrap()
+            .ok()
+            .unwrap();
+        let mut rows = table(&out.stdout_str());
+        rows.sort_by(|a, b| a["mailbox"].cmp(&b["mailbox"]));
+        rows
+    };
+    // Dovecot's list index now knows every mailbox and caches its status.
+    let before = all_status(&inst);
+    assert_eq!(before.len(), 5);
+    let list_log = inst.mail_dir(USER).join("dovecot.list.index.log");
+    assert!(list_log.exists(), "Dovecot keeps a list index");
+    let old_guid = status(&inst, "Old")["guid"].clone();
+    // A running IMAP session that has listed the tree already.
+    let mut imap = Imap::start(&inst);
+    assert_eq!(
+        imap.list(),
+        vec!["Gone", "INBOX", "Keep", "Old", "Reuse"],
+        "before"
+    );
+
+    let st = store(&inst);
+    let new_guid = [0x4e; 16];
+    let reuse_guid = [0x52; 16];
+    st.create_mailbox("New", Some(new_guid), Some(111)).unwrap();
+    st.rename_mailbox("Old", "Renamed", 1_800_000_000).unwrap();
+    st.delete_mailbox("Gone", None, 1_800_000_001).unwrap();
+    st.delete_mailbox("Reuse", None, 1_800_000_002).unwrap();
+    st.create_mailbox("Reuse", Some(reuse_guid), Some(222))
+        .unwrap();
+    let mut tx = st.begin("Keep").unwrap();
+    tx.save(NewMessage::default(), &mut &mail(20)[..]).unwrap();
+    tx.commit().unwrap();
+
+    // The running session lists the new tree at once, before any other
+    // Dovecot process touched the list index (the refresh flag).
+    assert_eq!(
+        imap.list(),
+        vec!["INBOX", "Keep", "New", "Renamed", "Reuse"]
+    );
+    drop(imap);
+
+    // STATUS by name first (no listing in between).
+    let s = status(&inst, "Renamed");
+    assert_eq!(
+        (s["guid"].as_str(), s["messages"].as_str()),
+        (old_guid.as_str(), "1")
+    );
+    let s = status(&inst, "Reuse");
+    assert_eq!(
+        (
+            s["guid"].as_str(),
+            s["uidvalidity"].as_str(),
+            s["messages"].as_str()
+        ),
+        (hex(&reuse_guid).as_str(), "222", "0")
+    );
+    let s = status(&inst, "New");
+    assert_eq!(
+        (s["guid"].as_str(), s["uidvalidity"].as_str()),
+        (hex(&new_guid).as_str(), "111")
+    );
+    assert_eq!(status(&inst, "Keep")["messages"], "2");
+    for gone in ["Old", "Gone"] {
+        let o = inst
+            .doveadm(["mailbox", "status", "-u", USER, "messages", gone])
+            .unwrap();
+        assert!(
+            !o.success(),
+            "{gone} still has a status: {}",
+            o.stdout_str()
+        );
+    }
+    let mut names = inst.mailbox_names(USER).unwrap();
+    names.sort();
+    assert_eq!(names, vec!["INBOX", "Keep", "New", "Renamed", "Reuse"]);
+    let after = all_status(&inst);
+    let row = |name: &str| after.iter().find(|r| r["mailbox"] == name).cloned();
+    assert_eq!(row("Reuse").unwrap()["guid"], hex(&reuse_guid));
+    assert_eq!(row("Renamed").unwrap()["guid"], old_guid);
+    assert_eq!(row("Keep").unwrap()["messages"], "2");
+    assert!(row("Old").is_none() && row("Gone").is_none());
+    inst.assert_log_clean();
+}
+
+/// A preauthenticated IMAP session (`doveadm exec imap`) over pipes.
+struct Imap {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    tag: u32,
+}
+
+impl Imap {
+    fn start(inst: &DovecotInstance) -> Imap {
+        let mut c = inst.doveadm_command();
+        c.args(["exec", "imap", "-u", USER])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = c.spawn().expect("start imap");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut imap = Imap { child, out, tag: 0 };
+        let greeting = imap.line();
+        assert!(greeting.starts_with("* PREAUTH"), "{greeting}");
+        imap
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.out.read_line(&mut l).expect("read imap");
+        assert!(!l.is_empty(), "imap closed the connection");
+        l.trim_end().to_string()
+    }
+
+    /// Runs one command; returns its untagged lines.
+    fn command(&mut self, cmd: &str) -> Vec<String> {
+        use std::io::Write as _;
+        self.tag += 1;
+        let tag = format!("t{}", self.tag);
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        write!(stdin, "{tag} {cmd}\r\n").expect("write imap");
+        stdin.flush().expect("flush imap");
+        let mut lines = Vec::new();
+        loop {
+            let l = self.line();
+            if let Some(rest) = l.strip_prefix(&format!("{tag} ")) {
+                assert!(rest.starts_with("OK"), "{cmd}: {l}");
+                return lines;
+            }
+            lines.push(l);
+        }
+    }
+
+    /// Mailbox names from `LIST "" *`, sorted.
+    fn list(&mut self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .command("LIST \"\" *")
+            .iter()
+            .filter_map(|l| {
+                l.rsplit_once("\"/\" ")
+                    .map(|(_, n)| n.trim_matches('"').to_string())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Imap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::error::Result;
 use crate::mmap::MappedFile;
-use crate::subscriptions::tab_unescape;
+use crate::subscriptions::{tab_escape, tab_unescape};
 
 /// Private or shared attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -104,6 +104,29 @@ impl<'a> Attributes<'a> {
     }
 }
 
+/// The dict key of a mailbox attribute: `priv/<GUID>/<name>` or
+/// `shared/<GUID>/<name>`.
+pub fn mailbox_key(scope: AttributeScope, mailbox_guid: &str, name: &str) -> String {
+    let s = match scope {
+        AttributeScope::Private => "priv",
+        AttributeScope::Shared => "shared",
+    };
+    format!("{s}/{mailbox_guid}/{name}")
+}
+
+/// The file content for `entries`: key line, value line, both tab-escaped,
+/// each ending in LF (what Dovecot's file dict writes).
+pub fn encode<'e>(entries: impl IntoIterator<Item = (&'e [u8], &'e [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in entries {
+        out.extend_from_slice(&tab_escape(k));
+        out.push(b'\n');
+        out.extend_from_slice(&tab_escape(v));
+        out.push(b'\n');
+    }
+    out
+}
+
 /// Parses the attribute file at `path` for `homing dump`.
 pub fn dump(path: &Path) -> Result<Value> {
     let map = MappedFile::open(path)?;
@@ -119,4 +142,34 @@ pub fn dump(path: &Path) -> Result<Value> {
         })
         .collect();
     Ok(json!({ "entries": entries, "dangling_key": attrs.dangling_key }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_round_trips_escaped_lines() {
+        // Dovecot wrote `hello<TAB>world` as `hello\x01tworld`.
+        let key = mailbox_key(
+            AttributeScope::Private,
+            "9ca7680432550b6b7b77000083ecc375",
+            "comment",
+        );
+        let bytes = encode([
+            (key.as_bytes(), &b"hello\tworld"[..]),
+            (&b"shared/x"[..], &b"a\nb\x01"[..]),
+        ]);
+        assert_eq!(
+            bytes,
+            b"priv/9ca7680432550b6b7b77000083ecc375/comment\nhello\x01tworld\nshared/x\na\x01nb\x011\n"
+        );
+        let a = Attributes::parse(&bytes);
+        assert!(!a.dangling_key);
+        assert_eq!(a.get(key.as_bytes()), Some(&b"hello\tworld"[..]));
+        assert_eq!(a.get(b"shared/x"), Some(&b"a\nb\x01"[..]));
+        let k = parse_key(&key).unwrap();
+        assert_eq!(k.scope, AttributeScope::Private);
+        assert_eq!(k.name, "comment");
+    }
 }

@@ -932,7 +932,13 @@ fn decode_attributes(p: &[u8]) -> DecodeResult<Vec<AttributeChange<'_>>> {
         keys.push((set, s[1], &s[2..]));
         i += len + 1;
     }
-    let i = align4(i);
+    // The key list ends with one more NUL; the numbers start at the next
+    // 4-byte boundary after it (a list that fills its last word exactly
+    // gets a whole word of padding, as Dovecot writes it).
+    if p.get(i) != Some(&0) {
+        return Err((i, "key list does not end with NUL".into()));
+    }
+    let i = align4(i + 1);
     let rest = p.get(i..).unwrap_or(&[]);
     if rest.len() != extra * 4 {
         return Err((

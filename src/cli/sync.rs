@@ -67,6 +67,15 @@ pub enum LocalReplica {
     Maildir(Box<MaildirReplica>),
 }
 
+impl LocalReplica {
+    /// Sets the user's home (where `-l` takes `.dovecot-sync.lock`).
+    pub fn set_home(&mut self, home: std::path::PathBuf) {
+        if let LocalReplica::Maildir(m) = self {
+            m.set_home(Some(home));
+        }
+    }
+}
+
 impl SessionStore for LocalReplica {
     fn answer(&mut self, q: &sync_engine::Query) -> sync_engine::Answer {
         match self {
@@ -168,6 +177,20 @@ impl LocalUser {
             .and_then(|i| i.get(key))
             .or_else(|| settings.get(key))
     }
+
+    /// The home directory: the userdb's `home`, else `mail_home` (as Dovecot
+    /// uses it when the userdb gives none). Only absolute paths count.
+    pub fn home(&self, settings: &Settings) -> Option<std::path::PathBuf> {
+        let from_userdb = self.info.as_ref().and_then(|i| i.home.clone());
+        let h = match from_userdb {
+            Some(h) => h,
+            None => {
+                let t = settings.get("mail_home").filter(|h| !h.is_empty())?;
+                crate::userdb::expand_vars(t, &self.user, None).ok()?
+            }
+        };
+        h.starts_with('/').then(|| h.into())
+    }
 }
 
 /// Looks `user` up as doveadm does. `Ok(None)`: the userdb does not know it.
@@ -242,11 +265,51 @@ pub fn open_location_as(location: &str, owner: Option<Owner>) -> Result<LocalRep
 
 /// Opens the replica a mail location names.
 pub fn open_location(location: &str) -> Result<LocalReplica, Failure> {
+    open_location_with(location, None, None)
+}
+
+/// Opens a user's replica at `location` with what goes with it: the owner
+/// of created files, the attribute dict (`mail_attribute_dict`, `~` and `%h`
+/// = the home) and the home (for the `-l` lock).
+pub fn open_user_location(
+    settings: &Settings,
+    user: &LocalUser,
+    location: &str,
+) -> Result<LocalReplica, Failure> {
+    let home = user.home(settings);
+    let home_str = home.as_ref().map(|h| h.display().to_string());
+    let dict = match user
+        .setting(settings, "mail_attribute_dict")
+        .filter(|d| !d.is_empty())
+    {
+        None => None,
+        Some(d) => Some(expand_location(d, &user.user, home_str.as_deref())?),
+    };
+    match location.split(':').next().unwrap_or("") {
+        "maildir" => MaildirReplica::open_for_user(location, user.owner, dict.as_deref())
+            .map(|mut m| {
+                m.set_home(home);
+                LocalReplica::Maildir(Box::new(m))
+            })
+            .map_err(|e| fatal(EX_TEMPFAIL, format!("Fatal: {e}"))),
+        _ => open_location(location),
+    }
+}
+
+/// the user's home.
+pub fn open_location_with(
+    location: &str,
+    attribute_dict: Option<&str>,
+    home: Option<std::path::PathBuf>,
+) -> Result<LocalReplica, Failure> {
     let scheme = location.split(':').next().unwrap_or("");
     match scheme {
         "memory" => Ok(LocalReplica::Memory(MemoryReplica::new())),
-        "maildir" => MaildirReplica::open_location(location)
-            .map(|m| LocalReplica::Maildir(Box::new(m)))
+        "maildir" => MaildirReplica::open_location_with(location, attribute_dict)
+            .map(|mut m| {
+                m.set_home(home);
+                LocalReplica::Maildir(Box::new(m))
+            })
             .map_err(|e| fatal(EX_TEMPFAIL, format!("Fatal: {e}"))),
         _ => Err(fatal(
             EX_TEMPFAIL,
@@ -661,7 +724,7 @@ async fn run_user(p: &Prepared<'_>, user: &str) -> Result<Option<i32>, Failure> 
             "Fatal: no mail_location: give -o mail_location=LOCATION, or -c with a config (or a userdb `mail` field) that sets it",
         )
     })?;
-    let local = open_location_as(&location, local_user.owner)?;
+    let local = open_user_location(cfg, &local_user, &location)?;
     let host = hostname();
     let progress = progress_wanted(p).then(|| Arc::new(Progress::default()));
     let opts = SessionOptions {
@@ -679,7 +742,7 @@ async fn run_user(p: &Prepared<'_>, user: &str) -> Result<Option<i32>, Failure> 
             }
             // doveadm leaves %-variables of this argument unexpanded; the
             // second replica is the same user's, with the same owner.
-            let other = open_location_as(loc, local_user.owner)?;
+            let other = open_user_location(cfg, &local_user, loc)?;
             let (m, s) = run_local_pair(local, other, &host, settings, &opts).await;
             let code_s = s.outcome.status.code();
             if code_s != 0 {
@@ -840,7 +903,7 @@ pub async fn run_dsync_server(globals: &Globals, a: &ServerArgs) -> i32 {
         .location
         .clone()
         .unwrap_or_else(|| "memory:".to_string());
-    let store = match open_location_as(&location, local_user.owner) {
+    let store = match open_user_location(&globals.settings, &local_user, &location) {
         Ok(s) => s,
         Err(f) => {
             eprintln!("{}", f.message);

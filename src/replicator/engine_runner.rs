@@ -194,10 +194,14 @@ impl EngineRunner {
             Ok(s) => s,
             Err(reason) => return failed(reason),
         };
-        let local = match open_location(&location) {
+        let mut local = match open_location(&location) {
             Ok(l) => l,
             Err(f) => return failed(f.message),
         };
+        if let Some(h) = &home {
+            // Where `-l` takes `.dovecot-sync.lock` when this side locks.
+            local.set_home(PathBuf::from(h));
+        }
         let open = OpenOptions {
             user: Some(req.username.clone()),
             remote_cmd: if settings.remote_cmd.is_empty() {

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub home_template: String,
     /// Mail location template (`%h` home plus the above), e.g. `maildir:%h/Maildir`.
     pub mail_location: String,
+    /// Mailbox attribute dict template (`mail_attribute_dict`, e.g.
+    /// `file:%h/dovecot-attributes`); `None`: attributes not enabled.
+    pub mail_attribute_dict: Option<String>,
     /// Name announced in the dsync handshake.
     pub hostname: String,
     /// Connections handled at once; more wait in the kernel's backlog.
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
             userdb: UserDbConfig::Static,
             home_template: "/var/vmail/%u".into(),
             mail_location: "maildir:%h/Maildir".into(),
+            mail_attribute_dict: None,
             hostname: default_hostname(),
             max_connections: 256,
             max_sessions: 64,
@@ -207,6 +211,9 @@ impl ServerConfig {
             }
             "home" => self.home_template = value.to_string(),
             "mail_location" => self.mail_location = value.to_string(),
+            "mail_attribute_dict" => {
+                self.mail_attribute_dict = (!value.is_empty()).then(|| value.to_string())
+            }
             "hostname" if !value.is_empty() => self.hostname = value.to_string(),
             "max_connections" => self.max_connections = count(value)?,
             "max_sessions" => self.max_sessions = count(value)?,
@@ -295,6 +302,8 @@ pub struct MailUser {
     pub home: PathBuf,
     /// The expanded mail location (e.g. `maildir:/var/vmail/alice/Maildir`).
     pub mail_location: String,
+    /// The expanded attribute dict (`file:/var/vmail/alice/dovecot-attributes`).
+    pub attribute_dict: Option<String>,
     /// passwd-file uid/gid, if given.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -353,6 +362,7 @@ impl ServerConfig {
             name: name.to_string(),
             home: template_home.clone(),
             mail_location: String::new(),
+            attribute_dict: None,
             uid: None,
             gid: None,
             noreplicate: false,
@@ -402,6 +412,10 @@ impl ServerConfig {
         }
         let template = mail_override.unwrap_or_else(|| self.mail_location.clone());
         user.mail_location = expand_template(&template, name, Some(&user.home));
+        user.attribute_dict = self
+            .mail_attribute_dict
+            .as_deref()
+            .map(|t| expand_template(t, name, Some(&user.home)));
         Ok(Some(user))
     }
 }
@@ -454,6 +468,13 @@ mod tests {
         assert_eq!(a.home, Path::new("/srv/alice"));
         assert_eq!(a.mail_location, "maildir:/srv/alice/Maildir");
         assert_eq!(a.uid, Some(5000));
+        assert_eq!(a.attribute_dict, None);
+        c.mail_attribute_dict = Some("file:%h/dovecot-attributes".into());
+        let a = c.lookup_user("alice").unwrap().unwrap();
+        assert_eq!(
+            a.attribute_dict.as_deref(),
+            Some("file:/srv/alice/dovecot-attributes")
+        );
         let d = c.lookup_user("dave").unwrap().unwrap();
         assert!(d.noreplicate);
         assert_eq!(d.home, dir.path().join("dave"));

@@ -164,9 +164,13 @@ pub struct SlaveHandler {
 
 impl SessionHandler for SlaveHandler {
     fn check(&self, user: &MailUser) -> Result<(), SessionOutcome> {
-        crate::cli::sync::open_location(&user.mail_location)
-            .map(drop)
-            .map_err(|f| SessionOutcome::failed(f.code, f.message))
+        crate::cli::sync::open_location_with(
+            &user.mail_location,
+            user.attribute_dict.as_deref(),
+            None,
+        )
+        .map(drop)
+        .map_err(|f| SessionOutcome::failed(f.code, f.message))
     }
 
     fn run(&self, request: SessionRequest, io: SessionIo) -> SessionFuture {
@@ -176,7 +180,14 @@ impl SessionHandler for SlaveHandler {
             ..request.decoder.clone()
         };
         Box::pin(async move {
-            let store = match crate::cli::sync::open_location(&request.user.mail_location) {
+            // When the engine decides this side takes the `-l` lock, it is
+            // Dovecot's `<home>/.dovecot-sync.lock`, shared with Dovecot's
+            // own syncs of the user.
+            let store = match crate::cli::sync::open_location_with(
+                &request.user.mail_location,
+                request.user.attribute_dict.as_deref(),
+                Some(request.user.home.clone()),
+            ) {
                 Ok(s) => s,
                 Err(f) => return SessionOutcome::failed(f.code, f.message),
             };

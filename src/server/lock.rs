@@ -1,5 +1,10 @@
 //! Per-user session lock: one dsync session per user at a time inside this
 //! server. A second session for the same user waits up to the lock timeout.
+//!
+//! This is the server's own admission control, not the `-l` lock: when a
+//! client asks for `-l` and this side is the one to lock, the session takes
+//! Dovecot's `<home>/.dovecot-sync.lock` (fcntl) through the store, so it
+//! excludes Dovecot's own syncs of the user too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};

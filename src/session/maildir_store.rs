@@ -3,25 +3,29 @@
 //! mailbox tree, the index and the transaction log; engine actions become
 //! one storage transaction each, marked as written by replication.
 //!
-//! Not carried: mailbox attributes (METADATA) and mailbox GUID changes are
-//! refused as not possible; the per-user lock (`-l`) is not taken; a mail's
+//! Mailbox attributes (METADATA) live in the file dict given as
+//! `mail_attribute_dict`; the per-user lock (`-l`) is Dovecot's
+//! `<home>/.dovecot-sync.lock`, held until the replica is dropped.
+//!
+//! Not carried: mailbox GUID changes are refused as not possible; a mail's
 //! own modseq cannot be set, so `min_modseq` raises the mailbox's
 //! HIGHESTMODSEQ instead.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use dsync_protocol::{Guid128, MailFlags};
+use dsync_protocol::{AttributeType, Guid128, MailFlags};
 use sync_engine::{
-    Action, Answer, BodyRef, BodySource, LogChange, LogChangeKind, MailRecord, MailboxEntry,
-    MailboxLogKind, MailboxLogRecord, MailboxName, MailboxSnapshot, MailboxStatus, NewMail, Query,
-    StorageError, TreeSnapshot,
+    Action, Answer, AttributeRecord, BodyRef, BodySource, LogChange, LogChangeKind, MailRecord,
+    MailboxEntry, MailboxLogKind, MailboxLogRecord, MailboxName, MailboxSnapshot, MailboxStatus,
+    NewMail, Query, StorageError, TreeSnapshot,
 };
 
 use super::store::{IncomingBody, SessionStore};
-use crate::storage::lock::Owner;
+use crate::storage::lock::{FcntlLock, Owner};
 use crate::storage::maildir::{Layout, MaildirMailbox, MaildirOptions, MaildirStore};
 use crate::storage::{self as st, Changes, FlagChange, MailStore, Mailbox as _, NewMessage};
 
@@ -42,6 +46,9 @@ pub struct MaildirReplica {
     /// applied after its saves: committed first, a raised next uid would
     /// refuse the pending saves below it.
     pending_raise: Option<(u32, u64)>,
+    home: Option<PathBuf>,
+    /// The per-user sync lock, held until the replica is dropped.
+    user_lock: Option<FcntlLock>,
 }
 
 struct PendingSave {
@@ -93,6 +100,8 @@ pub enum LocationError {
     NotMaildir(String),
     #[error("mail location {location}: parameter {param} is not supported")]
     Unsupported { location: String, param: String },
+    #[error("{0}")]
+    AttributeDict(String),
     #[error("mail location {location}: {source}")]
     Storage {
         location: String,
@@ -105,7 +114,7 @@ impl MaildirReplica {
     /// Opens `maildir:PATH[:LAYOUT=fs]`, creating the root directory when
     /// it does not exist yet (like Dovecot's autocreate of a mail root).
     pub fn open_location(location: &str) -> Result<MaildirReplica, LocationError> {
-        Self::open_location_as(location, None)
+        Self::open_for_user(location, None, None)
     }
 
     /// Opens `maildir:PATH[:LAYOUT=fs]` for a user: when running as root,
@@ -116,12 +125,37 @@ impl MaildirReplica {
         location: &str,
         owner: Option<Owner>,
     ) -> Result<MaildirReplica, LocationError> {
+        Self::open_for_user(location, owner, None)
+    }
+
+    /// Like [`MaildirReplica::open_location`], with mailbox attributes kept
+    /// in the file dict `attribute_dict` (`mail_attribute_dict`, e.g.
+    /// `file:/home/u/dovecot-attributes`).
+    pub fn open_location_with(
+        location: &str,
+        attribute_dict: Option<&str>,
+    ) -> Result<MaildirReplica, LocationError> {
+        Self::open_for_user(location, None, attribute_dict)
+    }
+
+    /// Both of the above: a user's replica with its owner and attribute dict.
+    pub fn open_for_user(
+        location: &str,
+        owner: Option<Owner>,
+        attribute_dict: Option<&str>,
+    ) -> Result<MaildirReplica, LocationError> {
         let rest = location
             .strip_prefix("maildir:")
             .ok_or_else(|| LocationError::NotMaildir(location.to_string()))?;
         let mut parts = rest.split(':');
         let path = PathBuf::from(parts.next().unwrap_or(""));
         let mut opts = MaildirOptions::default();
+        if let Some(uri) = attribute_dict.filter(|u| !u.is_empty()) {
+            opts.attribute_dict = Some(
+                crate::storage::maildir::parse_dict_uri(uri)
+                    .map_err(LocationError::AttributeDict)?,
+            );
+        }
         for p in parts {
             match p {
                 "LAYOUT=fs" => opts.layout = Layout::Fs,
@@ -158,7 +192,15 @@ impl MaildirReplica {
             pending: None,
             body_source: None,
             pending_raise: None,
+            home: None,
+            user_lock: None,
         }
+    }
+
+    /// The user's home directory, where the per-user sync lock
+    /// (`-l`, `<home>/.dovecot-sync.lock`) is taken.
+    pub fn set_home(&mut self, home: Option<PathBuf>) {
+        self.home = home;
     }
 
     pub fn store(&self) -> &MaildirStore {
@@ -266,11 +308,21 @@ impl MaildirReplica {
         let uids: BTreeSet<u32> = mails.iter().map(|m| m.uid).collect();
         // Expunged UIDs are gone from `uids`; ranges are bounded by UIDNEXT.
         let all_below_next = |a: u32, b: u32| a..=b.min(s.uid_next.saturating_sub(1));
+        // The last logged change of each attribute (private?, key) ->
+        // (modseq, set?). Changes written by a sync are not counted, as
+        // Dovecot's log scan skips them.
+        let mut attr_changes: BTreeMap<(bool, String), (u64, bool)> = BTreeMap::new();
         let (log, log_first_modseq) = match mb.changes_since(0)? {
             Changes::TooOld => (Vec::new(), s.highest_modseq + 1),
             Changes::Since(changes) => {
                 let mut log = Vec::new();
                 for c in changes {
+                    if let st::LogChangeKind::Attribute { key, set, private } = &c.kind {
+                        if !c.sync {
+                            attr_changes.insert((*private, key.clone()), (c.modseq, *set));
+                        }
+                        continue;
+                    }
                     let mut push = |uid: u32, kind: LogChangeKind| {
                         log.push(LogChange {
                             modseq: c.modseq,
@@ -352,8 +404,57 @@ impl MaildirReplica {
             mails,
             log,
             log_first_modseq,
-            attributes: Vec::new(),
+            attributes: Self::attribute_records(mb.attributes()?, attr_changes),
         }))
+    }
+
+    /// The engine's view of a mailbox's attributes: dict values with the
+    /// modseq of their last logged change (0 = unknown), plus logged
+    /// deletions of keys that no longer have a value. The file dict keeps
+    /// no change times, so `last_change` is 0 (as Dovecot exports it).
+    fn attribute_records(
+        values: Vec<st::Attribute>,
+        mut changes: BTreeMap<(bool, String), (u64, bool)>,
+    ) -> Vec<AttributeRecord> {
+        let attr_type = |private: bool| {
+            if private {
+                AttributeType::Private
+            } else {
+                AttributeType::Shared
+            }
+        };
+        let mut out: Vec<AttributeRecord> = values
+            .into_iter()
+            .map(|a| {
+                let modseq = changes
+                    .remove(&(a.private, a.key.clone()))
+                    .map_or(0, |(m, _)| m);
+                AttributeRecord {
+                    attr_type: attr_type(a.private),
+                    key: a.key.into_bytes(),
+                    value: Some(a.value),
+                    last_change: 0,
+                    modseq,
+                }
+            })
+            .collect();
+        for ((private, key), (modseq, set)) in changes {
+            if !set {
+                out.push(AttributeRecord {
+                    attr_type: attr_type(private),
+                    key: key.into_bytes(),
+                    value: None,
+                    last_change: 0,
+                    modseq,
+                });
+            }
+        }
+        // Private before shared, then by key (Dovecot's export order).
+        out.sort_by(|a, b| {
+            (a.attr_type != AttributeType::Private, &a.key)
+                .cmp(&(b.attr_type != AttributeType::Private, &b.key))
+        });
+        out
     }
 
     fn new_message(mail: &NewMail) -> NewMessage {
@@ -555,9 +656,29 @@ impl MaildirReplica {
         }
         let ts = |t: i64| u32::try_from(t.max(0)).unwrap_or(u32::MAX);
         match a {
-            // The lock needs the user's home, which a bare mail location
-            // does not give.
-            Action::LockUser { .. } => Ok(()),
+            Action::LockUser { timeout_secs } => {
+                let home = self.home.clone().ok_or_else(|| {
+                    StorageError::NotPossible("User has no home directory".into())
+                })?;
+                let path = home.join(".dovecot-sync.lock");
+                match self
+                    .store
+                    .lock_user(&home, Duration::from_secs(u64::from(*timeout_secs)))
+                {
+                    Ok(l) => {
+                        self.user_lock = Some(l);
+                        Ok(())
+                    }
+                    Err(st::StorageError::LockTimeout { .. }) => Err(StorageError::Temp(format!(
+                        "Couldn't lock {}: Timed out after {timeout_secs} seconds",
+                        path.display()
+                    ))),
+                    Err(e) => Err(StorageError::Temp(format!(
+                        "Couldn't lock {}: {e}",
+                        path.display()
+                    ))),
+                }
+            }
             Action::CreateMailbox {
                 name,
                 guid,
@@ -768,9 +889,21 @@ impl MaildirReplica {
                     t.raise_highest_modseq(*highest_modseq)
                 })
             }
-            Action::SetAttribute { .. } => Err(StorageError::NotPossible(
-                "mailbox attributes are not supported by the Maildir store".into(),
-            )),
+            Action::SetAttribute {
+                mailbox,
+                attr_type,
+                key,
+                value,
+                last_change,
+            } => {
+                let name = self.mailbox_name(*mailbox)?;
+                let key = std::str::from_utf8(key)
+                    .map_err(|_| StorageError::NotPossible("attribute key is not UTF-8".into()))?;
+                let private = *attr_type == AttributeType::Private;
+                self.txn(&name, |t| {
+                    t.set_attribute(private, key, value.as_deref(), ts(*last_change))
+                })
+            }
         }
     }
 

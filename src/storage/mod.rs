@@ -322,6 +322,16 @@ pub trait MailboxTransaction {
     fn raise_uid_next(&mut self, uid_next: u32) -> Result<()>;
     /// Raises HIGHESTMODSEQ to at least `modseq`.
     fn raise_highest_modseq(&mut self, modseq: u64) -> Result<()>;
+    /// Sets (`Some`) or unsets a mailbox attribute (METADATA) `key` (without
+    /// the `/private` or `/shared` prefix); `last_change` (seconds, 0 = now)
+    /// dates the logged change.
+    fn set_attribute(
+        &mut self,
+        private: bool,
+        key: &str,
+        value: Option<&[u8]>,
+        last_change: u32,
+    ) -> Result<()>;
     /// Marks the log records as made by replication (SYNC bit).
     fn set_sync_origin(&mut self, sync: bool);
     /// Applies everything under the mailbox's locks, one fsync group, one

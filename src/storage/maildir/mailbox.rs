@@ -148,6 +148,8 @@ pub struct MaildirMailbox {
     view: Option<MailboxView>,
     modseq_handle: Option<index_format::view::ExtHandle>,
     highest_modseq: u64,
+    /// The store's attribute dict (`mail_attribute_dict`).
+    attribute_dict: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for MaildirMailbox {
@@ -212,6 +214,7 @@ impl MaildirMailbox {
             .filter(|h| h.size == 8);
         let highest_modseq = view.as_ref().map(|v| v.highest_modseq()).unwrap_or(1);
         Ok(MaildirMailbox {
+            attribute_dict: store.options().attribute_dict.clone(),
             modseq_handle,
             highest_modseq,
             name,
@@ -454,9 +457,11 @@ impl Mailbox for MaildirMailbox {
     }
 
     fn attributes(&self) -> Result<Vec<Attribute>> {
-        // Values live in the server's attribute dict (mail_attribute_dict),
-        // which is not part of the mail directory; none is configured here.
-        Ok(Vec::new())
+        match (&self.attribute_dict, &self.uidlist.guid) {
+            (Some(dict), Some(guid)) => super::attributes::read(dict, guid),
+            // Attributes not enabled (Dovecot then has none either).
+            _ => Ok(Vec::new()),
+        }
     }
 
     fn open_body(&self, uid: u32) -> Result<Box<dyn Read + Send>> {

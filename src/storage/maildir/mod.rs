@@ -6,6 +6,8 @@
 //! lines under `dovecot-uidlist.lock`, one EXTERNAL log transaction under the
 //! log's fcntl lock, tree changes recorded in `dovecot.mailbox.log`.
 
+mod attributes;
+mod list_index;
 mod mailbox;
 mod txn;
 
@@ -20,6 +22,7 @@ use index_format::mailbox_log::{mailbox_name_hash, MailboxLog, MailboxLogType};
 use index_format::maildir::{parse_uidvalidity, parse_uidvalidity_marker, Uidlist};
 use index_format::subscriptions::Subscriptions;
 
+pub use attributes::parse_dict_uri;
 pub use mailbox::MaildirMailbox;
 pub use txn::MaildirTransaction;
 
@@ -47,6 +50,9 @@ pub struct MaildirOptions {
     pub log_lock_timeout: Duration,
     /// fsync mail files, directories, uidlist and log per commit (`mail_fsync=optimized`).
     pub fsync: bool,
+    /// The file dict holding mailbox attributes (`mail_attribute_dict =
+    /// file:PATH`); `None`: attributes are not enabled.
+    pub attribute_dict: Option<PathBuf>,
 }
 
 impl Default for MaildirOptions {
@@ -56,6 +62,7 @@ impl Default for MaildirOptions {
             namespace: Namespace::default(),
             log_lock_timeout: Duration::from_secs(180),
             fsync: true,
+            attribute_dict: None,
         }
     }
 }
@@ -439,6 +446,15 @@ impl MaildirStore {
         FcntlLock::lock_file(&dir.join(".dovecot-box-sync.lock"), timeout, self.owner)
     }
 
+    /// After a change of the mailbox tree: makes running Dovecot processes
+    /// re-read it (see [`list_index`]). The tree change itself is done, so
+    /// a failure here is only logged.
+    fn tree_changed(&self) {
+        if let Err(e) = list_index::refresh_later(self) {
+            tracing::warn!(%e, "could not flag Dovecot's mailbox list index for a refresh");
+        }
+    }
+
     /// Opens a mailbox as an owned value (callers may keep it between reads).
     pub fn open_maildir(&self, name: &str) -> Result<MaildirMailbox> {
         let comps = self.components(name)?;
@@ -592,180 +608,212 @@ impl MailStore for MaildirStore {
         guid: Option<MailboxGuid>,
         uid_validity: Option<u32>,
     ) -> Result<MailboxGuid> {
-        let comps = self.components(name)?;
-        let dir = self.dir_of(&comps);
-        if Self::is_mailbox_dir(&dir) {
-            return Err(StorageError::MailboxExists(name.into()));
-        }
-        if self.opts.layout == Layout::Fs {
-            let mut p = self.root.clone();
-            for c in &comps[..comps.len() - 1] {
-                p = p.join(c);
-                self.mkdir(&p)?;
+        let r = (|| {
+            let comps = self.components(name)?;
+            let dir = self.dir_of(&comps);
+            if Self::is_mailbox_dir(&dir) {
+                return Err(StorageError::MailboxExists(name.into()));
             }
-        }
-        self.mkdir(&dir)?;
-        for sub in ["tmp", "new"] {
-            self.mkdir(&dir.join(sub))?;
-        }
-        if dir != self.root {
-            let marker = dir.join("maildirfolder");
-            if !marker.exists() {
-                self.create_file(&marker, b"", 0o600)?;
+            if self.opts.layout == Layout::Fs {
+                let mut p = self.root.clone();
+                for c in &comps[..comps.len() - 1] {
+                    p = p.join(c);
+                    self.mkdir(&p)?;
+                }
             }
+            self.mkdir(&dir)?;
+            for sub in ["tmp", "new"] {
+                self.mkdir(&dir.join(sub))?;
+            }
+            if dir != self.root {
+                let marker = dir.join("maildirfolder");
+                if !marker.exists() {
+                    self.create_file(&marker, b"", 0o600)?;
+                }
+            }
+            let (g, _) = self.ensure_uidlist(&dir, guid, uid_validity)?;
+            // cur/ last: its presence is what makes the directory a mailbox.
+            self.mkdir(&dir.join("cur"))?;
+            Ok(g)
+        })();
+        if r.is_ok() {
+            self.tree_changed();
         }
-        let (g, _) = self.ensure_uidlist(&dir, guid, uid_validity)?;
-        // cur/ last: its presence is what makes the directory a mailbox.
-        self.mkdir(&dir.join("cur"))?;
-        Ok(g)
+        r
     }
 
     fn create_dir(&self, name: &str) -> Result<()> {
-        let comps = self.components(name)?;
-        if comps == ["INBOX"] {
-            return Err(StorageError::MailboxExists(name.into()));
-        }
-        let dir = self.dir_of(&comps);
-        if self.opts.layout == Layout::Fs {
-            let mut p = self.root.clone();
-            for c in &comps {
-                p = p.join(c);
-                self.mkdir(&p)?;
+        let r = (|| {
+            let comps = self.components(name)?;
+            if comps == ["INBOX"] {
+                return Err(StorageError::MailboxExists(name.into()));
             }
-            Ok(())
-        } else {
-            // A `.Name` directory is a selectable mailbox to Dovecot; a name
-            // with children already exists as their virtual parent.
-            let prefix = format!(".{}.", comps.join("."));
-            let has_children = self.folder_dirs()?.iter().any(|(_, d)| {
-                d.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&prefix))
-            });
-            if has_children {
-                return Ok(());
+            let dir = self.dir_of(&comps);
+            if self.opts.layout == Layout::Fs {
+                let mut p = self.root.clone();
+                for c in &comps {
+                    p = p.join(c);
+                    self.mkdir(&p)?;
+                }
+                Ok(())
+            } else {
+                // A `.Name` directory is a selectable mailbox to Dovecot; a name
+                // with children already exists as their virtual parent.
+                let prefix = format!(".{}.", comps.join("."));
+                let has_children = self.folder_dirs()?.iter().any(|(_, d)| {
+                    d.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix))
+                });
+                if has_children {
+                    return Ok(());
+                }
+                self.mkdir(&dir)
             }
-            self.mkdir(&dir)
+        })();
+        if r.is_ok() {
+            self.tree_changed();
         }
+        r
     }
 
     fn rename_mailbox(&self, old: &str, new: &str, now: u32) -> Result<()> {
-        let oc = self.components(old)?;
-        let nc = self.components(new)?;
-        if oc == ["INBOX"] || nc == ["INBOX"] {
-            return Err(StorageError::Unsupported("renaming INBOX or to INBOX"));
-        }
-        let odir = self.dir_of(&oc);
-        let ndir = self.dir_of(&nc);
-        if !odir.is_dir() {
-            return Err(StorageError::MailboxNotFound(old.into()));
-        }
-        if ndir.exists() {
-            return Err(StorageError::MailboxExists(new.into()));
-        }
-        match self.opts.layout {
-            Layout::Fs => {
-                if let Some(parent) = ndir.parent() {
-                    fs::create_dir_all(parent).map_err(io_err(parent))?;
-                }
-                fs::rename(&odir, &ndir).map_err(io_err(&ndir))?;
+        let r = (|| {
+            let oc = self.components(old)?;
+            let nc = self.components(new)?;
+            if oc == ["INBOX"] || nc == ["INBOX"] {
+                return Err(StorageError::Unsupported("renaming INBOX or to INBOX"));
             }
-            Layout::MaildirPlusPlus => {
-                // Children are separate `.a.b` directories that move along.
-                let old_prefix = format!(".{}.", oc.join("."));
-                let new_prefix = format!(".{}.", nc.join("."));
-                let mut children = Vec::new();
-                for e in fs::read_dir(&self.root)
-                    .map_err(io_err(&self.root))?
-                    .flatten()
-                {
-                    if let Some(n) = e.file_name().to_str() {
-                        if let Some(rest) = n.strip_prefix(&old_prefix) {
-                            children
-                                .push((e.path(), self.root.join(format!("{new_prefix}{rest}"))));
+            let odir = self.dir_of(&oc);
+            let ndir = self.dir_of(&nc);
+            if !odir.is_dir() {
+                return Err(StorageError::MailboxNotFound(old.into()));
+            }
+            if ndir.exists() {
+                return Err(StorageError::MailboxExists(new.into()));
+            }
+            match self.opts.layout {
+                Layout::Fs => {
+                    if let Some(parent) = ndir.parent() {
+                        fs::create_dir_all(parent).map_err(io_err(parent))?;
+                    }
+                    fs::rename(&odir, &ndir).map_err(io_err(&ndir))?;
+                }
+                Layout::MaildirPlusPlus => {
+                    // Children are separate `.a.b` directories that move along.
+                    let old_prefix = format!(".{}.", oc.join("."));
+                    let new_prefix = format!(".{}.", nc.join("."));
+                    let mut children = Vec::new();
+                    for e in fs::read_dir(&self.root)
+                        .map_err(io_err(&self.root))?
+                        .flatten()
+                    {
+                        if let Some(n) = e.file_name().to_str() {
+                            if let Some(rest) = n.strip_prefix(&old_prefix) {
+                                children.push((
+                                    e.path(),
+                                    self.root.join(format!("{new_prefix}{rest}")),
+                                ));
+                            }
                         }
                     }
-                }
-                for (_, to) in &children {
-                    if to.exists() {
-                        return Err(StorageError::MailboxExists(to.display().to_string()));
+                    for (_, to) in &children {
+                        if to.exists() {
+                            return Err(StorageError::MailboxExists(to.display().to_string()));
+                        }
+                    }
+                    fs::rename(&odir, &ndir).map_err(io_err(&ndir))?;
+                    for (from, to) in children {
+                        fs::rename(&from, &to).map_err(io_err(&to))?;
                     }
                 }
-                fs::rename(&odir, &ndir).map_err(io_err(&ndir))?;
-                for (from, to) in children {
-                    fs::rename(&from, &to).map_err(io_err(&to))?;
-                }
             }
+            let full = self.full_name(&nc);
+            self.append_mailbox_log(MailboxLogType::Rename, &self.name_hash(&full), now)
+        })();
+        if r.is_ok() {
+            self.tree_changed();
         }
-        let full = self.full_name(&nc);
-        self.append_mailbox_log(MailboxLogType::Rename, &self.name_hash(&full), now)
+        r
     }
 
     fn delete_mailbox(&self, name: &str, guid: Option<&MailboxGuid>, now: u32) -> Result<()> {
-        let comps = self.components(name)?;
-        if comps == ["INBOX"] {
-            return Err(StorageError::Unsupported("INBOX cannot be deleted"));
-        }
-        let dir = self.dir_of(&comps);
-        if !Self::is_mailbox_dir(&dir) {
-            return Err(StorageError::MailboxNotFound(name.into()));
-        }
-        let found = Self::uidlist_header(&dir)?.and_then(|h| h.0);
-        if let Some(want) = guid {
-            if found.as_ref() != Some(want) {
-                return Err(StorageError::GuidMismatch {
-                    name: name.into(),
-                    expected: index_format::hex(want),
-                    found: found.map(|g| index_format::hex(&g)).unwrap_or_default(),
-                });
+        let r = (|| {
+            let comps = self.components(name)?;
+            if comps == ["INBOX"] {
+                return Err(StorageError::Unsupported("INBOX cannot be deleted"));
             }
-        }
-        // Move it out of sight first (".." names are never listed), then remove.
-        let trash = self
-            .root
-            .join(format!("..DOVECOT-TRASH.{}.{}", std::process::id(), now));
-        match self.opts.layout {
-            Layout::MaildirPlusPlus => {
-                fs::rename(&dir, &trash).map_err(io_err(&trash))?;
-                fs::remove_dir_all(&trash).map_err(io_err(&trash))?;
+            let dir = self.dir_of(&comps);
+            if !Self::is_mailbox_dir(&dir) {
+                return Err(StorageError::MailboxNotFound(name.into()));
             }
-            Layout::Fs => {
-                // Children stay; only the mail and index files of this mailbox go.
-                for sub in ["cur", "new", "tmp"] {
-                    let p = dir.join(sub);
-                    if p.exists() {
-                        fs::remove_dir_all(&p).map_err(io_err(&p))?;
-                    }
+            let found = Self::uidlist_header(&dir)?.and_then(|h| h.0);
+            if let Some(want) = guid {
+                if found.as_ref() != Some(want) {
+                    return Err(StorageError::GuidMismatch {
+                        name: name.into(),
+                        expected: index_format::hex(want),
+                        found: found.map(|g| index_format::hex(&g)).unwrap_or_default(),
+                    });
                 }
-                for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
-                    if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
-                        let _ = fs::remove_file(e.path());
-                    }
-                }
-                let _ = fs::remove_dir(&dir);
             }
+            // Move it out of sight first (".." names are never listed), then remove.
+            let trash = self
+                .root
+                .join(format!("..DOVECOT-TRASH.{}.{}", std::process::id(), now));
+            match self.opts.layout {
+                Layout::MaildirPlusPlus => {
+                    fs::rename(&dir, &trash).map_err(io_err(&trash))?;
+                    fs::remove_dir_all(&trash).map_err(io_err(&trash))?;
+                }
+                Layout::Fs => {
+                    // Children stay; only the mail and index files of this mailbox go.
+                    for sub in ["cur", "new", "tmp"] {
+                        let p = dir.join(sub);
+                        if p.exists() {
+                            fs::remove_dir_all(&p).map_err(io_err(&p))?;
+                        }
+                    }
+                    for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+                        if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                            let _ = fs::remove_file(e.path());
+                        }
+                    }
+                    let _ = fs::remove_dir(&dir);
+                }
+            }
+            if let Some(g) = found {
+                self.append_mailbox_log(MailboxLogType::DeleteMailbox, &g, now)?;
+            }
+            Ok(())
+        })();
+        if r.is_ok() {
+            self.tree_changed();
         }
-        if let Some(g) = found {
-            self.append_mailbox_log(MailboxLogType::DeleteMailbox, &g, now)?;
-        }
-        Ok(())
+        r
     }
 
     fn delete_dir(&self, name: &str, now: u32) -> Result<()> {
-        let comps = self.components(name)?;
-        let dir = self.dir_of(&comps);
-        if Self::is_mailbox_dir(&dir) {
-            return Err(StorageError::MailboxExists(name.into()));
-        }
-        match fs::remove_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StorageError::MailboxNotFound(name.into()))
+        let r = (|| {
+            let comps = self.components(name)?;
+            let dir = self.dir_of(&comps);
+            if Self::is_mailbox_dir(&dir) {
+                return Err(StorageError::MailboxExists(name.into()));
             }
-            Err(e) => return Err(io_err(&dir)(e)),
+            match fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StorageError::MailboxNotFound(name.into()))
+                }
+                Err(e) => return Err(io_err(&dir)(e)),
+            }
+            let full = self.full_name(&comps);
+            self.append_mailbox_log(MailboxLogType::DeleteDir, &self.name_hash(&full), now)
+        })();
+        if r.is_ok() {
+            self.tree_changed();
         }
-        let full = self.full_name(&comps);
-        self.append_mailbox_log(MailboxLogType::DeleteDir, &self.name_hash(&full), now)
+        r
     }
 
     fn set_subscribed(&self, name: &str, subscribed: bool, now: u32) -> Result<()> {

@@ -11,6 +11,9 @@
 //! 5. one EXTERNAL log transaction (APPEND, FLAG_UPDATE, KEYWORD_UPDATE,
 //!    EXPUNGE_GUID, header/modseq raises) is appended with one write and
 //!    fdatasynced; then the locks are released (log, then uidlist).
+//!    Attribute changes are written to the attribute dict before step 3,
+//!    and logged as a separate non-external ATTRIBUTE_UPDATE transaction
+//!    after the EXTERNAL one (as Dovecot's own attribute sets are).
 //!
 //! A crash between steps leaves files Dovecot's own sync completes: a file
 //! without uidlist line gets a UID; a uidlist line without index record is
@@ -27,6 +30,7 @@ use index_format::log::{LogFile, RecordBody};
 use index_format::maildir::{guid_128_from_string, parse_filename, MaildirFlags, MAX_KEYWORDS};
 use index_format::write::{header_offsets, uidlist_line, TransactionBuilder, UidlistExt};
 
+use super::attributes::AttributeSet;
 use super::mailbox::{maildir_order, open_view, read_keywords, scan_files, FileLoc, UidlistState};
 use super::{log_gate, MaildirStore, UIDLIST};
 use crate::storage::lock::{Dotlock, DotlockSettings, FcntlLock, Owner};
@@ -59,6 +63,7 @@ pub struct MaildirTransaction<'s> {
     new_uid_validity: Option<u32>,
     min_uid_next: u32,
     min_modseq: u64,
+    attributes: Vec<AttributeSet>,
     sync: bool,
 }
 
@@ -108,6 +113,7 @@ impl<'s> MaildirTransaction<'s> {
             new_uid_validity: None,
             min_uid_next: 0,
             min_modseq: 0,
+            attributes: Vec::new(),
             sync: false,
         })
     }
@@ -192,6 +198,40 @@ impl<'s> MaildirTransaction<'s> {
             path: uidlist_path.clone(),
             why: "uidlist vanished".into(),
         })?;
+        // Attribute values go to the dict before the log records that date
+        // them, as Dovecot commits its dict transaction first.
+        let mut attr_tx = TransactionBuilder::new(false);
+        attr_tx.set_sync(me.sync);
+        if !me.attributes.is_empty() {
+            let dict = store
+                .options()
+                .attribute_dict
+                .clone()
+                .ok_or(StorageError::Unsupported(
+                    "mailbox attributes are not enabled (no mail_attribute_dict)",
+                ))?;
+            let guid = uidlist.guid.ok_or_else(|| StorageError::Inconsistent {
+                path: uidlist_path.clone(),
+                why: "mailbox has no GUID for its attributes".into(),
+            })?;
+            super::attributes::update(&dict, store.owner(), &guid, &me.attributes)?;
+            let now = super::unix_now();
+            for a in &me.attributes {
+                let ts = if a.last_change != 0 {
+                    a.last_change
+                } else {
+                    now
+                };
+                let len = a.value.as_ref().map_or(0, |v| v.len());
+                attr_tx.attribute_update(
+                    a.value.is_some(),
+                    a.private,
+                    a.key.as_bytes(),
+                    ts,
+                    u32::try_from(len).unwrap_or(u32::MAX),
+                )?;
+            }
+        }
         let mut files = scan_files(&dir)?;
         let by_uid: HashMap<u32, usize> = uidlist
             .entries
@@ -627,7 +667,7 @@ impl<'s> MaildirTransaction<'s> {
                 }
             }
             let raise = me.min_modseq > 0 && v.highest_modseq() < me.min_modseq;
-            if !has_modseq_ext && (raise || !tx.is_empty() || fresh) {
+            if !has_modseq_ext && (raise || !tx.is_empty() || !attr_tx.is_empty() || fresh) {
                 // Per-message modseqs exist only once the extension does:
                 // enable it first, as Dovecot does when a mailbox is opened
                 // for CONDSTORE/sync: intro + header {highest modseq now,
@@ -642,7 +682,7 @@ impl<'s> MaildirTransaction<'s> {
             }
         }
         let mut highest = view.as_ref().map(|v| v.highest_modseq()).unwrap_or(1);
-        let nothing = tx.is_empty() && pre.is_empty() && post.is_empty();
+        let nothing = tx.is_empty() && attr_tx.is_empty() && pre.is_empty() && post.is_empty();
         if let (Some(lock), false) = (&log_lock, nothing) {
             let log_path = dir.join("dovecot.index.log");
             let f = lock.file();
@@ -653,6 +693,7 @@ impl<'s> MaildirTransaction<'s> {
             }
             let mut bytes = pre.encode();
             bytes.extend_from_slice(&tx.encode());
+            bytes.extend_from_slice(&attr_tx.encode());
             bytes.extend_from_slice(&post.encode());
             let mut w: &File = f;
             w.write_all(&bytes).map_err(io_err(&log_path))?;
@@ -698,7 +739,7 @@ fn create_log(store: &MaildirStore, dir: &Path) -> Result<()> {
 
 /// Reads a whole file through an already open descriptor (positional reads:
 /// the log lock's descriptor must stay the only one we use).
-fn read_all(f: &File, path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_all(f: &File, path: &Path) -> Result<Vec<u8>> {
     let len = f.metadata().map_err(io_err(path))?.len() as usize;
     let mut buf = vec![0u8; len];
     let mut off = 0;
@@ -828,6 +869,27 @@ impl MailboxTransaction for MaildirTransaction<'_> {
 
     fn raise_highest_modseq(&mut self, modseq: u64) -> Result<()> {
         self.min_modseq = self.min_modseq.max(modseq);
+        Ok(())
+    }
+
+    fn set_attribute(
+        &mut self,
+        private: bool,
+        key: &str,
+        value: Option<&[u8]>,
+        last_change: u32,
+    ) -> Result<()> {
+        if key.is_empty() || key.contains('\0') {
+            return Err(StorageError::Unsupported(
+                "an attribute key must be non-empty and without NUL",
+            ));
+        }
+        self.attributes.push(AttributeSet {
+            private,
+            key: key.to_string(),
+            value: value.map(<[u8]>::to_vec),
+            last_change,
+        });
         Ok(())
     }
 
