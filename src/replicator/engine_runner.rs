@@ -202,6 +202,9 @@ impl EngineRunner {
             default_port: settings.doveadm_port,
             doveadm_password: settings.doveadm_password.clone(),
             ca_path: settings.ca_path.clone(),
+            // `dsync-server -U`, as Dovecot's replicator asks: the peer
+            // checks `noreplicate` and sends NOTIFY to its own replicator.
+            replicator_notify: true,
             ..OpenOptions::default()
         };
         let stream = match transport::open(&dest, &open).await {
