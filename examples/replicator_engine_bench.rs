@@ -91,7 +91,9 @@ fn mail(user: &str, i: usize) -> Vec<u8> {
          Date: Sat, 28 Nov 2026 12:00:00 +0000\r\n\r\n"
     );
     for line in 0..20 {
-        m.push_str(&format!("line {line} of a small test message number {i}\r\n"));
+        m.push_str(&format!(
+            "line {line} of a small test message number {i}\r\n"
+        ));
     }
     m.into_bytes()
 }
@@ -105,9 +107,14 @@ fn populate(root: &Path, user: &str, mails: usize) {
     std::fs::create_dir_all(root).expect("Maildir root");
     let store = MaildirStore::open(root, opts).expect("open source Maildir");
     for name in ["INBOX", "Work"] {
-        store.create_mailbox(name, None, None).expect("create mailbox");
+        store
+            .create_mailbox(name, None, None)
+            .expect("create mailbox");
     }
-    for (mailbox, range) in [("INBOX", 0..mails.div_ceil(2)), ("Work", mails.div_ceil(2)..mails)] {
+    for (mailbox, range) in [
+        ("INBOX", 0..mails.div_ceil(2)),
+        ("Work", mails.div_ceil(2)..mails),
+    ] {
         if range.is_empty() {
             continue;
         }
@@ -147,7 +154,11 @@ fn counts(root: &Path) -> Vec<(String, usize)> {
     for (name, dir) in dirs {
         let n: usize = ["cur", "new"]
             .iter()
-            .map(|s| std::fs::read_dir(dir.join(s)).map(|r| r.count()).unwrap_or(0))
+            .map(|s| {
+                std::fs::read_dir(dir.join(s))
+                    .map(|r| r.count())
+                    .unwrap_or(0)
+            })
             .sum();
         out.push((name, n));
     }

@@ -14,7 +14,9 @@ use super::runner::{SyncFuture, SyncOutcome, SyncRequest, SyncRunner};
 use super::users::{read_passwd_file, UserDb};
 use crate::cli::sync::{open_location, settings, state_string, Mode};
 use crate::cli::SyncArgs;
-use crate::session::{hostname, now, run_local_pair, run_master_over, SessionOptions, SessionResult};
+use crate::session::{
+    hostname, now, run_local_pair, run_master_over, SessionOptions, SessionResult,
+};
 use crate::transport::{self, Destination, OpenOptions};
 
 /// doveadm's exit code for an unknown user (`EX_NOUSER`).
