@@ -1087,3 +1087,51 @@ async fn database_is_dumped_periodically_with_mode_0600() {
     // The sockets are gone after a clean stop.
     assert!(!tmp.path().join("run/replicator-doveadm").exists());
 }
+
+/// A peer's `dsync-server -U` writes `VERSION` and `NOTIFY` in one go and
+/// closes without reading the greeting: every such `NOTIFY` must still be
+/// applied (spec 2.6), whatever happens to the greeting's write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_from_a_client_that_closes_at_once_is_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runner = RecordingRunner::new(
+        SyncOutcome::Ok {
+            state: String::new(),
+        },
+        Duration::ZERO,
+    );
+    let daemon = homing_daemon(tmp.path(), 0, runner, 10).await;
+    let sock = tmp.path().join("run/replicator-doveadm");
+    const N: usize = 40;
+    for i in 0..N {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.write_all(
+            format!("VERSION\treplicator-doveadm-client\t1\t0\nNOTIFY\tpeer{i}\tf\tSTATE{i}\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        drop(s);
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let recs = daemon.records();
+        let applied = (0..N)
+            .filter(|i| {
+                recs.iter().any(|r| {
+                    r.username == format!("peer{i}")
+                        && r.state.as_deref() == Some(format!("STATE{i}").as_str())
+                        && r.last_full_sync > 0
+                })
+            })
+            .count();
+        if applied == N {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{applied} of {N} NOTIFYs applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.shutdown().await.unwrap();
+}

@@ -1,6 +1,7 @@
 //! Runs each sync with homing's own engine: the local Maildir is the master,
 //! the peer (`mail_replica` or `replication_dsync_destination`) the slave,
-//! reached over `tcp:`/`tcps:`/`remote:` or a command, as `homing sync` does.
+//! reached over `tcp:`/`tcps:`/`remote:` or a command, or a second local
+//! Maildir (`maildir:/backup/%u`), as `homing sync` does.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use super::runner::{SyncFuture, SyncOutcome, SyncRequest, SyncRunner};
 use super::users::{read_passwd_file, UserDb};
 use crate::cli::sync::{open_location, settings, state_string, Mode};
 use crate::cli::SyncArgs;
-use crate::session::{hostname, now, run_master_over, SessionOptions};
+use crate::session::{
+    hostname, now, run_local_pair, run_master_over, SessionOptions, SessionResult,
+};
 use crate::transport::{self, Destination, OpenOptions};
 
 /// doveadm's exit code for an unknown user (`EX_NOUSER`).
@@ -176,11 +179,6 @@ impl EngineRunner {
             .map(String::from)
             .collect();
         let dest = match Destination::parse(&words) {
-            Ok(Destination::Location(l)) => {
-                return failed(format!(
-                "destination {l} is a local mail location; the engine runner needs a remote peer"
-            ))
-            }
             Ok(d) => d,
             Err(e) => return failed(format!("destination {dest_text}: {e}")),
         };
@@ -202,6 +200,38 @@ impl EngineRunner {
             // Where `-l` takes `.dovecot-sync.lock` when this side locks.
             local.set_home(PathBuf::from(h));
         }
+        if let Destination::Location(other) = &dest {
+            // A local replica (`maildir:/backup/%u`): both sides in-process.
+            if *other == location {
+                return failed(format!(
+                    "source and destination are the same location: {location}"
+                ));
+            }
+            let replica = match open_location(other) {
+                Ok(r) => r,
+                Err(f) => return failed(f.message),
+            };
+            let (m, s) = run_local_pair(
+                local,
+                replica,
+                &hostname(),
+                sync_settings,
+                &SessionOptions::default(),
+            )
+            .await;
+            let mut code = m.exit_code();
+            let mut reasons = failure_reasons(&m);
+            if s.outcome.status != ExitStatus::Ok {
+                if code == 0 {
+                    code = s.exit_code();
+                }
+                reasons.extend(failure_reasons(&s));
+            }
+            if reasons.is_empty() {
+                reasons.push(format!("dsync exit code {code}"));
+            }
+            return outcome_of(code, state_string(&m), reasons.join("; "));
+        }
         let open = OpenOptions {
             user: Some(req.username.clone()),
             remote_cmd: if settings.remote_cmd.is_empty() {
@@ -212,6 +242,8 @@ impl EngineRunner {
             default_port: settings.doveadm_port,
             doveadm_password: settings.doveadm_password.clone(),
             ca_path: settings.ca_path.clone(),
+            // `dsync-server -U`, as Dovecot's replicator asks: the peer
+            // checks `noreplicate` and sends NOTIFY to its own replicator.
             replicator_notify: settings.replicator_notify,
             ..OpenOptions::default()
         };
@@ -233,21 +265,27 @@ impl EngineRunner {
         .await;
         let code = r.exit_code();
         let state = state_string(&r);
-        let mut reasons: Vec<String> = Vec::new();
-        if let Some(e) = &r.error {
-            reasons.push(e.to_string());
-        }
-        if let Some(e) = &r.transport_error {
-            reasons.push(e.to_string());
-        }
-        if r.outcome.status != ExitStatus::Ok {
-            reasons.extend(r.outcome.messages.iter().cloned());
-        }
+        let mut reasons = failure_reasons(&r);
         if reasons.is_empty() {
             reasons.push(format!("dsync exit code {code}"));
         }
         outcome_of(code, state, reasons.join("; "))
     }
+}
+
+/// What a finished session says went wrong (empty when nothing did).
+fn failure_reasons<S>(r: &SessionResult<S>) -> Vec<String> {
+    let mut reasons: Vec<String> = Vec::new();
+    if let Some(e) = &r.error {
+        reasons.push(e.to_string());
+    }
+    if let Some(e) = &r.transport_error {
+        reasons.push(e.to_string());
+    }
+    if r.outcome.status != ExitStatus::Ok {
+        reasons.extend(r.outcome.messages.iter().cloned());
+    }
+    reasons
 }
 
 fn settings_for(args: &SyncArgs) -> Result<(sync_engine::SyncSettings, bool), String> {

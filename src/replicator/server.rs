@@ -594,6 +594,7 @@ fn doveadm_command(shared: &Shared, args: &[String]) -> Reply {
             if rest.len() < 3 {
                 return invalid();
             }
+            tracing::debug!("{}: NOTIFY flags={:?}", rest[0], rest[1]);
             if !Shared::is_noreplicate(&st, &rest[0]) {
                 st.queue
                     .notify(&rest[0], rest[1].starts_with('f'), &rest[2], now);
@@ -626,13 +627,13 @@ const MAX_LINE: usize = 64 * 1024;
 async fn serve_doveadm(shared: Arc<Shared>, stream: UnixStream) {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
-    if wr
+    // A peer's dsync-server writes `VERSION` and `NOTIFY` and closes without
+    // reading anything: a failed write must not lose its buffered request,
+    // so input is still read and applied after the peer stopped reading.
+    let mut can_write = wr
         .write_all(b"VERSION\treplicator-doveadm-server\t1\t0\n")
         .await
-        .is_err()
-    {
-        return;
-    }
+        .is_ok();
     let mut have_version = false;
     loop {
         let line = match read_line(&mut rd, MAX_LINE).await {
@@ -658,8 +659,8 @@ async fn serve_doveadm(shared: Arc<Shared>, stream: UnixStream) {
         let args = split_line(&line);
         match doveadm_command(&shared, &args) {
             Reply::Send(s) => {
-                if wr.write_all(s.as_bytes()).await.is_err() {
-                    return;
+                if can_write && wr.write_all(s.as_bytes()).await.is_err() {
+                    can_write = false;
                 }
             }
             Reply::Disconnect(msg) => {
@@ -687,6 +688,7 @@ fn queue_request(
     user: &str,
     prio: Priority,
 ) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+    tracing::debug!("{user}: {} requested", prio.name());
     let now = shared.now();
     let mut st = shared.lock();
     if Shared::is_noreplicate(&st, user) {
