@@ -1135,3 +1135,43 @@ async fn notify_from_a_client_that_closes_at_once_is_applied() {
     }
     daemon.shutdown().await.unwrap();
 }
+
+/// With no passwd-file or command configured, the users come from the
+/// running Dovecot's auth-userdb socket (`LIST`), as Dovecot's replicator
+/// gets them; an unreachable socket leaves the queue empty, logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_listed_through_dovecots_auth_userdb_socket() {
+    let inst = dovecot_or_skip!(InstanceOptions::new()
+        .users(&PASSWD_USERS)
+        .user_password("pw"));
+    let tmp = tempfile::tempdir().unwrap();
+    let start = |auth: PathBuf, name: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let mut config = ReplicatorConfig::with_dirs(&dir.join("run"), &dir.join("state"));
+        config.max_conns = 0;
+        config.doveadm_server_socket = None;
+        config.auth_socket_path = Some(auth);
+        let runner = RecordingRunner::new(
+            SyncOutcome::Failed {
+                reason: "unused".into(),
+            },
+            Duration::ZERO,
+        );
+        Daemon::start(config, Arc::new(runner), Arc::new(SystemClock))
+    };
+    let d = start(inst.run_dir().join("auth-userdb"), "listed")
+        .await
+        .unwrap();
+    let mut users: Vec<String> = d.records().into_iter().map(|r| r.username).collect();
+    users.sort();
+    assert_eq!(users, PASSWD_USERS);
+    d.shutdown().await.unwrap();
+
+    let d = start(tmp.path().join("no-such-socket"), "unreachable")
+        .await
+        .unwrap();
+    assert!(d.records().is_empty());
+    d.shutdown().await.unwrap();
+}

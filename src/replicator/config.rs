@@ -88,6 +88,10 @@ pub struct ReplicatorConfig {
     pub userdb_passwd_file: Option<PathBuf>,
     /// Shell command printing one user per line (e.g. `doveadm user '*'`).
     pub userdb_list_command: Option<String>,
+    /// `auth_socket_path`: Dovecot's auth-userdb socket, asked for `LIST`
+    /// as Dovecot's replicator does. When unset and no other listing is
+    /// configured, `<base_dir>/auth-userdb` is used if it exists.
+    pub auth_socket_path: Option<PathBuf>,
     /// `host:port` for the OpenMetrics endpoint; `None` = disabled.
     pub metrics_listen: Option<String>,
     /// Filesystem watcher (`watch_*`); disabled while `mail_location` is empty.
@@ -117,6 +121,7 @@ impl Default for ReplicatorConfig {
             peer: PeerSettings::default(),
             userdb_passwd_file: None,
             userdb_list_command: None,
+            auth_socket_path: None,
             metrics_listen: None,
             watch: WatchSettings::default(),
         }
@@ -272,6 +277,7 @@ impl ReplicatorConfig {
             "userdb_list_command" => {
                 self.userdb_list_command = (!value.is_empty()).then(|| value.to_string())
             }
+            "auth_socket_path" => self.auth_socket_path = self.opt_path(value),
             "metrics_listen" => {
                 self.metrics_listen = (!value.is_empty()).then(|| value.to_string())
             }

@@ -176,7 +176,47 @@ async fn discover_users(config: &ReplicatorConfig) -> UserDb {
             Err(e) => tracing::error!("listing users failed, can't replicate existing data: {e}"),
         }
     }
+    if let Some(path) = userdb_socket(config) {
+        match list_auth_users(path.clone()).await {
+            Ok(names) => {
+                for name in names {
+                    db.entry(name).or_default();
+                }
+            }
+            Err(e) => tracing::error!(
+                "listing users through {} failed, can't replicate existing data: {e}",
+                path.display()
+            ),
+        }
+    }
     db
+}
+
+/// The auth-userdb socket to list users from: configured, or Dovecot's
+/// default one when nothing else lists users and it exists.
+fn userdb_socket(config: &ReplicatorConfig) -> Option<PathBuf> {
+    if let Some(p) = &config.auth_socket_path {
+        return Some(p.clone());
+    }
+    let nothing_else = config.userdb_passwd_file.is_none() && config.userdb_list_command.is_none();
+    let default = config.base_dir.join("auth-userdb");
+    (nothing_else && default.exists()).then_some(default)
+}
+
+/// `LIST` through the auth-userdb socket (blocking I/O, off the runtime).
+async fn list_auth_users(path: PathBuf) -> Result<Vec<String>, String> {
+    tokio::task::spawn_blocking(move || {
+        let db = crate::userdb::Userdb {
+            service: Some("replicator".into()),
+            ..crate::userdb::Userdb::socket(path)
+        };
+        db.list()
+            .map_err(|e| e.to_string())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 impl Daemon {
