@@ -10,6 +10,7 @@ pub mod replicator;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod tabescape;
 pub mod transport;
 pub mod userdb;
 

@@ -19,7 +19,7 @@ pub mod metrics;
 pub mod queue;
 pub mod runner;
 pub mod server;
-pub mod tabescape;
+pub use crate::tabescape;
 pub mod users;
 pub mod watch;
 

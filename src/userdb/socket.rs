@@ -11,46 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{UserInfo, UserdbError};
+use crate::tabescape::{escape, unescape};
 
 /// An answer line longer than this is refused (a userdb reply is small).
 const MAX_LINE: u64 = 1 << 20;
 /// A listing longer than this many users is cut with an error.
 const MAX_USERS: usize = 50_000_000;
-
-/// Escapes a value as Dovecot's tab-escaping does.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\x01' => out.push_str("\x011"),
-            '\t' => out.push_str("\x01t"),
-            '\r' => out.push_str("\x01r"),
-            '\n' => out.push_str("\x01n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\x01' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('1') => out.push('\x01'),
-            Some('t') => out.push('\t'),
-            Some('r') => out.push('\r'),
-            Some('n') => out.push('\n'),
-            Some(c) => out.push(c),
-            None => {}
-        }
-    }
-    out
-}
 
 struct Conn {
     path: PathBuf,
