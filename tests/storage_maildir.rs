@@ -1331,7 +1331,7 @@ fn mailbox_guid_change() {
         );
         assert!(!p.with_extension("lock").exists());
     }
-    assert!(list_index_guids(&root).iter().any(|g| *g == new_work));
+    assert!(list_index_guids(&root).contains(&new_work));
     assert!(!list_index_guids(&root).iter().any(|g| hex(g) == old_work));
     // Idempotent: the same GUID again changes nothing.
     let text_work = std::fs::read(&uidlists[1]).unwrap();
