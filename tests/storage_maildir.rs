@@ -1301,6 +1301,19 @@ fn mailbox_guid_change() {
     assert!(st.set_mailbox_guid("Work", inbox_guid).is_err());
     st.set_mailbox_guid("INBOX", new_inbox).unwrap();
     st.set_mailbox_guid("Work", new_work).unwrap();
+    // The list index node, before any Dovecot process opened the mailbox
+    // (doing so would refresh the node itself), and what a GUID-only status
+    // request answers from it.
+    assert!(list_index_guids(&root).contains(&new_work));
+    assert!(!list_index_guids(&root).iter().any(|g| hex(g) == old_work));
+    for (name, new) in [("Work", new_work), ("INBOX", new_inbox)] {
+        let out = inst
+            .doveadm(["-f", "tab", "mailbox", "status", "-u", USER, "guid", name])
+            .expect("run doveadm")
+            .ok()
+            .expect("doveadm mailbox status");
+        assert_eq!(table(&out.stdout_str())[0]["guid"], hex(&new), "{name}");
+    }
 
     for ((name, new), (old_status, old_rows)) in [("INBOX", new_inbox), ("Work", new_work)]
         .iter()
@@ -1331,8 +1344,6 @@ fn mailbox_guid_change() {
         );
         assert!(!p.with_extension("lock").exists());
     }
-    assert!(list_index_guids(&root).contains(&new_work));
-    assert!(!list_index_guids(&root).iter().any(|g| hex(g) == old_work));
     // Idempotent: the same GUID again changes nothing.
     let text_work = std::fs::read(&uidlists[1]).unwrap();
     st.set_mailbox_guid("Work", new_work).unwrap();
