@@ -31,8 +31,8 @@ use test_support::{require_dovecot, DovecotInstance, InstanceOptions, DOVEADM};
 /// Scenarios homing deliberately does not reproduce, with the reason.
 const KNOWN: &[(&str, &str)] = &[
     ("delete_vs_new_mail", "differences.md #1: the mail delivered after the deletion is kept in a `Work-recovered-…` mailbox"),
-    ("create_same_name_different_guid", "differences.md #2: no Maildir GUID swap, the larger GUID wins"),
-    ("initial_both_nonempty_maildir", "differences.md #2: no Maildir GUID swap, the larger GUID wins"),
+    ("create_same_name_different_guid", "differences.md #2: homing adopts the larger GUID instead of swapping; as master, the Dovecot slave still swaps, so run 1 exits 2 and run 2 converges"),
+    ("initial_both_nonempty_maildir", "differences.md #2: homing adopts the larger GUID instead of swapping; as master, the Dovecot slave still swaps, so the one recorded run exits 2 (a second run converges)"),
     ("delete_and_recreate_same_name", "differences.md #3: the deletion is honoured, the re-created mailbox is new"),
     ("rename_vs_create_conflict", "differences.md #4: the loser is renamed to `X-temp-<GUID>` in one run"),
     ("state_remote_only_change", "differences.md #7: other HIGHESTMODSEQ numbers than the saved state"),

@@ -10,6 +10,10 @@
 //! must assign the renumbered mails the same UIDs in one run (which needs
 //! the expunge to be provable from homing's transaction log) and a further
 //! sync must change nothing.
+//!
+//! Finally INBOX created independently on both sides (different mailbox
+//! GUIDs, different mails): whichever side has the smaller GUID adopts the
+//! other's, with homing as master and as slave.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -196,7 +200,13 @@ mod with_dovecot {
     }
 
     fn sync(inst: &DovecotInstance, root: &Path, role: Role) {
-        let (ok, detail) = match role {
+        let (ok, detail) = try_sync(inst, root, role);
+        assert!(ok, "sync failed: {detail}\n{}", inst.log());
+    }
+
+    /// One sync run: (success, exit code and stderr).
+    fn try_sync(inst: &DovecotInstance, root: &Path, role: Role) -> (bool, String) {
+        match role {
             Role::HomingMaster => {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_homing"));
                 c.env_remove("HOMING_LOG")
@@ -226,8 +236,7 @@ mod with_dovecot {
                     format!("exit {:?}: {}", out.code(), out.stderr_str()),
                 )
             }
-        };
-        assert!(ok, "sync failed: {detail}\n{}", inst.log());
+        }
     }
 
     fn conflict_converges_in_one_run(role: Role) {
@@ -290,6 +299,153 @@ mod with_dovecot {
         assert_eq!(inbox(&inst, HOMING_USER), after);
         let log = inst.log();
         assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+    }
+
+    /// A mailbox's GUID as doveadm reports it.
+    fn mailbox_guid(inst: &DovecotInstance, user: &str, mailbox: &str) -> String {
+        let out = inst
+            .doveadm([
+                "-f", "tab", "mailbox", "status", "-u", user, "guid", mailbox,
+            ])
+            .expect("run doveadm")
+            .ok()
+            .expect("doveadm mailbox status");
+        let row = out.stdout_str();
+        let row = row.lines().nth(1).expect("a status row");
+        row.rsplit('\t')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// Both servers created INBOX on their own (Dovecot autocreates it at
+    /// the first delivery) and hold different mails before their first
+    /// sync. The larger mailbox GUID wins: with `homing_larger` homing's
+    /// GUID is all 0xff bytes (Dovecot adopts it, in one run), otherwise all
+    /// zero bytes but the last (homing's Maildir adopts Dovecot's; Dovecot's
+    /// own Maildir quirk costs a second run, see docs/differences.md #2).
+    fn inbox_guid_conflict(role: Role, homing_larger: bool) {
+        let inst = dovecot_or_skip!(InstanceOptions::new().users(&[DOVECOT_USER, HOMING_USER]));
+        for i in 1..=3 {
+            inst.save_message(DOVECOT_USER, "INBOX", &message(&format!("dovecot-{i}")))
+                .expect("save");
+        }
+        inst.doveadm_user(
+            DOVECOT_USER,
+            &["flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "2"],
+        )
+        .expect("flags");
+        let dovecot_guid = mailbox_guid(&inst, DOVECOT_USER, "INBOX");
+        let mut homing_guid = [0u8; 16];
+        if homing_larger {
+            homing_guid = [0xff; 16];
+        } else {
+            homing_guid[15] = 1;
+        }
+        let root = mail_root(&inst);
+        let st = MaildirStore::open(&root, MaildirOptions::default()).unwrap();
+        st.create_mailbox("INBOX", Some(homing_guid), Some(1_234_567))
+            .unwrap();
+        let mut t = st.begin("INBOX").unwrap();
+        for i in 1..=2 {
+            t.save(
+                NewMessage {
+                    flags: if i == 1 { flags::FLAGGED } else { 0 },
+                    ..Default::default()
+                },
+                &mut &message(&format!("homing-{i}"))[..],
+            )
+            .unwrap();
+        }
+        t.commit().unwrap();
+        drop(st);
+
+        let (ok, detail) = try_sync(&inst, &root, role);
+        if homing_larger {
+            assert!(ok, "sync failed: {detail}\n{}", inst.log());
+        } else {
+            // homing's side adopts Dovecot's larger GUID, but Dovecot's
+            // Maildir "creates" the existing INBOX with homing's GUID, which
+            // overwrites its own: the GUIDs swap and the run ends with a
+            // desync (exit 2). The next run converges: homing keeps the
+            // larger GUID and Dovecot takes it back the same way.
+            assert!(
+                !ok && detail.contains("exit Some(2)")
+                    && detail.contains("Remote lost mailbox GUID"),
+                "{detail}"
+            );
+            assert_eq!(
+                mailbox_guid(&inst, DOVECOT_USER, "INBOX"),
+                hex(&homing_guid)
+            );
+            assert_eq!(mailbox_guid(&inst, HOMING_USER, "INBOX"), dovecot_guid);
+            sync(&inst, &root, role);
+        }
+        let want = if homing_larger {
+            hex(&homing_guid)
+        } else {
+            dovecot_guid
+        };
+        assert_eq!(mailbox_guid(&inst, DOVECOT_USER, "INBOX"), want);
+        assert_eq!(mailbox_guid(&inst, HOMING_USER, "INBOX"), want);
+        let after = inbox(&inst, DOVECOT_USER);
+        assert_eq!(
+            inbox(&inst, HOMING_USER),
+            after,
+            "both sides must hold the same mails under the same UIDs"
+        );
+        let mut guids: Vec<String> = inst
+            .snapshot(HOMING_USER)
+            .expect("snapshot")
+            .mails
+            .iter()
+            .map(|m| m.guid.clone())
+            .collect();
+        guids.sort();
+        guids.dedup();
+        assert_eq!(guids.len(), 5, "every mail of both sides: {after:?}");
+        let flagged: Vec<_> = after
+            .iter()
+            .filter(|m| m.2.contains(&"\\Flagged".to_string()))
+            .collect();
+        let seen: Vec<_> = after
+            .iter()
+            .filter(|m| m.2.contains(&"\\Seen".to_string()))
+            .collect();
+        assert_eq!((flagged.len(), seen.len()), (1, 1), "{after:?}");
+
+        // A further sync finds nothing to do.
+        sync(&inst, &root, role);
+        assert_eq!(inbox(&inst, DOVECOT_USER), after);
+        assert_eq!(inbox(&inst, HOMING_USER), after);
+        assert_eq!(mailbox_guid(&inst, HOMING_USER, "INBOX"), want);
+        let log = inst.log();
+        assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+    }
+
+    #[test]
+    fn inbox_guid_conflict_homing_master_adopts() {
+        inbox_guid_conflict(Role::HomingMaster, false);
+    }
+
+    #[test]
+    fn inbox_guid_conflict_homing_master_dovecot_adopts() {
+        inbox_guid_conflict(Role::HomingMaster, true);
+    }
+
+    #[test]
+    fn inbox_guid_conflict_homing_slave_adopts() {
+        inbox_guid_conflict(Role::HomingSlave, false);
+    }
+
+    #[test]
+    fn inbox_guid_conflict_homing_slave_dovecot_adopts() {
+        inbox_guid_conflict(Role::HomingSlave, true);
     }
 
     #[test]

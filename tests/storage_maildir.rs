@@ -1214,3 +1214,152 @@ impl Drop for Imap {
         let _ = self.child.wait();
     }
 }
+
+/// GUIDs recorded in Dovecot's mailbox list index nodes.
+fn list_index_guids(root: &Path) -> Vec<[u8; 16]> {
+    let view = index_format::view::MailboxView::open(root.join("dovecot.list.index"))
+        .expect("open the list index");
+    view.messages()
+        .filter_map(|m| m.list_record())
+        .map(|r| r.mailbox_guid)
+        .collect()
+}
+
+/// Replication adopts the peer's GUID for a mailbox both sides created
+/// independently: afterwards Dovecot reports the new GUID (INBOX from its
+/// uidlist, other mailboxes also through the list index), and every mail,
+/// UID, flag, UIDVALIDITY and the uidlist's owner and mode are unchanged.
+#[test]
+fn mailbox_guid_change() {
+    if !require_dovecot("mailbox_guid_change") {
+        return;
+    }
+    let inst = start();
+    for n in 1..=3 {
+        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
+    }
+    inst.doveadm_user(USER, &["mailbox", "create", "Work"])
+        .unwrap();
+    for n in 4..=5 {
+        inst.save_message(USER, "Work", &mail(n)).unwrap();
+    }
+    inst.doveadm_user(
+        USER,
+        &[
+            "flags",
+            "add",
+            "\\Flagged $Label1",
+            "mailbox",
+            "INBOX",
+            "uid",
+            "2",
+        ],
+    )
+    .unwrap();
+    inst.doveadm_user(
+        USER,
+        &["flags", "add", "\\Seen", "mailbox", "Work", "uid", "1"],
+    )
+    .unwrap();
+    // Status of every mailbox, which also fills the list index nodes.
+    inst.doveadm_user(USER, &["mailbox", "status", "guid", "*"])
+        .unwrap();
+
+    let root = inst.mail_dir(USER);
+    let fields = "uid flags guid";
+    let before: Vec<_> = ["INBOX", "Work"]
+        .iter()
+        .map(|m| (status(&inst, m), fetch(&inst, m, fields)))
+        .collect();
+    let old_work = before[1].0["guid"].clone();
+    assert!(
+        list_index_guids(&root).iter().any(|g| hex(g) == old_work),
+        "the list index caches Work's GUID"
+    );
+    let uidlists = [
+        root.join("dovecot-uidlist"),
+        root.join(".Work/dovecot-uidlist"),
+    ];
+    std::fs::set_permissions(
+        &uidlists[1],
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    let meta_before: Vec<_> = uidlists
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.uid(), m.gid(), m.mode() & 0o7777)
+        })
+        .collect();
+
+    let st = store(&inst);
+    let new_inbox = [0xf1; 16];
+    let new_work = [0xf2; 16];
+    // Another mailbox's GUID is refused.
+    let inbox_guid = st.list_mailboxes().unwrap()[0].guid.unwrap();
+    assert!(st.set_mailbox_guid("Work", inbox_guid).is_err());
+    st.set_mailbox_guid("INBOX", new_inbox).unwrap();
+    st.set_mailbox_guid("Work", new_work).unwrap();
+    // The list index node, before any Dovecot process opened the mailbox
+    // (doing so would refresh the node itself), and what a GUID-only status
+    // request answers from it.
+    assert!(list_index_guids(&root).contains(&new_work));
+    assert!(!list_index_guids(&root).iter().any(|g| hex(g) == old_work));
+    for (name, new) in [("Work", new_work), ("INBOX", new_inbox)] {
+        let out = inst
+            .doveadm(["-f", "tab", "mailbox", "status", "-u", USER, "guid", name])
+            .expect("run doveadm")
+            .ok()
+            .expect("doveadm mailbox status");
+        assert_eq!(table(&out.stdout_str())[0]["guid"], hex(&new), "{name}");
+    }
+
+    for ((name, new), (old_status, old_rows)) in [("INBOX", new_inbox), ("Work", new_work)]
+        .iter()
+        .zip(&before)
+    {
+        let s = status(&inst, name);
+        assert_eq!(s["guid"], hex(new), "{name}");
+        for k in ["messages", "uidnext", "uidvalidity", "highestmodseq"] {
+            assert_eq!(s[k], old_status[k], "{name} {k}");
+        }
+        assert_eq!(&fetch(&inst, name, fields), old_rows, "{name}");
+        assert_eq!(st.find_mailbox(new).unwrap().as_deref(), Some(*name));
+    }
+    let text = std::fs::read_to_string(&uidlists[0]).unwrap();
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.contains(&format!(" G{}", hex(&new_inbox))),
+        "{header}"
+    );
+    assert_eq!(text.lines().count(), 4, "every record kept: {text}");
+    for (p, m) in uidlists.iter().zip(&meta_before) {
+        let md = std::fs::metadata(p).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid(), md.mode() & 0o7777),
+            *m,
+            "{}",
+            p.display()
+        );
+        assert!(!p.with_extension("lock").exists());
+    }
+    // Idempotent: the same GUID again changes nothing.
+    let text_work = std::fs::read(&uidlists[1]).unwrap();
+    st.set_mailbox_guid("Work", new_work).unwrap();
+    assert_eq!(std::fs::read(&uidlists[1]).unwrap(), text_work);
+
+    // Dovecot keeps working with the mailboxes: a delivery and a flag change.
+    inst.save_message(USER, "Work", &mail(6)).unwrap();
+    inst.doveadm_user(
+        USER,
+        &["flags", "add", "\\Answered", "mailbox", "INBOX", "uid", "1"],
+    )
+    .unwrap();
+    assert_eq!(status(&inst, "Work")["guid"], hex(&new_work));
+    assert_eq!(status(&inst, "Work")["messages"], "3");
+    assert_eq!(status(&inst, "INBOX")["guid"], hex(&new_inbox));
+    let (vuid, _) = inst.vmail_ids();
+    assert_owned_by(&root, vuid);
+    inst.assert_log_clean();
+}

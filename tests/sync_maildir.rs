@@ -102,3 +102,90 @@ fn homing_maildirs_sync_two_way_after_both_changed() {
     assert_eq!(state(&a), sa);
     assert_eq!(state(&b), sb);
 }
+
+/// Name → (mailbox GUID, UIDVALIDITY, UIDNEXT).
+fn tree(st: &MaildirStore) -> BTreeMap<String, ([u8; 16], u32, u32)> {
+    st.list_mailboxes()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name, (e.guid.unwrap(), e.uid_validity, e.uid_next)))
+        .collect()
+}
+
+/// Subjects of a mailbox's mails, sorted.
+fn subjects(st: &MaildirStore, mailbox: &str) -> Vec<String> {
+    let mb = st.open_mailbox(mailbox).unwrap();
+    let mut out: Vec<String> = mb
+        .messages()
+        .map(|m| {
+            let mut body = String::new();
+            std::io::Read::read_to_string(&mut mb.open_body(m.unwrap().uid).unwrap(), &mut body)
+                .unwrap();
+            body.lines().next().unwrap_or_default().to_string()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// INBOX (and another mailbox) created independently on both sides, each
+/// with its own mails, before their first sync: the side with the smaller
+/// mailbox GUID adopts the larger one, and both end with every mail.
+fn same_name_different_guid(local_guid: u8, remote_guid: u8) {
+    let d = tempfile::tempdir().unwrap();
+    let (pa, pb) = (d.path().join("a"), d.path().join("b"));
+    let (a, b) = (store(&pa), store(&pb));
+    a.create_mailbox("INBOX", Some([local_guid; 16]), Some(1000))
+        .unwrap();
+    b.create_mailbox("INBOX", Some([remote_guid; 16]), Some(2000))
+        .unwrap();
+    // Distinct UIDVALIDITYs: mailboxes whose six status numbers agree are
+    // skipped by the default (CHANGED) sync, as by Dovecot's.
+    a.create_mailbox("Work", Some([local_guid ^ 0x0f; 16]), Some(3000))
+        .unwrap();
+    b.create_mailbox("Work", Some([remote_guid ^ 0x0f; 16]), Some(4000))
+        .unwrap();
+    for i in 1..=3 {
+        save(&a, "INBOX", &format!("Subject: a{i}\n\nbody a{i}\n"));
+    }
+    for i in 1..=2 {
+        save(&b, "INBOX", &format!("Subject: b{i}\n\nbody b{i}\n"));
+    }
+    save(&a, "Work", "Subject: work a\n\nA\n");
+    save(&b, "Work", "Subject: work b\n\nB\n");
+
+    let (code, err) = sync(&pa, &pb);
+    assert_eq!(code, 0, "{err}");
+    let (ta, tb) = (tree(&a), tree(&b));
+    assert_eq!(ta, tb);
+    assert_eq!(ta["INBOX"].0, [local_guid.max(remote_guid); 16]);
+    assert_eq!(
+        ta["Work"].0,
+        [(local_guid ^ 0x0f).max(remote_guid ^ 0x0f); 16]
+    );
+    let (sa, sb) = (state(&a), state(&b));
+    assert_eq!(sa, sb);
+    let want: Vec<String> = ["a1", "a2", "a3", "b1", "b2"]
+        .iter()
+        .map(|s| format!("Subject: {s}"))
+        .collect();
+    assert_eq!(subjects(&a, "INBOX"), want);
+    assert_eq!(subjects(&b, "INBOX"), want);
+    assert_eq!(subjects(&a, "Work"), ["Subject: work a", "Subject: work b"]);
+
+    // A second sync has nothing left to do.
+    let (code, err) = sync(&pa, &pb);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((tree(&a), tree(&b)), (ta, tb));
+    assert_eq!((state(&a), state(&b)), (sa, sb));
+}
+
+#[test]
+fn same_name_different_guid_local_adopts() {
+    same_name_different_guid(0x11, 0xee);
+}
+
+#[test]
+fn same_name_different_guid_remote_adopts() {
+    same_name_different_guid(0xee, 0x11);
+}

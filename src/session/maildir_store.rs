@@ -710,10 +710,10 @@ impl MaildirReplica {
                 .store
                 .rename_mailbox(&self.name_of(from), &self.name_of(to), ts(*timestamp))
                 .map_err(map_err),
-            Action::SetMailboxGuid { name, .. } => Err(StorageError::NotPossible(format!(
-                "changing the mailbox GUID of {} is not supported",
-                self.name_of(name)
-            ))),
+            Action::SetMailboxGuid { name, guid } => self
+                .store
+                .set_mailbox_guid(&self.name_of(name), guid.0)
+                .map_err(map_err),
             Action::SetSubscribed {
                 name,
                 subscribed,

@@ -359,6 +359,10 @@ pub trait MailStore {
         guid: Option<MailboxGuid>,
         uid_validity: Option<u32>,
     ) -> Result<MailboxGuid>;
+    /// Gives an existing mailbox another GUID (replication adopts the
+    /// peer's GUID for a mailbox both sides created under the same name).
+    /// Mails, UIDs, UIDVALIDITY and flags stay as they are.
+    fn set_mailbox_guid(&self, name: &str, guid: MailboxGuid) -> Result<()>;
     /// Creates a `\NoSelect` directory.
     fn create_dir(&self, name: &str) -> Result<()>;
     /// Renames a mailbox and its children; logs a rename record at `now`.

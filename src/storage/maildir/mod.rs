@@ -13,7 +13,7 @@ mod txn;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::Duration;
@@ -219,6 +219,23 @@ impl MaildirStore {
         let tmp = tmp_name(path);
         let _ = fs::remove_file(&tmp);
         self.create_file(&tmp, content, 0o600)?;
+        fs::rename(&tmp, path).map_err(io_err(path))
+    }
+
+    /// Like [`Self::replace_file`], with the permission bits of the file it
+    /// replaces (0600 when there is none): Dovecot derives them from the
+    /// mailbox directory, and a rewrite must not change who may read it.
+    pub(crate) fn replace_file_keeping_mode(&self, path: &Path, content: &[u8]) -> Result<()> {
+        let mode = match fs::metadata(path) {
+            Ok(m) => m.permissions().mode() & 0o7777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0o600,
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        let tmp = tmp_name(path);
+        let _ = fs::remove_file(&tmp);
+        self.create_file(&tmp, content, mode)?;
+        // The umask may have cleared bits of `mode`.
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
         fs::rename(&tmp, path).map_err(io_err(path))
     }
 
@@ -675,6 +692,26 @@ impl MailStore for MaildirStore {
             self.tree_changed();
         }
         r
+    }
+
+    fn set_mailbox_guid(&self, name: &str, guid: MailboxGuid) -> Result<()> {
+        let comps = self.components(name)?;
+        let dir = self.dir_of(&comps);
+        if !Self::is_mailbox_dir(&dir) {
+            return Err(StorageError::MailboxNotFound(name.into()));
+        }
+        if let Some(other) = self.find_mailbox(&guid)? {
+            if other != self.full_name(&comps) {
+                return Err(StorageError::Inconsistent {
+                    path: dir,
+                    why: format!("mailbox {other:?} already has the GUID wanted for {name:?}"),
+                });
+            }
+        }
+        let mut t = MaildirTransaction::new(self, dir)?;
+        t.set_mailbox_guid(guid);
+        t.commit_inner()?;
+        list_index::set_mailbox_guid(self, &comps, &guid)
     }
 
     fn rename_mailbox(&self, old: &str, new: &str, now: u32) -> Result<()> {

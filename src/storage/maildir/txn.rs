@@ -35,7 +35,8 @@ use super::mailbox::{maildir_order, open_view, read_keywords, scan_files, FileLo
 use super::{log_gate, MaildirStore, UIDLIST};
 use crate::storage::lock::{Dotlock, DotlockSettings, FcntlLock, Owner};
 use crate::storage::{
-    flags, io_err, CommitResult, FlagChange, MailboxTransaction, NewMessage, Result, StorageError,
+    flags, io_err, CommitResult, FlagChange, MailboxGuid, MailboxTransaction, NewMessage, Result,
+    StorageError,
 };
 
 pub(crate) fn log_gate_write() -> std::sync::RwLockWriteGuard<'static, ()> {
@@ -61,6 +62,7 @@ pub struct MaildirTransaction<'s> {
     flag_changes: BTreeMap<u32, FlagChange>,
     expunges: BTreeMap<u32, Option<String>>,
     new_uid_validity: Option<u32>,
+    new_guid: Option<MailboxGuid>,
     min_uid_next: u32,
     min_modseq: u64,
     attributes: Vec<AttributeSet>,
@@ -111,6 +113,7 @@ impl<'s> MaildirTransaction<'s> {
             flag_changes: BTreeMap::new(),
             expunges: BTreeMap::new(),
             new_uid_validity: None,
+            new_guid: None,
             min_uid_next: 0,
             min_modseq: 0,
             attributes: Vec::new(),
@@ -181,6 +184,12 @@ impl<'s> MaildirTransaction<'s> {
             .iter()
             .filter_map(|n| find(&have, n).map(|i| (n.to_string(), i)))
             .collect())
+    }
+
+    /// Gives the mailbox a new GUID at commit (replication adopted the
+    /// other side's): the uidlist header carries it.
+    pub(crate) fn set_mailbox_guid(&mut self, guid: MailboxGuid) {
+        self.new_guid = Some(guid);
     }
 
     pub(crate) fn commit_inner(mut self) -> Result<CommitResult> {
@@ -589,6 +598,7 @@ impl<'s> MaildirTransaction<'s> {
 
         // 4. Uidlist.
         let uv = me.new_uid_validity.unwrap_or(uidlist.uid_validity);
+        let guid_changes = me.new_guid.is_some_and(|g| Some(g) != uidlist.guid);
         let header_next = if me.min_uid_next > next {
             me.min_uid_next
         } else {
@@ -598,6 +608,7 @@ impl<'s> MaildirTransaction<'s> {
             .new_uid_validity
             .is_some_and(|v| v != uidlist.uid_validity)
             || header_next != 0
+            || guid_changes
             || uidlist.partial_tail
         {
             let old = fs::read(&uidlist_path).map_err(io_err(&uidlist_path))?;
@@ -620,13 +631,13 @@ impl<'s> MaildirTransaction<'s> {
             let mut content = index_format::write::uidlist_header(
                 uv,
                 header_next.max(next).max(uidlist.next_uid),
-                &uidlist.guid.unwrap_or_default(),
+                &me.new_guid.or(uidlist.guid).unwrap_or_default(),
                 &other,
             )
             .into_bytes();
             content.extend_from_slice(&old[body_start..body_end]);
             content.extend_from_slice(new_lines.as_bytes());
-            store.replace_file(&uidlist_path, &content)?;
+            store.replace_file_keeping_mode(&uidlist_path, &content)?;
         } else if !new_lines.is_empty() {
             let mut f = OpenOptions::new()
                 .append(true)
