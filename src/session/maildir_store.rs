@@ -40,7 +40,24 @@ pub struct MaildirReplica {
     /// applied after its saves: committed first, a raised next uid would
     /// refuse the pending saves below it.
     pending_raise: Option<(u32, u64)>,
+    /// Mailbox names by GUID: finding one lists every mailbox and reads its
+    /// uidlist, too slow per saved mail. Cleared on every mailbox-tree
+    /// change and every query.
+    names: std::cell::RefCell<std::collections::HashMap<Guid128, String>>,
+    /// Number of saves after which a batch is committed early (when the
+    /// engine allows it).
+    chunk_saves: usize,
+    /// Commits of saved mails so far.
+    save_commits: u64,
 }
+
+/// A batch this large is committed (the part of it the engine will not add
+/// lower UIDs to) while the sync goes on: memory for mail bodies and open
+/// spool files stays bounded whatever the mailbox size. Each commit lists
+/// the mailbox, so a batch is not made much smaller.
+const CHUNK_SAVES: usize = 4096;
+const CHUNK_MEMORY_BYTES: u64 = 32 << 20;
+const CHUNK_SPOOL_FILES: usize = 256;
 
 struct PendingSave {
     msg: NewMessage,
@@ -116,7 +133,21 @@ impl MaildirReplica {
             pending: None,
             body_source: None,
             pending_raise: None,
+            names: Default::default(),
+            chunk_saves: CHUNK_SAVES,
+            save_commits: 0,
         }
+    }
+
+    /// Commits a batch of saves early once it holds `saves` mails (default
+    /// 4096; memory and spool-file limits apply as well).
+    pub fn set_batch_limit(&mut self, saves: usize) {
+        self.chunk_saves = saves.max(1);
+    }
+
+    /// How many commits of saved mails were made so far.
+    pub fn save_commits(&self) -> u64 {
+        self.save_commits
     }
 
     pub fn store(&self) -> &MaildirStore {
@@ -142,10 +173,16 @@ impl MaildirReplica {
     }
 
     fn mailbox_name(&self, guid: Guid128) -> Result<String, StorageError> {
-        self.store
+        if let Some(n) = self.names.borrow().get(&guid) {
+            return Ok(n.clone());
+        }
+        let name = self
+            .store
             .find_mailbox(&guid.0)
             .map_err(map_err)?
-            .ok_or_else(|| StorageError::NotFound(format!("mailbox GUID {guid}")))
+            .ok_or_else(|| StorageError::NotFound(format!("mailbox GUID {guid}")))?;
+        self.names.borrow_mut().insert(guid, name.clone());
+        Ok(name)
     }
 
     fn tree(&self) -> Result<TreeSnapshot, st::StorageError> {
@@ -362,10 +399,65 @@ impl MaildirReplica {
 
     /// Commits the batched saves of one mailbox in UID order.
     pub fn flush(&mut self) -> Result<(), StorageError> {
-        let Some((name, mut saves)) = self.pending.take() else {
+        let Some((name, saves)) = self.pending.take() else {
             return Ok(());
         };
         let raise = self.pending_raise.take();
+        self.commit_saves(&name, saves)?;
+        match raise {
+            Some((uid_next, modseq)) => self.txn(&name, |t| {
+                t.raise_uid_next(uid_next)?;
+                t.raise_highest_modseq(modseq)
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits the saves of a large batch that are below `floor`, the
+    /// lowest UID the engine may still save into the batch's mailbox.
+    fn commit_settled(&mut self, mailbox: Guid128, floor: u32) -> Result<(), StorageError> {
+        let Some((name, saves)) = self.pending.as_ref() else {
+            return Ok(());
+        };
+        let (mut memory, mut files) = (0u64, 0usize);
+        for s in saves {
+            match &s.source {
+                SaveSource::Incoming(b @ IncomingBody::Memory(_)) => memory += b.len(),
+                SaveSource::Incoming(IncomingBody::File { .. }) => files += 1,
+                SaveSource::Local { .. } => {}
+            }
+        }
+        if saves.len() < self.chunk_saves
+            && memory < CHUNK_MEMORY_BYTES
+            && files < CHUNK_SPOOL_FILES
+        {
+            return Ok(());
+        }
+        if *name != self.mailbox_name(mailbox)? {
+            return Ok(());
+        }
+        let Some((name, saves)) = self.pending.as_mut() else {
+            return Ok(());
+        };
+        let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(saves)
+            .into_iter()
+            .partition(|s| s.msg.uid.is_some_and(|u| u < floor));
+        *saves = rest;
+        let name = name.clone();
+        if saves.is_empty() && self.pending_raise.is_none() {
+            self.pending = None;
+        }
+        self.commit_saves(&name, ready)
+    }
+
+    fn commit_saves(
+        &mut self,
+        name: &str,
+        mut saves: Vec<PendingSave>,
+    ) -> Result<(), StorageError> {
+        if saves.is_empty() {
+            return Ok(());
+        }
         saves.sort_by_key(|s| s.msg.uid);
         let src = self.store.open_mailbox(&name).map_err(map_err)?;
         let mut t = self.store.begin(&name).map_err(map_err)?;
@@ -387,13 +479,8 @@ impl MaildirReplica {
             t.expunge(uid, None).map_err(map_err)?;
         }
         t.commit().map_err(map_err)?;
-        match raise {
-            Some((uid_next, modseq)) => self.txn(&name, |t| {
-                t.raise_uid_next(uid_next)?;
-                t.raise_highest_modseq(modseq)
-            }),
-            None => Ok(()),
-        }
+        self.save_commits += 1;
+        Ok(())
     }
 
     /// Whether `uid` of mailbox `name` is written or read by the pending
@@ -763,6 +850,7 @@ fn map_err(e: st::StorageError) -> StorageError {
 
 impl SessionStore for MaildirReplica {
     fn answer(&mut self, q: &Query) -> Answer {
+        self.names.borrow_mut().clear();
         if let Err(e) = self.flush() {
             tracing::error!(%e, "committing saved mails failed");
         }
@@ -794,7 +882,22 @@ impl SessionStore for MaildirReplica {
 
     fn apply(&mut self, a: &Action) -> Result<(), StorageError> {
         self.body_source = None;
+        if matches!(
+            a,
+            Action::CreateMailbox { .. }
+                | Action::CreateDir { .. }
+                | Action::DeleteMailbox { .. }
+                | Action::DeleteDir { .. }
+                | Action::Rename { .. }
+                | Action::SetMailboxGuid { .. }
+        ) {
+            self.names.borrow_mut().clear();
+        }
         self.apply_inner(a)
+    }
+
+    fn saves_settled_below(&mut self, mailbox: Guid128, uid: u32) -> Result<(), StorageError> {
+        self.commit_settled(mailbox, uid)
     }
 
     fn open_body(&mut self, r: &BodyRef) -> io::Result<Option<Box<dyn Read + Send>>> {

@@ -465,6 +465,11 @@ impl<S: SessionStore> Driver<S> {
         let mut closed = false;
         loop {
             self.drain()?;
+            if let Some((mailbox, floor)) = self.brain.save_floor() {
+                self.store
+                    .saves_settled_below(mailbox, floor)
+                    .map_err(|e| SessionError::Storage(e.to_string()))?;
+            }
             self.flush()?;
             if self.brain.outcome().is_some() {
                 return Ok(());

@@ -8,6 +8,7 @@
 use std::io::{self, Cursor, Read, Seek};
 use std::path::PathBuf;
 
+use dsync_protocol::Guid128;
 use sync_engine::memory::MemoryReplica;
 use sync_engine::{Action, Answer, BodyRef, Query, StorageError};
 
@@ -116,6 +117,13 @@ pub trait SessionStore: Send + 'static {
     /// system, so a save can be a rename); `None` = the system temp dir.
     fn spool_dir(&self) -> Option<PathBuf> {
         None
+    }
+
+    /// The engine will save or copy nothing below `uid` into `mailbox` any
+    /// more in this sync (`Brain::save_floor`): a store that batches saves
+    /// to commit them in ascending UID order may commit those below it.
+    fn saves_settled_below(&mut self, _mailbox: Guid128, _uid: u32) -> Result<(), StorageError> {
+        Ok(())
     }
 
     /// Makes everything applied so far durable (called once after the
