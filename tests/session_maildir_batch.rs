@@ -149,3 +149,33 @@ async fn chunked_commits_survive_renumbered_saves() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_waiting_for_the_store_go_to_one_spill_file() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = store(da.path(), &mails("src", 1..=60));
+    let b = store(db.path(), &[]);
+    let mut rb = MaildirReplica::new(b);
+    rb.set_batch_limit(8);
+    // No backlog allowed in memory: every body is spilled.
+    let opts = SessionOptions {
+        spool_backlog: 0,
+        ..SessionOptions::default()
+    };
+    let (ra, rb) = run_local_pair(
+        MaildirReplica::new(a),
+        rb,
+        "h",
+        SyncSettings::default(),
+        &opts,
+    )
+    .await;
+    assert_eq!(rb.outcome.status.code(), 0, "{:?}", rb.outcome.messages);
+    assert!(ra.error.is_none() && rb.error.is_none());
+    assert_eq!(rb.stats.bodies_received, 60);
+    assert_eq!(
+        rb.stats.bodies_spooled, 60,
+        "every body goes to the spill file"
+    );
+    assert_eq!(contents(ra.store.store()), contents(rb.store.store()));
+}

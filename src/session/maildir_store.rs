@@ -424,7 +424,7 @@ impl MaildirReplica {
             match &s.source {
                 SaveSource::Incoming(b @ IncomingBody::Memory(_)) => memory += b.len(),
                 SaveSource::Incoming(IncomingBody::File { .. }) => files += 1,
-                SaveSource::Local { .. } => {}
+                SaveSource::Incoming(IncomingBody::Shared { .. }) | SaveSource::Local { .. } => {}
             }
         }
         if saves.len() < self.chunk_saves

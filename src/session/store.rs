@@ -7,6 +7,7 @@
 
 use std::io::{self, Cursor, Read, Seek};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use dsync_protocol::Guid128;
 use sync_engine::memory::MemoryReplica;
@@ -22,6 +23,13 @@ pub enum IncomingBody {
         file: std::fs::File,
         len: u64,
     },
+    /// `offset..offset + len` of a spool file shared by many bodies (no
+    /// descriptor per body; the file goes away with its last body).
+    Shared {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl IncomingBody {
@@ -29,7 +37,7 @@ impl IncomingBody {
     pub fn len(&self) -> u64 {
         match self {
             IncomingBody::Memory(v) => v.len() as u64,
-            IncomingBody::File { len, .. } => *len,
+            IncomingBody::File { len, .. } | IncomingBody::Shared { len, .. } => *len,
         }
     }
 
@@ -42,6 +50,11 @@ impl IncomingBody {
         match self {
             IncomingBody::Memory(v) => Box::new(Cursor::new(v)),
             IncomingBody::File { file, len } => Box::new(file.take(len)),
+            IncomingBody::Shared { file, offset, len } => Box::new(ReadAt {
+                file,
+                pos: offset,
+                end: offset.saturating_add(len),
+            }),
         }
     }
 
@@ -55,11 +68,16 @@ impl IncomingBody {
                 // The clone shares the file offset: read by position only.
                 let start = file.stream_position()?;
                 Ok(Box::new(ReadAt {
-                    file,
+                    file: Arc::new(file),
                     pos: start,
                     end: start.saturating_add(*len),
                 }))
             }
+            IncomingBody::Shared { file, offset, len } => Ok(Box::new(ReadAt {
+                file: file.clone(),
+                pos: *offset,
+                end: offset.saturating_add(*len),
+            })),
         }
     }
 
@@ -72,13 +90,19 @@ impl IncomingBody {
                 file.take(len).read_to_end(&mut v)?;
                 Ok(v)
             }
+            body @ IncomingBody::Shared { .. } => {
+                let mut v =
+                    Vec::with_capacity(usize::try_from(body.len()).unwrap_or(0).min(1 << 24));
+                body.into_reader().read_to_end(&mut v)?;
+                Ok(v)
+            }
         }
     }
 }
 
 /// Reads `pos..end` of a file without moving its shared offset.
 struct ReadAt {
-    file: std::fs::File,
+    file: Arc<std::fs::File>,
     pos: u64,
     end: u64,
 }
