@@ -231,19 +231,12 @@ impl MaildirReplica {
         let Some(name) = self.store.find_mailbox(&guid.0)? else {
             return Ok(None);
         };
-        let mb = self.store.open_mailbox(&name)?;
+        let mb = self.store.open_maildir(&name)?;
         let s = mb.status();
         let mut mails = Vec::new();
-        for m in mb.messages() {
-            let mut m = m?;
-            // The listing skips the per-file stat; the dates travel in `M`
-            // items and feed the -t/-e filters, so fetch them here.
-            if m.received.is_none() || m.saved.is_none() {
-                if let Some(full) = mb.message(m.uid)? {
-                    m.received = m.received.or(full.received);
-                    m.saved = m.saved.or(full.saved);
-                }
-            }
+        // The dates travel in `M` items and feed the -t/-e filters.
+        for m in mb.messages_with_dates() {
+            let m = m?;
             mails.push(MailRecord {
                 uid: m.uid,
                 guid: m.guid.into_bytes(),
