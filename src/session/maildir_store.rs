@@ -452,8 +452,8 @@ impl MaildirReplica {
             return Ok(());
         }
         saves.sort_by_key(|s| s.msg.uid);
-        let src = self.store.open_mailbox(&name).map_err(map_err)?;
-        let mut t = self.store.begin(&name).map_err(map_err)?;
+        let src = self.store.open_mailbox(name).map_err(map_err)?;
+        let mut t = self.store.begin(name).map_err(map_err)?;
         t.set_sync_origin(true);
         let mut expunges = Vec::new();
         for s in saves {
