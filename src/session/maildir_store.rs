@@ -49,6 +49,12 @@ pub struct MaildirReplica {
     chunk_saves: usize,
     /// Commits of saved mails so far.
     save_commits: u64,
+    /// Bytes of in-memory bodies and number of spool files in `pending`.
+    pending_memory: u64,
+    pending_files: usize,
+    /// Where in-memory bodies of the batch go beyond `PENDING_MEMORY_BYTES`
+    /// (unnamed, in the mail root), and its length.
+    spill: Option<(std::sync::Arc<std::fs::File>, u64)>,
 }
 
 /// A batch this large is committed (the part of it the engine will not add
@@ -56,8 +62,12 @@ pub struct MaildirReplica {
 /// spool files stays bounded whatever the mailbox size. Each commit lists
 /// the mailbox, so a batch is not made much smaller.
 const CHUNK_SAVES: usize = 4096;
-const CHUNK_MEMORY_BYTES: u64 = 32 << 20;
 const CHUNK_SPOOL_FILES: usize = 256;
+/// In-memory bodies a batch keeps; further ones are moved to a spill file.
+const PENDING_MEMORY_BYTES: u64 = 4 << 20;
+/// A spill file is replaced by a new one when it reaches this size (the
+/// old one goes away with the last body in it).
+const SPILL_ROTATE_BYTES: u64 = 1 << 30;
 
 struct PendingSave {
     msg: NewMessage,
@@ -136,6 +146,9 @@ impl MaildirReplica {
             names: Default::default(),
             chunk_saves: CHUNK_SAVES,
             save_commits: 0,
+            pending_memory: 0,
+            pending_files: 0,
+            spill: None,
         }
     }
 
@@ -379,9 +392,23 @@ impl MaildirReplica {
         Ok(())
     }
 
-    fn queue(&mut self, name: String, save: PendingSave) -> Result<(), StorageError> {
+    fn queue(&mut self, name: String, mut save: PendingSave) -> Result<(), StorageError> {
         if self.pending.as_ref().is_some_and(|(n, _)| *n != name) {
             self.flush()?;
+        }
+        match &save.source {
+            SaveSource::Incoming(IncomingBody::Memory(v)) => {
+                if self.pending_memory + v.len() as u64 > PENDING_MEMORY_BYTES {
+                    let body = self
+                        .spill_body(v)
+                        .map_err(|e| StorageError::Temp(format!("spilling a mail body: {e}")))?;
+                    save.source = SaveSource::Incoming(body);
+                } else {
+                    self.pending_memory += v.len() as u64;
+                }
+            }
+            SaveSource::Incoming(IncomingBody::File { .. }) => self.pending_files += 1,
+            _ => {}
         }
         self.pending
             .get_or_insert_with(|| (name, Vec::new()))
@@ -390,11 +417,51 @@ impl MaildirReplica {
         Ok(())
     }
 
+    /// Moves an in-memory body to the spill file.
+    fn spill_body(&mut self, data: &[u8]) -> io::Result<IncomingBody> {
+        use std::os::unix::fs::FileExt;
+        if self
+            .spill
+            .as_ref()
+            .is_none_or(|(_, len)| *len >= SPILL_ROTATE_BYTES)
+        {
+            let f = tempfile::tempfile_in(self.store.root())?;
+            self.spill = Some((std::sync::Arc::new(f), 0));
+        }
+        let Some((file, len)) = self.spill.as_mut() else {
+            return Err(io::Error::other("no spill file"));
+        };
+        let offset = *len;
+        file.write_all_at(data, offset)?;
+        *len += data.len() as u64;
+        Ok(IncomingBody::Shared {
+            file: file.clone(),
+            offset,
+            len: data.len() as u64,
+        })
+    }
+
+    /// Counts what the batch holds again after part of it was committed.
+    fn recount_pending(&mut self) {
+        let (mut memory, mut files) = (0u64, 0usize);
+        for s in self.pending.iter().flat_map(|(_, saves)| saves) {
+            match &s.source {
+                SaveSource::Incoming(b @ IncomingBody::Memory(_)) => memory += b.len(),
+                SaveSource::Incoming(IncomingBody::File { .. }) => files += 1,
+                _ => {}
+            }
+        }
+        self.pending_memory = memory;
+        self.pending_files = files;
+    }
+
     /// Commits the batched saves of one mailbox in UID order.
     pub fn flush(&mut self) -> Result<(), StorageError> {
         let Some((name, saves)) = self.pending.take() else {
             return Ok(());
         };
+        self.pending_memory = 0;
+        self.pending_files = 0;
         let raise = self.pending_raise.take();
         self.commit_saves(&name, saves)?;
         match raise {
@@ -412,18 +479,7 @@ impl MaildirReplica {
         let Some((name, saves)) = self.pending.as_ref() else {
             return Ok(());
         };
-        let (mut memory, mut files) = (0u64, 0usize);
-        for s in saves {
-            match &s.source {
-                SaveSource::Incoming(b @ IncomingBody::Memory(_)) => memory += b.len(),
-                SaveSource::Incoming(IncomingBody::File { .. }) => files += 1,
-                SaveSource::Incoming(IncomingBody::Shared { .. }) | SaveSource::Local { .. } => {}
-            }
-        }
-        if saves.len() < self.chunk_saves
-            && memory < CHUNK_MEMORY_BYTES
-            && files < CHUNK_SPOOL_FILES
-        {
+        if saves.len() < self.chunk_saves && self.pending_files < CHUNK_SPOOL_FILES {
             return Ok(());
         }
         if *name != self.mailbox_name(mailbox)? {
@@ -440,6 +496,7 @@ impl MaildirReplica {
         if saves.is_empty() && self.pending_raise.is_none() {
             self.pending = None;
         }
+        self.recount_pending();
         self.commit_saves(&name, ready)
     }
 
