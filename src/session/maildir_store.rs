@@ -55,7 +55,18 @@ pub struct MaildirReplica {
     /// Where in-memory bodies of the batch go beyond `PENDING_MEMORY_BYTES`
     /// (unnamed, in the mail root), and its length.
     spill: Option<(std::sync::Arc<std::fs::File>, u64)>,
+    /// Flag changes of one mailbox not committed yet, with the modseq to
+    /// raise to: a commit lists the mailbox, so one per changed mail made a
+    /// full comparison of two large mailboxes quadratic. Committed before
+    /// any other action, query, body read or the end.
+    pending_flags: Option<PendingFlags>,
 }
+
+/// Mailbox name, (uid, change) in order, modseq to raise to.
+type PendingFlags = (String, Vec<(u32, FlagChange)>, u64);
+
+/// Flag changes committed together at most.
+const FLAG_BATCH: usize = 4096;
 
 /// A batch this large is committed (the part of it the engine will not add
 /// lower UIDs to) while the sync goes on: memory for mail bodies and open
@@ -149,6 +160,7 @@ impl MaildirReplica {
             pending_memory: 0,
             pending_files: 0,
             spill: None,
+            pending_flags: None,
         }
     }
 
@@ -713,18 +725,28 @@ impl MaildirReplica {
                 min_modseq,
             } => {
                 let name = self.mailbox_name(*mailbox)?;
-                self.txn(&name, |t| {
-                    t.update_flags(
-                        *uid,
-                        FlagChange {
-                            add: add.0 & st::flags::IMAP_MASK,
-                            remove: remove.0 & st::flags::IMAP_MASK,
-                            add_keywords: kw(add_keywords),
-                            remove_keywords: kw(remove_keywords),
-                        },
-                    )?;
-                    t.raise_highest_modseq(*min_modseq)
-                })
+                let change = FlagChange {
+                    add: add.0 & st::flags::IMAP_MASK,
+                    remove: remove.0 & st::flags::IMAP_MASK,
+                    add_keywords: kw(add_keywords),
+                    remove_keywords: kw(remove_keywords),
+                };
+                if self
+                    .pending_flags
+                    .as_ref()
+                    .is_some_and(|(n, _, _)| *n != name)
+                {
+                    self.flush_flags()?;
+                }
+                let (_, changes, modseq) = self
+                    .pending_flags
+                    .get_or_insert_with(|| (name, Vec::new(), 0));
+                changes.push((*uid, change));
+                *modseq = (*modseq).max(*min_modseq);
+                if changes.len() >= FLAG_BATCH {
+                    self.flush_flags()?;
+                }
+                Ok(())
             }
             Action::ReplaceFlags {
                 mailbox,
@@ -869,6 +891,19 @@ impl MaildirReplica {
         }
     }
 
+    /// Commits the batched flag changes.
+    fn flush_flags(&mut self) -> Result<(), StorageError> {
+        let Some((name, changes, modseq)) = self.pending_flags.take() else {
+            return Ok(());
+        };
+        self.txn(&name, |t| {
+            for (uid, change) in changes {
+                t.update_flags(uid, change)?;
+            }
+            t.raise_highest_modseq(modseq)
+        })
+    }
+
     fn txn(
         &self,
         name: &str,
@@ -901,6 +936,9 @@ fn map_err(e: st::StorageError) -> StorageError {
 impl SessionStore for MaildirReplica {
     fn answer(&mut self, q: &Query) -> Answer {
         self.names.borrow_mut().clear();
+        if let Err(e) = self.flush_flags() {
+            tracing::error!(%e, "committing flag changes failed");
+        }
         if let Err(e) = self.flush() {
             tracing::error!(%e, "committing saved mails failed");
         }
@@ -932,6 +970,9 @@ impl SessionStore for MaildirReplica {
 
     fn apply(&mut self, a: &Action) -> Result<(), StorageError> {
         self.body_source = None;
+        if !matches!(a, Action::UpdateFlags { .. }) {
+            self.flush_flags()?;
+        }
         if matches!(
             a,
             Action::CreateMailbox { .. }
@@ -951,6 +992,11 @@ impl SessionStore for MaildirReplica {
     }
 
     fn open_body(&mut self, r: &BodyRef) -> io::Result<Option<Box<dyn Read + Send>>> {
+        if self.pending_flags.is_some() {
+            self.flush_flags()
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            self.body_source = None;
+        }
         // No commit here: the batch may still get saves below its highest
         // UID. A pending save is served from its source instead.
         // Finding a mailbox by GUID lists them all (and reads their uidlists).
@@ -1010,6 +1056,7 @@ impl SessionStore for MaildirReplica {
     }
 
     fn finish(&mut self) -> Result<(), StorageError> {
+        self.flush_flags()?;
         self.flush()
     }
 }
