@@ -503,6 +503,24 @@ impl MaildirReplica {
         let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(saves)
             .into_iter()
             .partition(|s| s.msg.uid.is_some_and(|u| u < floor));
+        // A move expunges its source at commit: a later copy of the same
+        // source must be committed with it, so wait for the whole batch.
+        let moved: BTreeSet<u32> = ready
+            .iter()
+            .filter_map(|s| match s.source {
+                SaveSource::Local { uid, expunge: true } => Some(uid),
+                _ => None,
+            })
+            .collect();
+        let still_read = rest
+            .iter()
+            .any(|s| matches!(s.source, SaveSource::Local { uid, .. } if moved.contains(&uid)));
+        if still_read {
+            let mut all = ready;
+            all.extend(rest);
+            *saves = all;
+            return Ok(());
+        }
         *saves = rest;
         let name = name.clone();
         if saves.is_empty() && self.pending_raise.is_none() {
