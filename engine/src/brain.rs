@@ -13,7 +13,7 @@
 //!    the storage before applying the next [`Action::SaveMail`];
 //! 4. stop when [`Brain::outcome`] is `Some`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use dsync_protocol::{
     Finish, Guid128, Handshake, Item, Mail, MailChange, MailRequest, Mailbox, MailboxState,
@@ -242,7 +242,11 @@ struct MailboxRun {
     local_changes: BTreeMap<u32, UidChange>,
     remote_changes: Vec<MailChange>,
     requests: Vec<MailRequest>,
-    pending: Vec<PendingMail>,
+    /// Mails requested from the peer, in request order (the peer usually
+    /// answers in that order: the front is where a mail is found).
+    pending: VecDeque<PendingMail>,
+    /// The local UIDs `pending` will be saved under.
+    pending_uids: BTreeSet<u32>,
     last_common_uid: u32,
     messages: u32,
     require_full_resync: bool,
@@ -380,6 +384,20 @@ impl Brain {
     }
 
     /// The session result, once finished.
+    /// While the mails of a mailbox are being received: that mailbox and
+    /// the lowest UID a later save or copy into it can still get
+    /// (`u32::MAX`: none). Every save and move below it has been emitted
+    /// already, so a store that batches saves to commit them in ascending
+    /// UID order may commit those below it now.
+    pub fn save_floor(&self) -> Option<(Guid128, u32)> {
+        let run = self.run.as_ref()?;
+        if run.recv != Recv::Mails || !run.importer {
+            return None;
+        }
+        let floor = run.pending_uids.first().copied().unwrap_or(u32::MAX);
+        Some((run.guid, floor))
+    }
+
     pub fn outcome(&self) -> Option<&Outcome> {
         self.outcome.as_ref()
     }
@@ -1098,7 +1116,8 @@ impl Brain {
             local_changes,
             remote_changes: Vec::new(),
             requests: Vec::new(),
-            pending: Vec::new(),
+            pending: VecDeque::new(),
+            pending_uids: BTreeSet::new(),
             last_common_uid: 0,
             require_full_resync: false,
             sent_r_end: false,
@@ -1189,8 +1208,8 @@ impl Brain {
                 run.requests.push(r);
             }
             (Recv::Requests, Item::EndOfList) => {
-                for req in std::mem::take(&mut run.requests) {
-                    let (m, body) = mailbox::answer_request(&run.snapshot, &req);
+                let reqs = std::mem::take(&mut run.requests);
+                for (m, body) in mailbox::answer_requests(&run.snapshot, &reqs) {
                     self.out.push_back(Output::Send {
                         item: Item::Mail(m),
                         body,
@@ -1208,6 +1227,7 @@ impl Brain {
             (Recv::Mails, Item::Mail(m)) => self.receive_mail(run, &m),
             (Recv::Mails, Item::EndOfList) => {
                 run.recv_m_end = true;
+                run.pending_uids.clear();
                 for p in std::mem::take(&mut run.pending) {
                     self.messages.push(format!(
                         "Error: Remote didn't send mail GUID={} (UID={})",
@@ -1323,7 +1343,12 @@ impl Brain {
             run.snapshot.mails.sort_by_key(|m| m.uid);
             run.last_common_uid = plan.last_common_uid;
             run.messages = (run.messages + plan.saved).saturating_sub(plan.expunged);
-            run.pending = plan.pending;
+            run.pending_uids = plan
+                .pending
+                .iter()
+                .flat_map(|p| p.instances.iter().map(|(uid, _)| *uid))
+                .collect();
+            run.pending = plan.pending.into();
         }
         if !run.require_full_resync {
             for r in &plan.requests {
@@ -1346,7 +1371,12 @@ impl Brain {
             }
             return;
         };
-        let p = run.pending.remove(idx);
+        let Some(p) = run.pending.remove(idx) else {
+            return;
+        };
+        for (uid, _) in &p.instances {
+            run.pending_uids.remove(uid);
+        }
         if !m.stream {
             // Expunged on the remote meanwhile.
             return;

@@ -501,6 +501,9 @@ pub struct ImportPlan {
     /// Mails expunged and saved, for the final message count.
     pub expunged: u32,
     pub saved: u32,
+    /// `pending` index by GUID: a linear search per new mail made planning
+    /// a large full sync quadratic.
+    pending_by_guid: HashMap<Vec<u8>, usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -979,10 +982,12 @@ fn show(g: &Option<Vec<u8>>) -> String {
 fn add_pending(plan: &mut ImportPlan, r: &NewMailRec, uid: u32, c: &MailChange) {
     let guid = c.guid.clone().unwrap_or_default();
     if !guid.is_empty() {
-        if let Some(p) = plan.pending.iter_mut().find(|p| p.guid == guid) {
-            p.instances.push((uid, c.clone()));
+        if let Some(&i) = plan.pending_by_guid.get(&guid) {
+            plan.pending[i].instances.push((uid, c.clone()));
             return;
         }
+        plan.pending_by_guid
+            .insert(guid.clone(), plan.pending.len());
     }
     plan.pending.push(PendingMail {
         guid,
@@ -1030,11 +1035,49 @@ pub fn new_mail_from_change(c: &MailChange, uid: u32, m: Option<&Mail>) -> NewMa
 
 /// The exporter's answer to one `R` (§4.5): the `M` item and where its body is.
 pub fn answer_request(snapshot: &MailboxSnapshot, req: &MailRequest) -> (Mail, Option<BodyRef>) {
-    let mbox = snapshot.status.guid;
     let found = match &req.guid {
         Some(g) if !g.is_empty() => snapshot.mails.iter().find(|m| &m.guid == g),
         _ => snapshot.mails.iter().find(|m| m.uid == req.uid),
     };
+    answer_found(snapshot, req, found)
+}
+
+/// [`answer_request`] for a whole list of requests, with the mails indexed
+/// once (a search per request made a large full sync quadratic).
+pub fn answer_requests(
+    snapshot: &MailboxSnapshot,
+    reqs: &[MailRequest],
+) -> Vec<(Mail, Option<BodyRef>)> {
+    if reqs.len() < 8 {
+        return reqs.iter().map(|r| answer_request(snapshot, r)).collect();
+    }
+    let mut by_guid: HashMap<&[u8], &MailRecord> = HashMap::with_capacity(snapshot.mails.len());
+    // The first mail with a GUID answers, as the linear search does.
+    for m in snapshot.mails.iter().rev() {
+        by_guid.insert(m.guid.as_slice(), m);
+    }
+    reqs.iter()
+        .map(|req| {
+            let found = match &req.guid {
+                Some(g) if !g.is_empty() => by_guid.get(g.as_slice()).copied(),
+                _ => snapshot
+                    .mails
+                    .binary_search_by_key(&req.uid, |m| m.uid)
+                    .ok()
+                    .map(|i| &snapshot.mails[i])
+                    .or_else(|| snapshot.mails.iter().find(|m| m.uid == req.uid)),
+            };
+            answer_found(snapshot, req, found)
+        })
+        .collect()
+}
+
+fn answer_found(
+    snapshot: &MailboxSnapshot,
+    req: &MailRequest,
+    found: Option<&MailRecord>,
+) -> (Mail, Option<BodyRef>) {
+    let mbox = snapshot.status.guid;
     match found {
         Some(m) => {
             let by_guid = req.guid.as_ref().is_some_and(|g| !g.is_empty());

@@ -104,6 +104,16 @@ impl SessionStore for LocalReplica {
             LocalReplica::Maildir(m) => m.set_incoming_body(body),
         }
     }
+    fn saves_settled_below(
+        &mut self,
+        mailbox: dsync_protocol::Guid128,
+        uid: u32,
+    ) -> Result<(), sync_engine::StorageError> {
+        match self {
+            LocalReplica::Memory(_) => Ok(()),
+            LocalReplica::Maildir(m) => m.saves_settled_below(mailbox, uid),
+        }
+    }
     fn finish(&mut self) -> Result<(), sync_engine::StorageError> {
         match self {
             LocalReplica::Memory(_) => Ok(()),

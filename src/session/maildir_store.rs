@@ -49,7 +49,45 @@ pub struct MaildirReplica {
     home: Option<PathBuf>,
     /// The per-user sync lock, held until the replica is dropped.
     user_lock: Option<FcntlLock>,
+    /// Mailbox names by GUID: finding one lists every mailbox and reads its
+    /// uidlist, too slow per saved mail. Cleared on every mailbox-tree
+    /// change and every query.
+    names: std::cell::RefCell<std::collections::HashMap<Guid128, String>>,
+    /// Number of saves after which a batch is committed early (when the
+    /// engine allows it).
+    chunk_saves: usize,
+    /// Commits of saved mails so far.
+    save_commits: u64,
+    /// Bytes of in-memory bodies and number of spool files in `pending`.
+    pending_memory: u64,
+    pending_files: usize,
+    /// Where in-memory bodies of the batch go beyond `PENDING_MEMORY_BYTES`
+    /// (unnamed, in the mail root), and its length.
+    spill: Option<(std::sync::Arc<std::fs::File>, u64)>,
+    /// Flag changes of one mailbox not committed yet, with the modseq to
+    /// raise to: a commit lists the mailbox, so one per changed mail made a
+    /// full comparison of two large mailboxes quadratic. Committed before
+    /// any other action, query, body read or the end.
+    pending_flags: Option<PendingFlags>,
 }
+
+/// Mailbox name, (uid, change) in order, modseq to raise to.
+type PendingFlags = (String, Vec<(u32, FlagChange)>, u64);
+
+/// Flag changes committed together at most.
+const FLAG_BATCH: usize = 4096;
+
+/// A batch this large is committed (the part of it the engine will not add
+/// lower UIDs to) while the sync goes on: memory for mail bodies and open
+/// spool files stays bounded whatever the mailbox size. Each commit lists
+/// the mailbox, so a batch is not made much smaller.
+const CHUNK_SAVES: usize = 4096;
+const CHUNK_SPOOL_FILES: usize = 256;
+/// In-memory bodies a batch keeps; further ones are moved to a spill file.
+const PENDING_MEMORY_BYTES: u64 = 4 << 20;
+/// A spill file is replaced by a new one when it reaches this size (the
+/// old one goes away with the last body in it).
+const SPILL_ROTATE_BYTES: u64 = 1 << 30;
 
 struct PendingSave {
     msg: NewMessage,
@@ -194,7 +232,25 @@ impl MaildirReplica {
             pending_raise: None,
             home: None,
             user_lock: None,
+            names: Default::default(),
+            chunk_saves: CHUNK_SAVES,
+            save_commits: 0,
+            pending_memory: 0,
+            pending_files: 0,
+            spill: None,
+            pending_flags: None,
         }
+    }
+
+    /// Commits a batch of saves early once it holds `saves` mails (default
+    /// 4096; memory and spool-file limits apply as well).
+    pub fn set_batch_limit(&mut self, saves: usize) {
+        self.chunk_saves = saves.max(1);
+    }
+
+    /// How many commits of saved mails were made so far.
+    pub fn save_commits(&self) -> u64 {
+        self.save_commits
     }
 
     /// The user's home directory, where the per-user sync lock
@@ -226,10 +282,16 @@ impl MaildirReplica {
     }
 
     fn mailbox_name(&self, guid: Guid128) -> Result<String, StorageError> {
-        self.store
+        if let Some(n) = self.names.borrow().get(&guid) {
+            return Ok(n.clone());
+        }
+        let name = self
+            .store
             .find_mailbox(&guid.0)
             .map_err(map_err)?
-            .ok_or_else(|| StorageError::NotFound(format!("mailbox GUID {guid}")))
+            .ok_or_else(|| StorageError::NotFound(format!("mailbox GUID {guid}")))?;
+        self.names.borrow_mut().insert(guid, name.clone());
+        Ok(name)
     }
 
     fn tree(&self) -> Result<TreeSnapshot, st::StorageError> {
@@ -278,19 +340,12 @@ impl MaildirReplica {
         let Some(name) = self.store.find_mailbox(&guid.0)? else {
             return Ok(None);
         };
-        let mb = self.store.open_mailbox(&name)?;
+        let mb = self.store.open_maildir(&name)?;
         let s = mb.status();
         let mut mails = Vec::new();
-        for m in mb.messages() {
-            let mut m = m?;
-            // The listing skips the per-file stat; the dates travel in `M`
-            // items and feed the -t/-e filters, so fetch them here.
-            if m.received.is_none() || m.saved.is_none() {
-                if let Some(full) = mb.message(m.uid)? {
-                    m.received = m.received.or(full.received);
-                    m.saved = m.saved.or(full.saved);
-                }
-            }
+        // The dates travel in `M` items and feed the -t/-e filters.
+        for m in mb.messages_with_dates() {
+            let m = m?;
             mails.push(MailRecord {
                 uid: m.uid,
                 guid: m.guid.into_bytes(),
@@ -492,9 +547,23 @@ impl MaildirReplica {
         Ok(())
     }
 
-    fn queue(&mut self, name: String, save: PendingSave) -> Result<(), StorageError> {
+    fn queue(&mut self, name: String, mut save: PendingSave) -> Result<(), StorageError> {
         if self.pending.as_ref().is_some_and(|(n, _)| *n != name) {
             self.flush()?;
+        }
+        match &save.source {
+            SaveSource::Incoming(IncomingBody::Memory(v)) => {
+                if self.pending_memory + v.len() as u64 > PENDING_MEMORY_BYTES {
+                    let body = self
+                        .spill_body(v)
+                        .map_err(|e| StorageError::Temp(format!("spilling a mail body: {e}")))?;
+                    save.source = SaveSource::Incoming(body);
+                } else {
+                    self.pending_memory += v.len() as u64;
+                }
+            }
+            SaveSource::Incoming(IncomingBody::File { .. }) => self.pending_files += 1,
+            _ => {}
         }
         self.pending
             .get_or_insert_with(|| (name, Vec::new()))
@@ -503,15 +572,118 @@ impl MaildirReplica {
         Ok(())
     }
 
+    /// Moves an in-memory body to the spill file.
+    fn spill_body(&mut self, data: &[u8]) -> io::Result<IncomingBody> {
+        use std::os::unix::fs::FileExt;
+        if self
+            .spill
+            .as_ref()
+            .is_none_or(|(_, len)| *len >= SPILL_ROTATE_BYTES)
+        {
+            let f = tempfile::tempfile_in(self.store.root())?;
+            self.spill = Some((std::sync::Arc::new(f), 0));
+        }
+        let Some((file, len)) = self.spill.as_mut() else {
+            return Err(io::Error::other("no spill file"));
+        };
+        let offset = *len;
+        file.write_all_at(data, offset)?;
+        *len += data.len() as u64;
+        Ok(IncomingBody::Shared {
+            file: file.clone(),
+            offset,
+            len: data.len() as u64,
+        })
+    }
+
+    /// Counts what the batch holds again after part of it was committed.
+    fn recount_pending(&mut self) {
+        let (mut memory, mut files) = (0u64, 0usize);
+        for s in self.pending.iter().flat_map(|(_, saves)| saves) {
+            match &s.source {
+                SaveSource::Incoming(b @ IncomingBody::Memory(_)) => memory += b.len(),
+                SaveSource::Incoming(IncomingBody::File { .. }) => files += 1,
+                _ => {}
+            }
+        }
+        self.pending_memory = memory;
+        self.pending_files = files;
+    }
+
     /// Commits the batched saves of one mailbox in UID order.
     pub fn flush(&mut self) -> Result<(), StorageError> {
-        let Some((name, mut saves)) = self.pending.take() else {
+        let Some((name, saves)) = self.pending.take() else {
             return Ok(());
         };
+        self.pending_memory = 0;
+        self.pending_files = 0;
         let raise = self.pending_raise.take();
+        self.commit_saves(&name, saves)?;
+        match raise {
+            Some((uid_next, modseq)) => self.txn(&name, |t| {
+                t.raise_uid_next(uid_next)?;
+                t.raise_highest_modseq(modseq)
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits the saves of a large batch that are below `floor`, the
+    /// lowest UID the engine may still save into the batch's mailbox.
+    fn commit_settled(&mut self, mailbox: Guid128, floor: u32) -> Result<(), StorageError> {
+        let Some((name, saves)) = self.pending.as_ref() else {
+            return Ok(());
+        };
+        if saves.len() < self.chunk_saves && self.pending_files < CHUNK_SPOOL_FILES {
+            return Ok(());
+        }
+        if *name != self.mailbox_name(mailbox)? {
+            return Ok(());
+        }
+        let Some((name, saves)) = self.pending.as_mut() else {
+            return Ok(());
+        };
+        let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(saves)
+            .into_iter()
+            .partition(|s| s.msg.uid.is_some_and(|u| u < floor));
+        // A move expunges its source at commit: a later copy of the same
+        // source must be committed with it, so wait for the whole batch.
+        let moved: BTreeSet<u32> = ready
+            .iter()
+            .filter_map(|s| match s.source {
+                SaveSource::Local { uid, expunge: true } => Some(uid),
+                _ => None,
+            })
+            .collect();
+        let still_read = rest
+            .iter()
+            .any(|s| matches!(s.source, SaveSource::Local { uid, .. } if moved.contains(&uid)));
+        if still_read {
+            let mut all = ready;
+            all.extend(rest);
+            *saves = all;
+            return Ok(());
+        }
+        *saves = rest;
+        let name = name.clone();
+        if saves.is_empty() && self.pending_raise.is_none() {
+            self.pending = None;
+        }
+        self.recount_pending();
+        self.commit_saves(&name, ready)
+    }
+
+    fn commit_saves(
+        &mut self,
+        name: &str,
+        mut saves: Vec<PendingSave>,
+    ) -> Result<(), StorageError> {
+        if saves.is_empty() {
+            return Ok(());
+        }
         saves.sort_by_key(|s| s.msg.uid);
-        let src = self.store.open_mailbox(&name).map_err(map_err)?;
-        let mut t = self.store.begin(&name).map_err(map_err)?;
+        let src = self.store.open_mailbox(name).map_err(map_err)?;
+        let mut t = self.store.begin(name).map_err(map_err)?;
         t.set_sync_origin(true);
         let mut expunges = Vec::new();
         for s in saves {
@@ -530,13 +702,8 @@ impl MaildirReplica {
             t.expunge(uid, None).map_err(map_err)?;
         }
         t.commit().map_err(map_err)?;
-        match raise {
-            Some((uid_next, modseq)) => self.txn(&name, |t| {
-                t.raise_uid_next(uid_next)?;
-                t.raise_highest_modseq(modseq)
-            }),
-            None => Ok(()),
-        }
+        self.save_commits += 1;
+        Ok(())
     }
 
     /// Whether `uid` of mailbox `name` is written or read by the pending
@@ -739,18 +906,28 @@ impl MaildirReplica {
                 min_modseq,
             } => {
                 let name = self.mailbox_name(*mailbox)?;
-                self.txn(&name, |t| {
-                    t.update_flags(
-                        *uid,
-                        FlagChange {
-                            add: add.0 & st::flags::IMAP_MASK,
-                            remove: remove.0 & st::flags::IMAP_MASK,
-                            add_keywords: kw(add_keywords),
-                            remove_keywords: kw(remove_keywords),
-                        },
-                    )?;
-                    t.raise_highest_modseq(*min_modseq)
-                })
+                let change = FlagChange {
+                    add: add.0 & st::flags::IMAP_MASK,
+                    remove: remove.0 & st::flags::IMAP_MASK,
+                    add_keywords: kw(add_keywords),
+                    remove_keywords: kw(remove_keywords),
+                };
+                if self
+                    .pending_flags
+                    .as_ref()
+                    .is_some_and(|(n, _, _)| *n != name)
+                {
+                    self.flush_flags()?;
+                }
+                let (_, changes, modseq) = self
+                    .pending_flags
+                    .get_or_insert_with(|| (name, Vec::new(), 0));
+                changes.push((*uid, change));
+                *modseq = (*modseq).max(*min_modseq);
+                if changes.len() >= FLAG_BATCH {
+                    self.flush_flags()?;
+                }
+                Ok(())
             }
             Action::ReplaceFlags {
                 mailbox,
@@ -907,6 +1084,19 @@ impl MaildirReplica {
         }
     }
 
+    /// Commits the batched flag changes.
+    fn flush_flags(&mut self) -> Result<(), StorageError> {
+        let Some((name, changes, modseq)) = self.pending_flags.take() else {
+            return Ok(());
+        };
+        self.txn(&name, |t| {
+            for (uid, change) in changes {
+                t.update_flags(uid, change)?;
+            }
+            t.raise_highest_modseq(modseq)
+        })
+    }
+
     fn txn(
         &self,
         name: &str,
@@ -938,6 +1128,10 @@ fn map_err(e: st::StorageError) -> StorageError {
 
 impl SessionStore for MaildirReplica {
     fn answer(&mut self, q: &Query) -> Answer {
+        self.names.borrow_mut().clear();
+        if let Err(e) = self.flush_flags() {
+            tracing::error!(%e, "committing flag changes failed");
+        }
         if let Err(e) = self.flush() {
             tracing::error!(%e, "committing saved mails failed");
         }
@@ -969,10 +1163,33 @@ impl SessionStore for MaildirReplica {
 
     fn apply(&mut self, a: &Action) -> Result<(), StorageError> {
         self.body_source = None;
+        if !matches!(a, Action::UpdateFlags { .. }) {
+            self.flush_flags()?;
+        }
+        if matches!(
+            a,
+            Action::CreateMailbox { .. }
+                | Action::CreateDir { .. }
+                | Action::DeleteMailbox { .. }
+                | Action::DeleteDir { .. }
+                | Action::Rename { .. }
+                | Action::SetMailboxGuid { .. }
+        ) {
+            self.names.borrow_mut().clear();
+        }
         self.apply_inner(a)
     }
 
+    fn saves_settled_below(&mut self, mailbox: Guid128, uid: u32) -> Result<(), StorageError> {
+        self.commit_settled(mailbox, uid)
+    }
+
     fn open_body(&mut self, r: &BodyRef) -> io::Result<Option<Box<dyn Read + Send>>> {
+        if self.pending_flags.is_some() {
+            self.flush_flags()
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            self.body_source = None;
+        }
         // No commit here: the batch may still get saves below its highest
         // UID. A pending save is served from its source instead.
         // Finding a mailbox by GUID lists them all (and reads their uidlists).
@@ -1032,6 +1249,7 @@ impl SessionStore for MaildirReplica {
     }
 
     fn finish(&mut self) -> Result<(), StorageError> {
+        self.flush_flags()?;
         self.flush()
     }
 }

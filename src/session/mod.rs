@@ -5,9 +5,11 @@
 //! (dsync peers write without waiting for each other):
 //!
 //! * a reader task decodes the peer's stream; data blocks go to a spool
-//!   (memory up to [`SessionOptions::spool_threshold`], then an unnamed
-//!   temporary file in [`SessionStore::spool_dir`]), so incoming bodies never
-//!   pile up in memory; decoded items are queued for the brain;
+//!   (memory up to [`SessionOptions::spool_threshold`], then one shared
+//!   unnamed temporary file in [`SessionStore::spool_dir`]; small ones go
+//!   there too while more than [`SessionOptions::spool_backlog`] bytes wait
+//!   for the store), so incoming bodies never pile up in memory; decoded
+//!   items are queued for the brain;
 //! * a writer task sends encoded bytes from a small bounded queue;
 //! * the brain and the store run on a blocking thread: outputs are encoded,
 //!   outgoing bodies are read from the store in chunks of
@@ -42,6 +44,9 @@ pub use store::{IncomingBody, SessionStore};
 pub struct SessionOptions {
     /// Incoming bodies larger than this go to a temporary file.
     pub spool_threshold: usize,
+    /// In-memory bodies received but not yet saved, in bytes, above which
+    /// further bodies go to the temporary file too.
+    pub spool_backlog: usize,
     /// Size of the pieces outgoing bodies are read and sent in.
     pub chunk_size: usize,
     /// Limits of the decoder for the peer's stream.
@@ -96,6 +101,7 @@ impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions {
             spool_threshold: 256 * 1024,
+            spool_backlog: 8 << 20,
             chunk_size: 64 * 1024,
             decoder: DecoderConfig {
                 // Dovecot's own item order is checked by the brain; the
@@ -243,45 +249,102 @@ enum Incoming {
 /// Where an incoming data block is collected.
 enum Spool {
     Memory(Vec<u8>),
-    File(std::fs::File, u64),
+    /// In the spill file from `offset` on.
+    Spilled {
+        offset: u64,
+        len: u64,
+    },
 }
+
+/// A spill file is replaced by a fresh one (at a body boundary) once it is
+/// this long; the old one goes away with the last body read from it.
+const SPILL_FILE_ROTATE: u64 = 1 << 30;
 
 struct Spooler {
     threshold: usize,
     dir: Option<std::path::PathBuf>,
+    /// The unnamed file large and backlogged bodies go to, and its length:
+    /// one descriptor for all of them, however many wait to be saved.
+    file: Option<(Arc<std::fs::File>, u64)>,
+    /// Bytes of in-memory bodies decoded but not yet taken by the brain.
+    backlog: Arc<AtomicU64>,
+    /// Above this backlog, finished bodies go to the spill file as well: the
+    /// peer may send faster than the store saves, and the reader never
+    /// stops reading (a dsync peer blocked on writing could not read).
+    backlog_limit: u64,
 }
 
 impl Spooler {
-    fn append(&self, spool: &mut Spool, data: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
+    /// Where a new body starts in the spill file (made or rotated here).
+    fn spill_start(&mut self) -> std::io::Result<u64> {
+        if self
+            .file
+            .as_ref()
+            .is_none_or(|(_, len)| *len >= SPILL_FILE_ROTATE)
+        {
+            let f = match &self.dir {
+                Some(d) => tempfile::tempfile_in(d)?,
+                None => tempfile::tempfile()?,
+            };
+            self.file = Some((Arc::new(f), 0));
+        }
+        Ok(self.file.as_ref().map_or(0, |(_, len)| *len))
+    }
+
+    fn spill_write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let Some((f, len)) = self.file.as_mut() else {
+            return Err(std::io::Error::other("no spill file"));
+        };
+        f.write_all_at(data, offset)?;
+        *len = (*len).max(offset + data.len() as u64);
+        Ok(())
+    }
+
+    fn append(&mut self, spool: &mut Spool, data: &[u8]) -> std::io::Result<()> {
         if let Spool::Memory(v) = spool {
             if v.len() + data.len() <= self.threshold {
                 v.extend_from_slice(data);
                 return Ok(());
             }
-            let mut f = match &self.dir {
-                Some(d) => tempfile::tempfile_in(d)?,
-                None => tempfile::tempfile()?,
+            let offset = self.spill_start()?;
+            let v = std::mem::take(v);
+            self.spill_write(offset, &v)?;
+            *spool = Spool::Spilled {
+                offset,
+                len: v.len() as u64,
             };
-            f.write_all(v)?;
-            *spool = Spool::File(f, v.len() as u64);
         }
-        if let Spool::File(f, len) = spool {
-            f.write_all(data)?;
+        if let Spool::Spilled { offset, len } = spool {
+            let at = *offset + *len;
+            self.spill_write(at, data)?;
             *len += data.len() as u64;
         }
         Ok(())
     }
 
-    fn finish(spool: Spool) -> std::io::Result<IncomingBody> {
-        use std::io::{Seek, SeekFrom};
-        Ok(match spool {
-            Spool::Memory(v) => IncomingBody::Memory(v),
-            Spool::File(mut file, len) => {
-                file.seek(SeekFrom::Start(0))?;
-                IncomingBody::File { file, len }
+    fn finish(&mut self, spool: Spool) -> std::io::Result<IncomingBody> {
+        let shared = |f: &Option<(Arc<std::fs::File>, u64)>, offset, len| match f {
+            Some((file, _)) => Ok(IncomingBody::Shared {
+                file: file.clone(),
+                offset,
+                len,
+            }),
+            None => Err(std::io::Error::other("no spill file")),
+        };
+        match spool {
+            Spool::Memory(v) => {
+                let n = v.len() as u64;
+                if self.backlog.load(Ordering::Relaxed) + n <= self.backlog_limit {
+                    self.backlog.fetch_add(n, Ordering::Relaxed);
+                    return Ok(IncomingBody::Memory(v));
+                }
+                let offset = self.spill_start()?;
+                self.spill_write(offset, &v)?;
+                shared(&self.file, offset, n)
             }
-        })
+            Spool::Spilled { offset, len } => shared(&self.file, offset, len),
+        }
     }
 }
 
@@ -292,7 +355,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut reader: R,
     peer: String,
     cfg: DecoderConfig,
-    spooler: Spooler,
+    mut spooler: Spooler,
     tx: mpsc::UnboundedSender<Incoming>,
 ) {
     let mut dec = Decoder::with_config(cfg);
@@ -358,7 +421,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     continue;
                 }
                 Event::BodyEnd => match pending.take() {
-                    Some((item, spool)) => match Spooler::finish(spool) {
+                    Some((item, spool)) => match spooler.finish(spool) {
                         Ok(body) => Incoming::Item(item, Some(body)),
                         Err(e) => {
                             failed = true;
@@ -412,6 +475,8 @@ struct Driver<S> {
     /// but the peer's stream is still read, as it may carry the peer's own
     /// failure (a finish item with its error class).
     write_closed: bool,
+    /// The reader's count of in-memory bodies waiting for the brain.
+    backlog: Arc<AtomicU64>,
 }
 
 impl<S: SessionStore> Driver<S> {
@@ -520,6 +585,11 @@ impl<S: SessionStore> Driver<S> {
         let mut closed = false;
         loop {
             self.drain()?;
+            if let Some((mailbox, floor)) = self.brain.save_floor() {
+                self.store
+                    .saves_settled_below(mailbox, floor)
+                    .map_err(|e| SessionError::Storage(e.to_string()))?;
+            }
             self.flush()?;
             if self.brain.outcome().is_some() {
                 return Ok(());
@@ -546,8 +616,13 @@ impl<S: SessionStore> Driver<S> {
                             Progress::add(&p.bytes, b.len());
                             Progress::add(&p.mails, 1);
                         }
-                        if matches!(b, IncomingBody::File { .. }) {
-                            self.stats.bodies_spooled += 1;
+                        match &b {
+                            IncomingBody::Memory(v) => {
+                                self.backlog.fetch_sub(v.len() as u64, Ordering::Relaxed);
+                            }
+                            IncomingBody::File { .. } | IncomingBody::Shared { .. } => {
+                                self.stats.bodies_spooled += 1
+                            }
                         }
                         self.store
                             .set_incoming_body(b)
@@ -586,9 +661,13 @@ where
 {
     let (in_tx, mut in_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(8);
+    let backlog = Arc::new(AtomicU64::new(0));
     let spooler = Spooler {
         threshold: opts.spool_threshold,
         dir: store.spool_dir(),
+        file: None,
+        backlog: backlog.clone(),
+        backlog_limit: opts.spool_backlog as u64,
     };
     let reader_task = tokio::spawn(read_loop(
         reader,
@@ -609,6 +688,7 @@ where
         peer: peer.to_string(),
         progress: opts.progress.clone(),
         write_closed: false,
+        backlog,
     };
     let worker = tokio::task::spawn_blocking(move || {
         let mut r = driver.run(&mut in_rx);

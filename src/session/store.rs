@@ -7,7 +7,9 @@
 
 use std::io::{self, Cursor, Read, Seek};
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use dsync_protocol::Guid128;
 use sync_engine::memory::MemoryReplica;
 use sync_engine::{Action, Answer, BodyRef, Query, StorageError};
 
@@ -21,6 +23,13 @@ pub enum IncomingBody {
         file: std::fs::File,
         len: u64,
     },
+    /// `offset..offset + len` of a spool file shared by many bodies (no
+    /// descriptor per body; the file goes away with its last body).
+    Shared {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl IncomingBody {
@@ -28,7 +37,7 @@ impl IncomingBody {
     pub fn len(&self) -> u64 {
         match self {
             IncomingBody::Memory(v) => v.len() as u64,
-            IncomingBody::File { len, .. } => *len,
+            IncomingBody::File { len, .. } | IncomingBody::Shared { len, .. } => *len,
         }
     }
 
@@ -41,6 +50,11 @@ impl IncomingBody {
         match self {
             IncomingBody::Memory(v) => Box::new(Cursor::new(v)),
             IncomingBody::File { file, len } => Box::new(file.take(len)),
+            IncomingBody::Shared { file, offset, len } => Box::new(ReadAt {
+                file,
+                pos: offset,
+                end: offset.saturating_add(len),
+            }),
         }
     }
 
@@ -54,11 +68,16 @@ impl IncomingBody {
                 // The clone shares the file offset: read by position only.
                 let start = file.stream_position()?;
                 Ok(Box::new(ReadAt {
-                    file,
+                    file: Arc::new(file),
                     pos: start,
                     end: start.saturating_add(*len),
                 }))
             }
+            IncomingBody::Shared { file, offset, len } => Ok(Box::new(ReadAt {
+                file: file.clone(),
+                pos: *offset,
+                end: offset.saturating_add(*len),
+            })),
         }
     }
 
@@ -71,13 +90,19 @@ impl IncomingBody {
                 file.take(len).read_to_end(&mut v)?;
                 Ok(v)
             }
+            body @ IncomingBody::Shared { .. } => {
+                let mut v =
+                    Vec::with_capacity(usize::try_from(body.len()).unwrap_or(0).min(1 << 24));
+                body.into_reader().read_to_end(&mut v)?;
+                Ok(v)
+            }
         }
     }
 }
 
 /// Reads `pos..end` of a file without moving its shared offset.
 struct ReadAt {
-    file: std::fs::File,
+    file: Arc<std::fs::File>,
     pos: u64,
     end: u64,
 }
@@ -116,6 +141,13 @@ pub trait SessionStore: Send + 'static {
     /// system, so a save can be a rename); `None` = the system temp dir.
     fn spool_dir(&self) -> Option<PathBuf> {
         None
+    }
+
+    /// The engine will save or copy nothing below `uid` into `mailbox` any
+    /// more in this sync (`Brain::save_floor`): a store that batches saves
+    /// to commit them in ascending UID order may commit those below it.
+    fn saves_settled_below(&mut self, _mailbox: Guid128, _uid: u32) -> Result<(), StorageError> {
+        Ok(())
     }
 
     /// Makes everything applied so far durable (called once after the

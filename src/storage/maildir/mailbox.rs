@@ -300,6 +300,15 @@ impl MaildirMailbox {
             .join(&loc.name)
     }
 
+    /// Every message with its dates (one stat per file), in UID order:
+    /// [`Mailbox::messages`] leaves the dates out to save that stat.
+    pub fn messages_with_dates(&self) -> impl Iterator<Item = Result<MessageInfo>> + '_ {
+        self.uidlist
+            .entries
+            .iter()
+            .filter_map(move |e| self.info(e, true).transpose())
+    }
+
     /// The directory of the mailbox.
     pub fn dir(&self) -> &Path {
         &self.dir

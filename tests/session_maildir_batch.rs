@@ -1,0 +1,181 @@
+//! The receiving Maildir side commits a long run of incoming mails in
+//! bounded chunks (so its memory does not grow with the mailbox), always in
+//! ascending UID order, and loses nothing, also when a UID conflict makes
+//! the engine save renumbered mails out of order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+
+use homing::session::maildir_store::MaildirReplica;
+use homing::session::{run_local_pair, SessionOptions};
+use homing::storage::maildir::{MaildirOptions, MaildirStore};
+use homing::storage::{MailStore, NewMessage};
+use sync_engine::SyncSettings;
+
+const MAILBOX_GUID: [u8; 16] = *b"batched-mailbox!";
+const UID_VALIDITY: u32 = 1_700_000_000;
+
+fn body_of(guid: &str) -> String {
+    // Some bodies above the session's in-memory spool limit (256 KiB), so
+    // spooled files are committed in chunks too.
+    let pad = if guid.ends_with('7') { 300 * 1024 } else { 40 };
+    format!(
+        "Subject: {guid}\r\nMessage-ID: <{guid}@test>\r\n\r\nbody of {guid}\r\n{}\r\n",
+        "x".repeat(pad)
+    )
+}
+
+fn store(dir: &std::path::Path, mails: &[(u32, String)]) -> MaildirStore {
+    let st = MaildirStore::open(dir, MaildirOptions::default()).unwrap();
+    st.create_mailbox("INBOX", Some(MAILBOX_GUID), Some(UID_VALIDITY))
+        .unwrap();
+    let mut t = st.begin("INBOX").unwrap();
+    for (uid, guid) in mails {
+        t.save(
+            NewMessage {
+                uid: Some(*uid),
+                guid: Some(guid.clone()),
+                received: Some(1_700_000_000 + i64::from(*uid)),
+                saved: Some(1_700_000_000 + i64::from(*uid)),
+                ..Default::default()
+            },
+            &mut body_of(guid).as_bytes(),
+        )
+        .unwrap();
+    }
+    t.commit().unwrap();
+    st
+}
+
+/// uid -> (guid, body) of the INBOX.
+fn contents(st: &MaildirStore) -> BTreeMap<u32, (String, String)> {
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let mut out = BTreeMap::new();
+    for m in mb.messages() {
+        let m = m.unwrap();
+        let mut body = String::new();
+        mb.open_body(m.uid)
+            .unwrap()
+            .read_to_string(&mut body)
+            .unwrap();
+        out.insert(m.uid, (m.guid, body));
+    }
+    out
+}
+
+fn mails(prefix: &str, uids: std::ops::RangeInclusive<u32>) -> Vec<(u32, String)> {
+    uids.map(|u| (u, format!("{prefix}-{u}"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_sync_into_an_empty_maildir_commits_in_chunks() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = store(da.path(), &mails("src", 1..=300));
+    let b = store(db.path(), &[]);
+    let mut rb = MaildirReplica::new(b);
+    rb.set_batch_limit(16);
+    let (ra, rb) = run_local_pair(
+        MaildirReplica::new(a),
+        rb,
+        "h",
+        SyncSettings::default(),
+        &SessionOptions::default(),
+    )
+    .await;
+    assert_eq!(ra.outcome.status.code(), 0, "{:?}", ra.outcome.messages);
+    assert_eq!(rb.outcome.status.code(), 0, "{:?}", rb.outcome.messages);
+    assert!(ra.error.is_none() && rb.error.is_none());
+    let commits = rb.store.save_commits();
+    assert!(
+        commits >= 300 / 16,
+        "300 saves with a batch limit of 16 were committed in {commits} commits"
+    );
+    let (ca, cb) = (contents(ra.store.store()), contents(rb.store.store()));
+    assert_eq!(ca.len(), 300);
+    assert_eq!(ca, cb, "the replica must hold every mail under its uid");
+    let st = rb.store.store().open_mailbox("INBOX").unwrap().status();
+    assert_eq!(st.uid_next, 301);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_commits_survive_renumbered_saves() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // UIDs 1..=6 hold different mails on each side: both sides renumber
+    // those above every other UID while the other mails arrive in order.
+    let mut on_a = mails("shared", 1..=120);
+    for (uid, g) in on_a.iter_mut().take(6) {
+        *g = format!("only-a-{uid}");
+    }
+    let mut on_b = mails("shared", 1..=8);
+    for (uid, g) in on_b.iter_mut().take(6) {
+        *g = format!("only-b-{uid}");
+    }
+    let a = store(da.path(), &on_a);
+    let b = store(db.path(), &on_b);
+    let (mut ra, mut rb) = (MaildirReplica::new(a), MaildirReplica::new(b));
+    ra.set_batch_limit(4);
+    rb.set_batch_limit(4);
+    let (ra, rb) = run_local_pair(
+        ra,
+        rb,
+        "h",
+        SyncSettings::default(),
+        &SessionOptions::default(),
+    )
+    .await;
+    assert!(
+        ra.error.is_none() && rb.error.is_none(),
+        "{:?} {:?}",
+        ra.error,
+        rb.error
+    );
+    assert_eq!(ra.outcome.status.code(), 0, "{:?}", ra.outcome.messages);
+    assert_eq!(rb.outcome.status.code(), 0, "{:?}", rb.outcome.messages);
+    assert!(rb.store.save_commits() > 4, "no early commit was made");
+
+    let mut want: BTreeSet<String> = on_a.iter().map(|(_, g)| g.clone()).collect();
+    want.extend(on_b.iter().map(|(_, g)| g.clone()));
+    for (side, st) in [("a", ra.store.store()), ("b", rb.store.store())] {
+        let c = contents(st);
+        let have: BTreeSet<String> = c.values().map(|(g, _)| g.clone()).collect();
+        assert_eq!(have, want, "side {side} lost or gained a mail");
+        assert_eq!(c.len(), want.len(), "side {side} holds a mail twice");
+        for (guid, body) in c.values() {
+            assert_eq!(*body, body_of(guid), "side {side}: {guid} has another body");
+        }
+        // Mails that were never in conflict keep their UIDs.
+        for u in 9..=120u32 {
+            assert_eq!(c[&u].0, format!("shared-{u}"), "side {side} uid {u}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_waiting_for_the_store_go_to_one_spill_file() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = store(da.path(), &mails("src", 1..=60));
+    let b = store(db.path(), &[]);
+    let mut rb = MaildirReplica::new(b);
+    rb.set_batch_limit(8);
+    // No backlog allowed in memory: every body is spilled.
+    let opts = SessionOptions {
+        spool_backlog: 0,
+        ..SessionOptions::default()
+    };
+    let (ra, rb) = run_local_pair(
+        MaildirReplica::new(a),
+        rb,
+        "h",
+        SyncSettings::default(),
+        &opts,
+    )
+    .await;
+    assert_eq!(rb.outcome.status.code(), 0, "{:?}", rb.outcome.messages);
+    assert!(ra.error.is_none() && rb.error.is_none());
+    assert_eq!(rb.stats.bodies_received, 60);
+    assert_eq!(
+        rb.stats.bodies_spooled, 60,
+        "every body goes to the spill file"
+    );
+    assert_eq!(contents(ra.store.store()), contents(rb.store.store()));
+}
