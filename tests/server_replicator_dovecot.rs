@@ -583,7 +583,8 @@ fn notify_reaches_a_real_dovecot_replicator() {
     if !require_dovecot("notify_reaches_a_real_dovecot_replicator") {
         return;
     }
-    // A replicator that never syncs on its own.
+    // A replicator that never syncs on its own; bob is a user of its userdb,
+    // which `homing dsync-server` asks (its `-o base_dir` points there).
     let inst = DovecotInstance::start(InstanceOptions::new().users(&["bob"]).extra_conf(
         "replication_max_conns = 0\n\
          service replicator {\n  process_min_avail = 1\n  unix_listener replicator-doveadm {\n    mode = 0600\n  }\n}\n",
@@ -609,13 +610,13 @@ fn notify_reaches_a_real_dovecot_replicator() {
     let out = Command::new(homing_bin())
         .arg("-o")
         .arg(format!("mail_location=maildir:{}", a.display()))
-        .args(["sync", "-f", "-u", "zoe"])
+        .args(["sync", "-f", "-u", "bob"])
         .arg(homing_bin())
         .arg("-o")
         .arg(format!("mail_location=maildir:{}", b.display()))
         .arg("-o")
         .arg(format!("base_dir={}", inst.run_dir().display()))
-        .args(["dsync-server", "-uzoe", "-U"])
+        .args(["dsync-server", "-ubob", "-U"])
         .output()
         .unwrap();
     assert_eq!(
@@ -625,7 +626,7 @@ fn notify_reaches_a_real_dovecot_replicator() {
         String::from_utf8_lossy(&out.stderr)
     );
     let st = inst
-        .doveadm(["-f", "tab", "replicator", "status", "zoe"])
+        .doveadm(["-f", "tab", "replicator", "status", "bob"])
         .unwrap();
     let row: Vec<String> = st
         .stdout_str()
@@ -637,7 +638,7 @@ fn notify_reaches_a_real_dovecot_replicator() {
         .collect();
     // username, priority, fast sync, full sync, success sync, failed
     assert_eq!(row.len(), 6, "{}", st.stdout_str());
-    assert_eq!(row[0], "zoe");
+    assert_eq!(row[0], "bob");
     assert_eq!(row[1], "none");
     assert_ne!(row[2], "-", "fast sync set by the notice: {row:?}");
     assert_ne!(row[3], "-", "full sync set by a notice with f: {row:?}");
