@@ -1076,6 +1076,18 @@ impl Brain {
             SyncType::Full | SyncType::State => true,
         };
         if !needed {
+            // The master still names a skipped mailbox in the state it
+            // prints: its saved entry, or one that proves nothing in common
+            // yet (last common UID 0), so the next stateful run compares
+            // it once and from then on runs incrementally.
+            if self.role == Role::Master {
+                let s = self.states.get(&st.guid).cloned().unwrap_or(MailboxState {
+                    mailbox_guid: st.guid,
+                    last_uidvalidity: st.uid_validity,
+                    ..MailboxState::default()
+                });
+                self.new_states.insert(st.guid, s);
+            }
             self.phase = Phase::MailboxNext;
             return Ok(());
         }

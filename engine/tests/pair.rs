@@ -320,3 +320,47 @@ fn concurrent_change_during_sync_reports_and_repairs() {
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), b.inner.view());
 }
+
+#[test]
+fn skipped_mailbox_is_named_in_the_state_and_the_chain_turns_incremental() {
+    // Identical replicas: a stateless run with a state wanted skips INBOX
+    // (six equal numbers) but must still name it in the printed state.
+    let replica = || {
+        let mut r = MemoryReplica::new();
+        r.create_mailbox("INBOX", g(1), 1000).unwrap();
+        r.deliver("INBOX", "g01-m1", b"Subject: m1\n\nbody1\n", 0)
+            .unwrap();
+        r.deliver("INBOX", "g02-m2", b"Subject: m2\n\nbody2\n", 0)
+            .unwrap();
+        r
+    };
+    let (mut a, mut b) = (replica(), replica());
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_200);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    let st = r.master.state.clone().expect("state");
+    assert_eq!(st.len(), 1, "{st:?}");
+    assert_eq!(st[0].mailbox_guid, g(1));
+    assert_eq!(st[0].last_uidvalidity, 1000);
+    assert_eq!(st[0].last_common_uid, 0, "nothing proven common yet");
+    // The next stateful run compares INBOX once and records a real state.
+    let state = |states| SyncSettings {
+        states,
+        sync_type: SyncType::State,
+        ..SyncSettings::default()
+    };
+    let r = checked(&mut a, &mut b, state(st), 1_700_000_300);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    let full_items = r.items_to_slave;
+    let st = r.master.state.clone().expect("state");
+    assert_eq!(st[0].last_common_uid, 2, "{st:?}");
+    // A change on the master is then synced incrementally.
+    a.add_flags("INBOX", 2, MailFlags::SEEN, &[]);
+    let r = checked(&mut a, &mut b, state(st.clone()), 1_700_000_400);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    let st2 = r.master.state.clone().expect("state");
+    assert_eq!(st2[0].last_common_uid, 2);
+    // Incremental: only the changed mail is exported, not both.
+    assert_eq!(r.items_to_slave + 1, full_items, "{r:?}");
+}
