@@ -263,3 +263,43 @@ fn local_state_chain_names_the_mailboxes_and_turns_incremental() {
     assert_eq!(st.mailboxes.len(), 1);
     assert_eq!(st.mailboxes[0].last_common_uid, 4, "{st:?}");
 }
+
+#[test]
+fn quick_status_equals_the_listed_status_or_declines() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("a");
+    let a = store(&p);
+    a.create_mailbox("INBOX", None, None).unwrap();
+    for i in 1..=3 {
+        save(&a, "INBOX", &format!("Subject: q{i}\n\nbody {i}\n"));
+    }
+    let listed = a.open_mailbox("INBOX").unwrap().status();
+    // The uidlist was written after the last change of cur/.
+    assert_eq!(a.quick_status("INBOX").unwrap(), Some(listed));
+    // A delivery waiting in new/: the status needs a listing.
+    let inbox = p.clone();
+    let dir = if inbox.join("new").is_dir() {
+        inbox
+    } else {
+        inbox.join("INBOX")
+    };
+    std::fs::write(dir.join("new/1800000000.M1P1.host"), "Subject: n\n\nx\n").unwrap();
+    assert_eq!(a.quick_status("INBOX").unwrap(), None);
+    // Opening the mailbox gives the new mail its UID; the quick read
+    // agrees again afterwards.
+    let listed = a.open_mailbox("INBOX").unwrap().status();
+    assert_eq!(listed.messages, 4);
+    assert_eq!(a.quick_status("INBOX").unwrap(), Some(listed));
+    // A rename of a mail file by another program (newer than the uidlist).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let f = ["cur", "new"]
+        .iter()
+        .flat_map(|s| std::fs::read_dir(dir.join(s)).unwrap())
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let mut renamed = f.clone().into_os_string();
+    renamed.push("F");
+    std::fs::rename(&f, &renamed).unwrap();
+    assert_eq!(a.quick_status("INBOX").unwrap(), None);
+}
