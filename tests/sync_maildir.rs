@@ -189,3 +189,117 @@ fn same_name_different_guid_local_adopts() {
 fn same_name_different_guid_remote_adopts() {
     same_name_different_guid(0xee, 0x11);
 }
+
+/// `sync -s STATE` between two local Maildirs: (exit code, printed state,
+/// mails saved on the destination side per `--json`).
+fn sync_state(a: &Path, b: &Path, state: &str) -> (i32, String, u64) {
+    let out = Command::new(env!("CARGO_BIN_EXE_homing"))
+        .env("USER", "homing-test")
+        .arg("-o")
+        .arg(format!("mail_location=maildir:{}", a.display()))
+        .args(["sync", "--json", "-s", state])
+        .arg(format!("maildir:{}", b.display()))
+        .output()
+        .unwrap();
+    // The state line comes first, then the JSON summary.
+    let json_start = out.stdout.iter().position(|&c| c == b'{').unwrap_or(0);
+    let j: serde_json::Value =
+        serde_json::from_slice(&out.stdout[json_start..]).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    (
+        out.status.code().unwrap_or(-1),
+        j["state"].as_str().unwrap_or_default().to_string(),
+        j["remote"]["local"]["flag_changes"].as_u64().unwrap_or(0),
+    )
+}
+
+#[test]
+fn local_state_chain_names_the_mailboxes_and_turns_incremental() {
+    let d = tempfile::tempdir().unwrap();
+    let (pa, pb) = (d.path().join("a"), d.path().join("b"));
+    let (a, b) = (store(&pa), store(&pb));
+    a.create_mailbox("INBOX", None, None).unwrap();
+    for i in 1..=4 {
+        save(&a, "INBOX", &format!("Subject: a{i}\n\nbody {i}\n"));
+    }
+    // Make the replicas equal first, so the `-s ""` run below may skip INBOX.
+    let (code, err) = sync(&pa, &pb);
+    assert_eq!(code, 0, "{err}");
+    let (code, s0, _) = sync_state(&pa, &pb, "");
+    assert_eq!(code, 0);
+    let st = dsync_protocol::state::SyncState::parse(&s0).unwrap();
+    assert_eq!(st.mailboxes.len(), 1, "the state names INBOX: {s0}");
+    // Settle the chain: each run's state feeds the next.
+    let mut s = s0;
+    for _ in 0..3 {
+        let (code, next, _) = sync_state(&pa, &pb, &s);
+        assert_eq!(code, 0);
+        s = next;
+    }
+    let st = dsync_protocol::state::SyncState::parse(&s).unwrap();
+    assert_eq!(st.mailboxes[0].last_common_uid, 4, "{st:?}");
+    // One flag change on A: synced by the stateful run, which stays
+    // incremental (its state still proves UIDs 1..4 common).
+    let mut tx = a.begin("INBOX").unwrap();
+    tx.update_flags(
+        3,
+        FlagChange {
+            add: flags::FLAGGED,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let (code, s2, flag_changes) = sync_state(&pa, &pb, &s);
+    assert_eq!(code, 0);
+    assert_eq!(flag_changes, 1, "only the changed mail is written on B");
+    assert_eq!(state(&a), state(&b));
+    let st = dsync_protocol::state::SyncState::parse(&s2).unwrap();
+    assert_eq!(st.mailboxes.len(), 1);
+    assert_eq!(st.mailboxes[0].last_common_uid, 4, "{st:?}");
+}
+
+#[test]
+fn quick_status_equals_the_listed_status_or_declines() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("a");
+    let a = store(&p);
+    a.create_mailbox("INBOX", None, None).unwrap();
+    for i in 1..=3 {
+        save(&a, "INBOX", &format!("Subject: q{i}\n\nbody {i}\n"));
+    }
+    let listed = a.open_mailbox("INBOX").unwrap().status();
+    // The uidlist was written after the last change of cur/.
+    assert_eq!(a.quick_status("INBOX").unwrap(), Some(listed));
+    // A delivery waiting in new/: the status needs a listing.
+    let inbox = p.clone();
+    let dir = if inbox.join("new").is_dir() {
+        inbox
+    } else {
+        inbox.join("INBOX")
+    };
+    std::fs::write(dir.join("new/1800000000.M1P1.host"), "Subject: n\n\nx\n").unwrap();
+    assert_eq!(a.quick_status("INBOX").unwrap(), None);
+    // Opening the mailbox gives the new mail its UID; the quick read
+    // agrees again afterwards.
+    let listed = a.open_mailbox("INBOX").unwrap().status();
+    assert_eq!(listed.messages, 4);
+    assert_eq!(a.quick_status("INBOX").unwrap(), Some(listed));
+    // A rename of a mail file by another program (newer than the uidlist).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let f = ["cur", "new"]
+        .iter()
+        .flat_map(|s| std::fs::read_dir(dir.join(s)).unwrap())
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let mut renamed = f.clone().into_os_string();
+    renamed.push("F");
+    std::fs::rename(&f, &renamed).unwrap();
+    assert_eq!(a.quick_status("INBOX").unwrap(), None);
+}

@@ -213,6 +213,8 @@ enum Phase {
     RecvDeletes,
     Recover,
     MailboxNext,
+    /// Master, stateful run: waiting for the status of the next mailbox.
+    MailboxStatusQuery,
     MailboxQuery,
     MasterWaitB,
     Sync,
@@ -669,8 +671,15 @@ impl Brain {
                 if self.role == Role::Master {
                     match self.queue.pop_front() {
                         Some(g) => {
-                            self.out.push_back(Output::Query(Query::Mailbox(g)));
-                            self.phase = Phase::MailboxQuery;
+                            // A mailbox with a saved state may be unchanged:
+                            // its status decides before its mails are read.
+                            if self.has_usable_state(g) {
+                                self.out.push_back(Output::Query(Query::MailboxStatus(g)));
+                                self.phase = Phase::MailboxStatusQuery;
+                            } else {
+                                self.out.push_back(Output::Query(Query::Mailbox(g)));
+                                self.phase = Phase::MailboxQuery;
+                            }
                         }
                         None => {
                             self.send(Item::EndOfList);
@@ -696,6 +705,26 @@ impl Brain {
                         self.phase = Phase::MailboxQuery;
                     }
                     other => return Err(unexpected(&other, "waiting for a mailbox")),
+                }
+                Ok(true)
+            }
+            Phase::MailboxStatusQuery => {
+                let Some(a) = self.take_answer() else {
+                    return Ok(false);
+                };
+                let Answer::MailboxStatus(st) = a else {
+                    return Err(EngineError::Remote(
+                        "expected a mailbox status answer".into(),
+                    ));
+                };
+                match st {
+                    // Vanished since the tree was read.
+                    None => self.phase = Phase::MailboxNext,
+                    Some(st) if self.unchanged_since_state(&st) => self.phase = Phase::MailboxNext,
+                    Some(st) => {
+                        self.out.push_back(Output::Query(Query::Mailbox(st.guid)));
+                        self.phase = Phase::MailboxQuery;
+                    }
                 }
                 Ok(true)
             }
@@ -973,6 +1002,26 @@ impl Brain {
             .cloned()
     }
 
+    /// STATE mode: a saved entry that can make the master skip `guid`.
+    fn has_usable_state(&self, guid: Guid128) -> bool {
+        self.settings.sync_type == SyncType::State
+            && self
+                .states
+                .get(&guid)
+                .is_some_and(|s| s.last_uidvalidity != 0)
+    }
+
+    /// The master's skip rule of a stateful run: the mailbox's own status
+    /// equals its saved state (the slave is not consulted).
+    fn unchanged_since_state(&self, st: &MailboxStatus) -> bool {
+        self.state_for(st.guid, st.uid_validity).is_some_and(|s| {
+            s.last_common_uid.saturating_add(1) == st.uid_next
+                && s.last_common_modseq == st.highest_modseq
+                && s.last_common_pvt_modseq == st.highest_pvt_modseq
+                && s.last_messages_count == st.messages
+        })
+    }
+
     fn master_mailbox(&mut self, snap: Option<MailboxSnapshot>) {
         let Some(snap) = snap else {
             // Vanished since the tree was read.
@@ -980,15 +1029,9 @@ impl Brain {
             return;
         };
         let st = &snap.status;
-        if let Some(s) = self.state_for(st.guid, st.uid_validity) {
-            if s.last_common_uid.saturating_add(1) == st.uid_next
-                && s.last_common_modseq == st.highest_modseq
-                && s.last_common_pvt_modseq == st.highest_pvt_modseq
-                && s.last_messages_count == st.messages
-            {
-                self.phase = Phase::MailboxNext;
-                return;
-            }
+        if self.unchanged_since_state(st) {
+            self.phase = Phase::MailboxNext;
+            return;
         }
         self.send(Item::Mailbox(status_item(st)));
         self.master_snapshot = Some(snap);
@@ -1076,6 +1119,18 @@ impl Brain {
             SyncType::Full | SyncType::State => true,
         };
         if !needed {
+            // The master still names a skipped mailbox in the state it
+            // prints: its saved entry, or one that proves nothing in common
+            // yet (last common UID 0), so the next stateful run compares
+            // it once and from then on runs incrementally.
+            if self.role == Role::Master {
+                let s = self.states.get(&st.guid).cloned().unwrap_or(MailboxState {
+                    mailbox_guid: st.guid,
+                    last_uidvalidity: st.uid_validity,
+                    ..MailboxState::default()
+                });
+                self.new_states.insert(st.guid, s);
+            }
             self.phase = Phase::MailboxNext;
             return Ok(());
         }

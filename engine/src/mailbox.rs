@@ -376,8 +376,13 @@ pub fn merge_flags(
     }
     let add = lw & !lf;
     let rem = lf & !lw;
-    if add == 0 && rem == 0 && add_kw.is_empty() && rem_kw.is_empty() && local.modseq >= new_modseq
-    {
+    // Equal flags and keywords on both sides: nothing to write. Raising
+    // only this mail's modseq to the remote's would be an action per mail
+    // in every full comparison of equal replicas (a Maildir mail's own
+    // modseq cannot even be stored); the modseq matters only when this
+    // side's flags differ from the remote's, and then it is raised.
+    let unchanged = add == 0 && rem == 0 && add_kw.is_empty() && rem_kw.is_empty();
+    if unchanged && (!remote_changed || local.modseq >= new_modseq) {
         return None;
     }
     Some(Action::UpdateFlags {
@@ -398,7 +403,9 @@ fn revert_flags(mailbox: Guid128, local: &MailRecord, remote: &MailChange) -> Op
     let kws: Vec<Vec<u8>> = f.union(&a).cloned().collect();
     let mut cur = local.keywords.clone();
     cur.sort();
-    if flags == local.flags && cur == kws && local.modseq >= remote.modseq {
+    // Already equal: the mailbox's HIGHESTMODSEQ is raised to the
+    // remote's at the end of the mailbox anyway.
+    if flags == local.flags && cur == kws {
         return None;
     }
     Some(Action::ReplaceFlags {

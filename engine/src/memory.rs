@@ -549,6 +549,12 @@ impl MemoryReplica {
                 subscriptions: self.subscriptions.iter().cloned().collect(),
                 log: self.mailbox_log.clone(),
             }),
+            Query::MailboxStatus(guid) => {
+                Answer::MailboxStatus(self.nodes.values().find_map(|n| match n {
+                    MemNode::Mailbox(m) if m.guid == *guid => Some(m.status()),
+                    _ => None,
+                }))
+            }
             Query::Mailbox(guid) => Answer::Mailbox(self.nodes.values().find_map(|n| match n {
                 MemNode::Mailbox(m) if m.guid == *guid => Some(Box::new(MailboxSnapshot {
                     status: m.status(),

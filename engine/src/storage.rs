@@ -32,6 +32,10 @@ pub enum Query {
     Tree,
     /// Status, mails, change log and attributes of one mailbox, found by GUID.
     Mailbox(Guid128),
+    /// Only the status numbers of one mailbox, found by GUID: asked first
+    /// in a stateful run, so a mailbox whose status equals its saved state
+    /// is skipped without reading its mails.
+    MailboxStatus(Guid128),
 }
 
 /// The replica's answers, one per [`Query`], in order.
@@ -40,6 +44,8 @@ pub enum Answer {
     Tree(TreeSnapshot),
     /// `None`: no selectable mailbox with that GUID.
     Mailbox(Option<Box<MailboxSnapshot>>),
+    /// `None`: no selectable mailbox with that GUID.
+    MailboxStatus(Option<MailboxStatus>),
 }
 
 /// One mailbox-list entry.

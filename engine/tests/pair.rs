@@ -320,3 +320,192 @@ fn concurrent_change_during_sync_reports_and_repairs() {
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), b.inner.view());
 }
+
+#[test]
+fn skipped_mailbox_is_named_in_the_state_and_the_chain_turns_incremental() {
+    // Identical replicas: a stateless run with a state wanted skips INBOX
+    // (six equal numbers) but must still name it in the printed state.
+    let replica = || {
+        let mut r = MemoryReplica::new();
+        r.create_mailbox("INBOX", g(1), 1000).unwrap();
+        r.deliver("INBOX", "g01-m1", b"Subject: m1\n\nbody1\n", 0)
+            .unwrap();
+        r.deliver("INBOX", "g02-m2", b"Subject: m2\n\nbody2\n", 0)
+            .unwrap();
+        r
+    };
+    let (mut a, mut b) = (replica(), replica());
+    let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_200);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    let st = r.master.state.clone().expect("state");
+    assert_eq!(st.len(), 1, "{st:?}");
+    assert_eq!(st[0].mailbox_guid, g(1));
+    assert_eq!(st[0].last_uidvalidity, 1000);
+    assert_eq!(st[0].last_common_uid, 0, "nothing proven common yet");
+    // The next stateful run compares INBOX once and records a real state.
+    let state = |states| SyncSettings {
+        states,
+        sync_type: SyncType::State,
+        ..SyncSettings::default()
+    };
+    let r = checked(&mut a, &mut b, state(st), 1_700_000_300);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    let full_items = r.items_to_slave;
+    let st = r.master.state.clone().expect("state");
+    assert_eq!(st[0].last_common_uid, 2, "{st:?}");
+    // A change on the master is then synced incrementally.
+    a.add_flags("INBOX", 2, MailFlags::SEEN, &[]);
+    let r = checked(&mut a, &mut b, state(st.clone()), 1_700_000_400);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(a.view(), b.view());
+    let st2 = r.master.state.clone().expect("state");
+    assert_eq!(st2[0].last_common_uid, 2);
+    // Incremental: only the changed mail is exported, not both.
+    assert_eq!(r.items_to_slave + 1, full_items, "{r:?}");
+}
+
+/// Counts the flag actions a replica is given.
+struct FlagCounter {
+    inner: MemoryReplica,
+    flag_actions: usize,
+}
+
+impl sync_engine::local::LocalStore for FlagCounter {
+    fn answer(&mut self, q: &sync_engine::Query) -> sync_engine::Answer {
+        self.inner.answer(q)
+    }
+    fn apply(&mut self, a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
+        if matches!(
+            a,
+            sync_engine::Action::UpdateFlags { .. } | sync_engine::Action::ReplaceFlags { .. }
+        ) {
+            self.flag_actions += 1;
+        }
+        self.inner.apply(a)
+    }
+    fn read_body(&self, r: &sync_engine::BodyRef) -> Option<Vec<u8>> {
+        self.inner.body(r).map(|b| b.to_vec())
+    }
+    fn set_incoming_body(&mut self, body: Vec<u8>) {
+        self.inner.set_incoming_body(body)
+    }
+}
+
+#[test]
+fn full_comparison_of_equal_flags_emits_no_flag_action() {
+    // Same mails and flags on both sides, but every mail of B went through
+    // more flag changes (higher per-mail modseqs).
+    let replica = |churn: bool| {
+        let mut r = MemoryReplica::new();
+        r.create_mailbox("INBOX", g(1), 1000).unwrap();
+        for i in 1..=50u32 {
+            r.deliver(
+                "INBOX",
+                &format!("g{i:02}-m"),
+                format!("m{i}").as_bytes(),
+                0,
+            )
+            .unwrap();
+            if churn {
+                r.add_flags("INBOX", i, MailFlags::FLAGGED, &["tmp"]);
+                r.remove_flags("INBOX", i, MailFlags::FLAGGED, &["tmp"]);
+            }
+            if i % 3 == 0 {
+                r.add_flags("INBOX", i, MailFlags::SEEN, &["work"]);
+            }
+        }
+        FlagCounter {
+            inner: r,
+            flag_actions: 0,
+        }
+    };
+    let (mut a, mut b) = (replica(false), replica(true));
+    for backup in [false, true] {
+        let s = SyncSettings {
+            backup_send: backup,
+            ..full()
+        };
+        let r = checked(&mut a, &mut b, s, 1_700_000_200);
+        assert_eq!(r.exit_code(), 0, "{r:?}");
+        assert_eq!((a.flag_actions, b.flag_actions), (0, 0), "backup {backup}");
+    }
+    // A real difference is still written, on the side that lacks it.
+    a.inner.add_flags("INBOX", 7, MailFlags::ANSWERED, &[]);
+    let r = checked(&mut a, &mut b, full(), 1_700_000_300);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!((a.flag_actions, b.flag_actions), (0, 1));
+    assert_eq!(a.inner.view(), b.inner.view());
+}
+
+/// Counts the whole-mailbox snapshots a replica is asked for.
+struct QueryCounter {
+    inner: MemoryReplica,
+    snapshots: usize,
+    statuses: usize,
+}
+
+impl sync_engine::local::LocalStore for QueryCounter {
+    fn answer(&mut self, q: &sync_engine::Query) -> sync_engine::Answer {
+        match q {
+            sync_engine::Query::Mailbox(_) => self.snapshots += 1,
+            sync_engine::Query::MailboxStatus(_) => self.statuses += 1,
+            sync_engine::Query::Tree => {}
+        }
+        self.inner.answer(q)
+    }
+    fn apply(&mut self, a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
+        self.inner.apply(a)
+    }
+    fn read_body(&self, r: &sync_engine::BodyRef) -> Option<Vec<u8>> {
+        self.inner.body(r).map(|b| b.to_vec())
+    }
+    fn set_incoming_body(&mut self, body: Vec<u8>) {
+        self.inner.set_incoming_body(body)
+    }
+}
+
+#[test]
+fn stateful_run_reads_only_the_status_of_unchanged_mailboxes() {
+    let mut a = MemoryReplica::new();
+    a.create_mailbox("INBOX", g(1), 1000).unwrap();
+    a.create_mailbox("Work", g(2), 2000).unwrap();
+    a.deliver("INBOX", "g01-m1", b"m1", 0).unwrap();
+    a.deliver("Work", "g02-m2", b"m2", 0).unwrap();
+    let mut b = MemoryReplica::new();
+    let r = checked(&mut a, &mut b, full(), 1_700_000_100);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    let state = |states| SyncSettings {
+        states,
+        sync_type: SyncType::State,
+        ..SyncSettings::default()
+    };
+    // Stateful runs settle the modseqs the copy raised.
+    let mut st = r.master.state.clone().expect("state");
+    for i in 0..4 {
+        let r = checked(&mut a, &mut b, state(st.clone()), 1_700_000_150 + i);
+        assert_eq!(r.exit_code(), 0, "{r:?}");
+        let next = r.master.state.clone().expect("state");
+        if next == st {
+            break;
+        }
+        st = next;
+    }
+    assert_eq!(st.len(), 2, "{st:?}");
+    let mut a = QueryCounter {
+        inner: a,
+        snapshots: 0,
+        statuses: 0,
+    };
+    // Nothing changed: two status reads, no snapshot.
+    let r = checked(&mut a, &mut b, state(st.clone()), 1_700_000_200);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!((a.statuses, a.snapshots), (2, 0));
+    assert_eq!(r.master.state.as_ref(), Some(&st));
+    // One mailbox changed: only that one is read whole, and synced.
+    a.inner.deliver("Work", "g03-m3", b"m3", 0).unwrap();
+    let r = checked(&mut a, &mut b, state(st), 1_700_000_300);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!((a.statuses, a.snapshots), (4, 1));
+    assert_eq!(a.inner.view(), b.view());
+}

@@ -336,6 +336,27 @@ impl MaildirReplica {
         })
     }
 
+    /// Status only: from the uidlist and index when the directories allow,
+    /// else from an opened (listed) mailbox.
+    fn mailbox_status(&self, guid: Guid128) -> Result<Option<MailboxStatus>, st::StorageError> {
+        let Some(name) = self.store.find_mailbox(&guid.0)? else {
+            return Ok(None);
+        };
+        let s = match self.store.quick_status(&name)? {
+            Some(s) => s,
+            None => self.store.open_maildir(&name)?.status(),
+        };
+        Ok(Some(MailboxStatus {
+            guid,
+            uid_validity: s.uid_validity,
+            uid_next: s.uid_next,
+            messages: s.messages,
+            first_recent_uid: s.first_recent_uid,
+            highest_modseq: s.highest_modseq,
+            highest_pvt_modseq: s.highest_pvt_modseq,
+        }))
+    }
+
     fn mailbox(&self, guid: Guid128) -> Result<Option<MailboxSnapshot>, st::StorageError> {
         let Some(name) = self.store.find_mailbox(&guid.0)? else {
             return Ok(None);
@@ -1149,6 +1170,13 @@ impl SessionStore for MaildirReplica {
                         subscriptions: Vec::new(),
                         log: Vec::new(),
                     })
+                }
+            },
+            Query::MailboxStatus(guid) => match self.mailbox_status(*guid) {
+                Ok(s) => Answer::MailboxStatus(s),
+                Err(e) => {
+                    tracing::error!(%e, %guid, "reading a mailbox status failed");
+                    Answer::MailboxStatus(None)
                 }
             },
             Query::Mailbox(guid) => match self.mailbox(*guid) {

@@ -182,6 +182,62 @@ pub(crate) fn open_view(dir: &Path) -> Result<Option<MailboxView>> {
 }
 
 impl MaildirMailbox {
+    /// The status without listing the mail files, when the directories
+    /// show that nothing was delivered, renamed or removed since the
+    /// uidlist was written: `cur/` and `new/` were last changed before the
+    /// uidlist, and the index counts as many mails as the uidlist lists.
+    /// `None` when that cannot be shown (the caller opens the mailbox,
+    /// which lists and syncs it).
+    pub(crate) fn quick_status(dir: &Path) -> Result<Option<MailboxStatus>> {
+        let stamp = |p: PathBuf| fs::metadata(p).ok().map(|m| (m.mtime(), m.mtime_nsec()));
+        let Some(listed) = stamp(dir.join(UIDLIST)) else {
+            return Ok(None);
+        };
+        for sub in ["cur", "new"] {
+            match stamp(dir.join(sub)) {
+                // Equal stamps are ambiguous (coarse clocks): list then.
+                Some(changed) if changed < listed => {}
+                _ => return Ok(None),
+            }
+        }
+        let Some(uidlist) = UidlistState::read(dir)? else {
+            return Ok(None);
+        };
+        let Some(guid) = uidlist.guid else {
+            return Ok(None);
+        };
+        if uidlist.partial_tail {
+            return Ok(None);
+        }
+        let view = open_view(dir)?;
+        let messages = u32::try_from(uidlist.entries.len()).unwrap_or(u32::MAX);
+        // A uidlist may still list mails expunged since it was last
+        // rewritten; the index knows. When they disagree, list.
+        if view
+            .as_ref()
+            .is_some_and(|v| v.messages_count() != messages)
+        {
+            return Ok(None);
+        }
+        let (hm, next_idx, first_recent) = match &view {
+            Some(v) => (
+                v.highest_modseq().max(1),
+                v.next_uid(),
+                v.header().first_recent_uid,
+            ),
+            None => (1, 1, 1),
+        };
+        Ok(Some(MailboxStatus {
+            guid,
+            uid_validity: uidlist.uid_validity,
+            uid_next: uidlist.next_uid.max(next_idx),
+            highest_modseq: hm,
+            highest_pvt_modseq: 0,
+            messages,
+            first_recent_uid: first_recent,
+        }))
+    }
+
     pub(crate) fn open(store: &MaildirStore, name: String, dir: PathBuf) -> Result<MaildirMailbox> {
         let mut uidlist = match UidlistState::read(&dir)? {
             Some(u) if u.guid.is_some() => u,

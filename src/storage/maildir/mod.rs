@@ -29,7 +29,7 @@ pub use txn::MaildirTransaction;
 use super::lock::{Dotlock, DotlockSettings, FcntlLock, Owner};
 use super::{
     io_err, MailStore, Mailbox, MailboxEntry, MailboxGuid, MailboxLogEntry, MailboxLogKind,
-    MailboxTransaction, Namespace, Result, StorageError,
+    MailboxStatus, MailboxTransaction, Namespace, Result, StorageError,
 };
 
 /// How folder names map to directories.
@@ -470,6 +470,18 @@ impl MaildirStore {
         if let Err(e) = list_index::refresh_later(self) {
             tracing::warn!(%e, "could not flag Dovecot's mailbox list index for a refresh");
         }
+    }
+
+    /// A mailbox's status read from its uidlist and index alone, when its
+    /// directories show nothing changed since the uidlist was written
+    /// (`None`: open the mailbox instead).
+    pub fn quick_status(&self, name: &str) -> Result<Option<MailboxStatus>> {
+        let comps = self.components(name)?;
+        let dir = self.dir_of(&comps);
+        if !Self::is_mailbox_dir(&dir) {
+            return Err(StorageError::MailboxNotFound(name.into()));
+        }
+        MaildirMailbox::quick_status(&dir)
     }
 
     /// Opens a mailbox as an owned value (callers may keep it between reads).
