@@ -279,16 +279,17 @@ mod tests {
 
     #[tokio::test]
     async fn missing_socket() {
-        let out = run(
-            Path::new("/nonexistent"),
-            &ClientCommand::Status { mask: None },
-            None,
-            80,
-        )
-        .await;
+        // A path inside a fresh directory: `/nonexistent` may exist (it is
+        // the home of system users such as `nobody`).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replicator-doveadm");
+        let out = run(&path, &ClientCommand::Status { mask: None }, None, 80).await;
         assert_eq!(
             out.stderr,
-            "Fatal: net_connect_unix(/nonexistent) failed: No such file or directory\n"
+            format!(
+                "Fatal: net_connect_unix({}) failed: No such file or directory\n",
+                path.display()
+            )
         );
         assert_eq!(out.exit_code, 75);
     }
