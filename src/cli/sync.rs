@@ -263,19 +263,9 @@ pub fn resolve_user(settings: &Settings, user: &str) -> Result<Option<LocalUser>
     }))
 }
 
-/// Opens a user's replica: created files belong to `owner` when running as root.
-pub fn open_location_as(location: &str, owner: Option<Owner>) -> Result<LocalReplica, Failure> {
-    match location.split(':').next().unwrap_or("") {
-        "maildir" => MaildirReplica::open_location_as(location, owner)
-            .map(|m| LocalReplica::Maildir(Box::new(m)))
-            .map_err(|e| fatal(EX_TEMPFAIL, format!("Fatal: {e}"))),
-        _ => open_location(location),
-    }
-}
-
 /// Opens the replica a mail location names.
 pub fn open_location(location: &str) -> Result<LocalReplica, Failure> {
-    open_location_with(location, None, None)
+    open_replica(location, None, None, None)
 }
 
 /// Opens a user's replica at `location` with what goes with it: the owner
@@ -295,27 +285,22 @@ pub fn open_user_location(
         None => None,
         Some(d) => Some(expand_location(d, &user.user, home_str.as_deref())?),
     };
-    match location.split(':').next().unwrap_or("") {
-        "maildir" => MaildirReplica::open_for_user(location, user.owner, dict.as_deref())
-            .map(|mut m| {
-                m.set_home(home);
-                LocalReplica::Maildir(Box::new(m))
-            })
-            .map_err(|e| fatal(EX_TEMPFAIL, format!("Fatal: {e}"))),
-        _ => open_location(location),
-    }
+    open_replica(location, user.owner, dict.as_deref(), home)
 }
 
-/// the user's home.
-pub fn open_location_with(
+/// Opens the replica at `location`: created files belong to `owner` when
+/// running as root, attributes in `attribute_dict`, the `-l` lock in
+/// `home`.
+pub fn open_replica(
     location: &str,
+    owner: Option<Owner>,
     attribute_dict: Option<&str>,
     home: Option<std::path::PathBuf>,
 ) -> Result<LocalReplica, Failure> {
     let scheme = location.split(':').next().unwrap_or("");
     match scheme {
         "memory" => Ok(LocalReplica::Memory(MemoryReplica::new())),
-        "maildir" => MaildirReplica::open_location_with(location, attribute_dict)
+        "maildir" => MaildirReplica::open_for_user(location, owner, attribute_dict)
             .map(|mut m| {
                 m.set_home(home);
                 LocalReplica::Maildir(Box::new(m))

@@ -164,8 +164,9 @@ pub struct SlaveHandler {
 
 impl SessionHandler for SlaveHandler {
     fn check(&self, user: &MailUser) -> Result<(), SessionOutcome> {
-        crate::cli::sync::open_location_with(
+        crate::cli::sync::open_replica(
             &user.mail_location,
+            None,
             user.attribute_dict.as_deref(),
             None,
         )
@@ -183,8 +184,9 @@ impl SessionHandler for SlaveHandler {
             // When the engine decides this side takes the `-l` lock, it is
             // Dovecot's `<home>/.dovecot-sync.lock`, shared with Dovecot's
             // own syncs of the user.
-            let store = match crate::cli::sync::open_location_with(
+            let store = match crate::cli::sync::open_replica(
                 &request.user.mail_location,
+                None,
                 request.user.attribute_dict.as_deref(),
                 Some(request.user.home.clone()),
             ) {

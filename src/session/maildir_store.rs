@@ -155,28 +155,11 @@ impl MaildirReplica {
         Self::open_for_user(location, None, None)
     }
 
-    /// Opens `maildir:PATH[:LAYOUT=fs]` for a user: when running as root,
-    /// the directories created on the way and every file written later
-    /// belong to `owner` (the userdb's uid and gid); without an owner, to
-    /// the owner of the mail root.
-    pub fn open_location_as(
-        location: &str,
-        owner: Option<Owner>,
-    ) -> Result<MaildirReplica, LocationError> {
-        Self::open_for_user(location, owner, None)
-    }
-
-    /// Like [`MaildirReplica::open_location`], with mailbox attributes kept
-    /// in the file dict `attribute_dict` (`mail_attribute_dict`, e.g.
-    /// `file:/home/u/dovecot-attributes`).
-    pub fn open_location_with(
-        location: &str,
-        attribute_dict: Option<&str>,
-    ) -> Result<MaildirReplica, LocationError> {
-        Self::open_for_user(location, None, attribute_dict)
-    }
-
-    /// Both of the above: a user's replica with its owner and attribute dict.
+    /// A user's replica: when running as root, the directories created on
+    /// the way and every file written later belong to `owner` (the userdb's
+    /// uid and gid; without one, the owner of the mail root); mailbox
+    /// attributes are kept in the file dict `attribute_dict`
+    /// (`mail_attribute_dict`, e.g. `file:/home/u/dovecot-attributes`).
     pub fn open_for_user(
         location: &str,
         owner: Option<Owner>,
