@@ -23,6 +23,10 @@ use homing::replicator::{
     Daemon, ReplicatorConfig, SyncOutcome, SyncRequest, SyncRunner, SystemClock,
 };
 
+#[path = "common/bench.rs"]
+mod bench;
+use bench::{arg, peak_rss_kib};
+
 #[derive(Default)]
 struct Log {
     /// user → start times of its syncs (relative to t0) and outcomes.
@@ -90,22 +94,6 @@ impl SyncRunner for BenchRunner {
             }
         })
     }
-}
-
-fn peak_rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,10 @@ use homing::replicator::{
 use homing::storage::maildir::{MaildirOptions, MaildirStore};
 use homing::storage::{flags, MailStore, NewMessage};
 
+#[path = "common/bench.rs"]
+mod bench;
+use bench::{arg, peak_rss_kib};
+
 #[derive(Default)]
 struct Log {
     /// user → (start relative to t0, duration, success) of each sync.
@@ -164,22 +168,6 @@ fn counts(root: &Path) -> Vec<(String, usize)> {
     }
     out.sort();
     out
-}
-
-fn peak_rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
