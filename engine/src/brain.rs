@@ -20,7 +20,9 @@ use dsync_protocol::{
     MailboxTreeNode, Role, SyncType,
 };
 
-use crate::mailbox::{self, ExportFields, ImportInput, MailFilter, PendingMail, UidChange};
+use crate::mailbox::{
+    self, ChangeExport, ExportFields, GuidIndex, ImportInput, MailFilter, PendingMail, UidChange,
+};
 use crate::storage::*;
 use crate::tree::{self, Tree, TreeSyncMode};
 
@@ -257,6 +259,32 @@ struct MailboxRun {
     recv_m_end: bool,
     sent_s: Option<MailboxState>,
     uid_validity: u32,
+    /// Where the `C` list being sent stands.
+    export: Option<ChangeExport>,
+    /// How many of `pending` were requested (sent as `R`) so far.
+    requested: usize,
+    /// The peer's requests being answered, the next one's position, and the
+    /// snapshot's mails by GUID.
+    answering: Option<(Vec<MailRequest>, usize, GuidIndex)>,
+}
+
+/// An output waiting in the brain's queue.
+enum Queued {
+    Ready(Output),
+    /// The rest of one of the current mailbox's lists, made one item at a
+    /// time when polled: a mailbox's lists are as long as the mailbox, and
+    /// the driver sends each item before polling the next.
+    Lazy(LazyList),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LazyList {
+    /// The `C` items of [`MailboxRun::export`].
+    Changes,
+    /// `R` items for [`MailboxRun::pending`].
+    Requests,
+    /// `M` items answering [`MailboxRun::answering`].
+    Answers,
 }
 
 /// One dsync brain.
@@ -265,7 +293,7 @@ pub struct Brain {
     hostname: Vec<u8>,
     now: i64,
     settings: SyncSettings,
-    out: VecDeque<Output>,
+    out: VecDeque<Queued>,
     inbox: VecDeque<Item>,
     phase: Phase,
     answer: Option<Answer>,
@@ -382,7 +410,65 @@ impl Brain {
 
     /// The next output, if any.
     pub fn poll(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        loop {
+            let kind = match self.out.front()? {
+                Queued::Ready(_) => match self.out.pop_front() {
+                    Some(Queued::Ready(o)) => return Some(o),
+                    _ => return None,
+                },
+                Queued::Lazy(kind) => *kind,
+            };
+            if let Some(o) = self.next_lazy(kind) {
+                return Some(o);
+            }
+            self.out.pop_front();
+        }
+    }
+
+    /// The next item of a lazy list of the current mailbox, `None` at its end.
+    fn next_lazy(&mut self, kind: LazyList) -> Option<Output> {
+        let run = self.run.as_mut()?;
+        let item = match kind {
+            LazyList::Changes => {
+                let cursor = run.export.as_mut()?;
+                Item::MailChange(cursor.next(&run.snapshot, &run.local_changes)?)
+            }
+            LazyList::Requests => {
+                let p = run.pending.get(run.requested)?;
+                run.requested += 1;
+                Item::MailRequest(p.request(&run.remote_changes))
+            }
+            LazyList::Answers => {
+                let (reqs, next, index) = run.answering.as_mut()?;
+                let req = reqs.get(*next)?;
+                *next += 1;
+                let (m, body) = index.answer(&run.snapshot, req);
+                return Some(Output::Send {
+                    item: Item::Mail(m),
+                    body,
+                });
+            }
+        };
+        Some(Output::Send { item, body: None })
+    }
+
+    /// Turns the lazy lists still queued into items, before a peer item can
+    /// change what they are made from (a driver that feeds before it has
+    /// drained the outputs).
+    fn materialize(&mut self) {
+        if !self.out.iter().any(|q| matches!(q, Queued::Lazy(_))) {
+            return;
+        }
+        for q in std::mem::take(&mut self.out) {
+            match q {
+                Queued::Ready(o) => self.out.push_back(Queued::Ready(o)),
+                Queued::Lazy(kind) => {
+                    while let Some(o) = self.next_lazy(kind) {
+                        self.out.push_back(Queued::Ready(o));
+                    }
+                }
+            }
+        }
     }
 
     /// The session result, once finished.
@@ -423,7 +509,10 @@ impl Brain {
                 self.recv_finish(f);
                 return Ok(());
             }
-            Input::Peer(item) => self.inbox.push_back(item),
+            Input::Peer(item) => {
+                self.materialize();
+                self.inbox.push_back(item)
+            }
             Input::Answer(a) => self.answer = Some(a),
             Input::ActionFailed { action, error } => {
                 self.action_failed(action, error);
@@ -497,11 +586,16 @@ impl Brain {
     }
 
     fn send(&mut self, item: Item) {
-        self.out.push_back(Output::Send { item, body: None });
+        self.out
+            .push_back(Queued::Ready(Output::Send { item, body: None }));
+    }
+
+    fn query(&mut self, q: Query) {
+        self.out.push_back(Queued::Ready(Output::Query(q)));
     }
 
     fn act(&mut self, a: Action) {
-        self.out.push_back(Output::Action(a));
+        self.out.push_back(Queued::Ready(Output::Action(a)));
     }
 
     fn backup_send(&self) -> bool {
@@ -524,7 +618,7 @@ impl Brain {
     }
 
     fn start_tree(&mut self) {
-        self.out.push_back(Output::Query(Query::Tree));
+        self.query(Query::Tree);
         self.phase = Phase::TreeQuery;
     }
 
@@ -674,10 +768,10 @@ impl Brain {
                             // A mailbox with a saved state may be unchanged:
                             // its status decides before its mails are read.
                             if self.has_usable_state(g) {
-                                self.out.push_back(Output::Query(Query::MailboxStatus(g)));
+                                self.query(Query::MailboxStatus(g));
                                 self.phase = Phase::MailboxStatusQuery;
                             } else {
-                                self.out.push_back(Output::Query(Query::Mailbox(g)));
+                                self.query(Query::Mailbox(g));
                                 self.phase = Phase::MailboxQuery;
                             }
                         }
@@ -699,8 +793,7 @@ impl Brain {
                         self.finish();
                     }
                     Item::Mailbox(b) => {
-                        self.out
-                            .push_back(Output::Query(Query::Mailbox(b.mailbox_guid)));
+                        self.query(Query::Mailbox(b.mailbox_guid));
                         self.slave_b = Some(b);
                         self.phase = Phase::MailboxQuery;
                     }
@@ -722,7 +815,7 @@ impl Brain {
                     None => self.phase = Phase::MailboxNext,
                     Some(st) if self.unchanged_since_state(&st) => self.phase = Phase::MailboxNext,
                     Some(st) => {
-                        self.out.push_back(Output::Query(Query::Mailbox(st.guid)));
+                        self.query(Query::Mailbox(st.guid));
                         self.phase = Phase::MailboxQuery;
                     }
                 }
@@ -826,7 +919,7 @@ impl Brain {
         match self.recover.front() {
             Some((g, _, _)) => {
                 let g = *g;
-                self.out.push_back(Output::Query(Query::Mailbox(g)));
+                self.query(Query::Mailbox(g));
             }
             None => {
                 for a in std::mem::take(&mut self.held_actions) {
@@ -1082,6 +1175,8 @@ impl Brain {
     /// Both sides: UIDVALIDITY reconciliation, the sync decision, and the
     /// start of the exchange.
     fn begin_mailbox(&mut self, snap: MailboxSnapshot, remote: Mailbox) -> Result<(), EngineError> {
+        // A lazy list still queued is made from the run it belongs to.
+        self.materialize();
         let st = snap.status;
         let mut uid_validity = st.uid_validity;
         let state = self.state_for(st.guid, st.uid_validity);
@@ -1153,6 +1248,15 @@ impl Brain {
         let exporter = !self.settings.backup_recv;
         let importer = !self.settings.backup_send;
         let local_changes = mailbox::scan_log(&snap, lcm);
+        let expected_changes = if importer && lcu == 0 {
+            (remote.messages_count as usize).min(1 << 18)
+        } else {
+            0
+        };
+        let mut snap = snap;
+        // The log is read once, above; a large mailbox's log is as long as
+        // the mailbox.
+        snap.log = Vec::new();
         let mut run = MailboxRun {
             guid: st.guid,
             changed_during_sync: false,
@@ -1169,7 +1273,11 @@ impl Brain {
                 Recv::Requests
             },
             local_changes,
-            remote_changes: Vec::new(),
+            // In a full comparison the peer sends a change per mail: room
+            // for them at once (growth by doubling copies the list and
+            // leaves up to half of it unused). Capped, as the count is the
+            // peer's word.
+            remote_changes: Vec::with_capacity(expected_changes),
             requests: Vec::new(),
             pending: VecDeque::new(),
             pending_uids: BTreeSet::new(),
@@ -1180,6 +1288,9 @@ impl Brain {
             recv_m_end: false,
             sent_s: None,
             uid_validity,
+            export: None,
+            requested: 0,
+            answering: None,
         };
         if exporter {
             for a in mailbox::export_attributes(&run.snapshot, lcm) {
@@ -1191,9 +1302,8 @@ impl Brain {
                     || self.settings.filter.until > 0,
                 virtual_size: self.settings.filter.max_size > 0,
             };
-            for c in mailbox::export_changes(&run.snapshot, &run.local_changes, lcu, fields) {
-                self.send(Item::MailChange(c));
-            }
+            run.export = Some(ChangeExport::new(lcu, fields));
+            self.out.push_back(Queued::Lazy(LazyList::Changes));
             self.send(Item::EndOfList);
         }
         run.last_common_uid = run.snapshot.status.uid_next.saturating_sub(1);
@@ -1207,8 +1317,12 @@ impl Brain {
             return Err(EngineError::Failed);
         };
         let r = self.sync_item_in(&mut run, item);
-        if self.phase == Phase::Sync {
-            self.run = Some(run);
+        self.run = Some(run);
+        if self.phase != Phase::Sync {
+            // The mailbox is done: what is still queued of its lists is made
+            // now, while its run exists.
+            self.materialize();
+            self.run = None;
         }
         r
     }
@@ -1264,12 +1378,9 @@ impl Brain {
             }
             (Recv::Requests, Item::EndOfList) => {
                 let reqs = std::mem::take(&mut run.requests);
-                for (m, body) in mailbox::answer_requests(&run.snapshot, &reqs) {
-                    self.out.push_back(Output::Send {
-                        item: Item::Mail(m),
-                        body,
-                    });
-                }
+                let index = GuidIndex::new(&run.snapshot);
+                run.answering = Some((reqs, 0, index));
+                self.out.push_back(Queued::Lazy(LazyList::Answers));
                 self.send(Item::EndOfList);
                 run.sent_m_end = true;
                 run.recv = if run.importer {
@@ -1284,10 +1395,13 @@ impl Brain {
                 run.recv_m_end = true;
                 run.pending_uids.clear();
                 for p in std::mem::take(&mut run.pending) {
+                    let c = p.first_change(&run.remote_changes);
                     self.messages.push(format!(
                         "Error: Remote didn't send mail GUID={} (UID={})",
-                        String::from_utf8_lossy(&p.guid),
-                        p.remote_uid
+                        String::from_utf8_lossy(
+                            c.and_then(|c| c.guid.as_deref()).unwrap_or_default()
+                        ),
+                        c.map_or(0, |c| c.uid)
                     ));
                     self.failure = Some(self.failure.unwrap_or(ExitStatus::TempFail));
                 }
@@ -1401,23 +1515,29 @@ impl Brain {
             run.pending_uids = plan
                 .pending
                 .iter()
-                .flat_map(|p| p.instances.iter().map(|(uid, _)| *uid))
+                .flat_map(|p| p.instances().map(|(uid, _)| uid))
                 .collect();
             run.pending = plan.pending.into();
         }
         if !run.require_full_resync {
-            for r in &plan.requests {
-                self.send(Item::MailRequest(r.clone()));
-            }
+            run.requested = 0;
+            self.out.push_back(Queued::Lazy(LazyList::Requests));
         }
         self.send(Item::EndOfList);
         run.sent_r_end = true;
     }
 
     fn receive_mail(&mut self, run: &mut MailboxRun, m: &Mail) {
-        let idx = run.pending.iter().position(|p| match &m.guid {
-            Some(g) if !g.is_empty() => &p.guid == g,
-            _ => p.guid.is_empty() && p.remote_uid == m.uid,
+        let changes = &run.remote_changes;
+        let idx = run.pending.iter().position(|p| {
+            let Some(c) = p.first_change(changes) else {
+                return false;
+            };
+            let guid = c.guid.as_deref().unwrap_or_default();
+            match &m.guid {
+                Some(g) if !g.is_empty() => guid == g.as_slice(),
+                _ => guid.is_empty() && c.uid == m.uid,
+            }
         });
         let Some(idx) = idx else {
             if m.stream {
@@ -1429,15 +1549,19 @@ impl Brain {
         let Some(p) = run.pending.remove(idx) else {
             return;
         };
-        for (uid, _) in &p.instances {
-            run.pending_uids.remove(uid);
+        for (uid, _) in p.instances() {
+            run.pending_uids.remove(&uid);
         }
         if !m.stream {
             // Expunged on the remote meanwhile.
             return;
         }
         let mut first: Option<u32> = None;
-        for (uid, change) in &p.instances {
+        for (uid, ci) in p.instances() {
+            let Some(change) = run.remote_changes.get(ci) else {
+                continue;
+            };
+            let uid = &uid;
             let mail = mailbox::new_mail_from_change(change, *uid, Some(m));
             match first {
                 None => {

@@ -133,9 +133,11 @@ fn drain<S: LocalStore>(
     sent: &mut usize,
     check: &mut WireCheck,
     master_h: &mut Option<Handshake>,
+    budget: usize,
 ) -> Result<bool, EngineError> {
     let mut any = false;
-    while let Some(out) = brain.poll() {
+    for _ in 0..budget {
+        let Some(out) = brain.poll() else { break };
         any = true;
         match out {
             Output::Send { item, body } => {
@@ -183,6 +185,27 @@ pub fn sync_pair<A: LocalStore, B: LocalStore>(
     settings: SyncSettings,
     now: i64,
 ) -> PairOutcome {
+    sync_pair_interleaved(
+        master_store,
+        slave_store,
+        settings,
+        now,
+        (usize::MAX, usize::MAX),
+    )
+}
+
+/// [`sync_pair`] with a driver that handles at most `outputs_per_turn`
+/// (master, slave) outputs of a brain before it feeds the brain the next
+/// peer item: a brain must give the same result however far its outputs
+/// were drained when a peer item arrives.
+pub fn sync_pair_interleaved<A: LocalStore, B: LocalStore>(
+    master_store: &mut A,
+    slave_store: &mut B,
+    settings: SyncSettings,
+    now: i64,
+    outputs_per_turn: (usize, usize),
+) -> PairOutcome {
+    let (budget_m, budget_s) = (outputs_per_turn.0.max(1), outputs_per_turn.1.max(1));
     let mut m = Brain::master(b"master", settings, now);
     let mut s = Brain::slave(b"slave", now);
     let (mut to_s, mut to_m): (Wire, Wire) = (VecDeque::new(), VecDeque::new());
@@ -200,6 +223,7 @@ pub fn sync_pair<A: LocalStore, B: LocalStore>(
                 &mut n_s,
                 &mut check_m,
                 &mut master_h,
+                budget_m,
             )?;
             progress |= drain(
                 &mut s,
@@ -208,6 +232,7 @@ pub fn sync_pair<A: LocalStore, B: LocalStore>(
                 &mut n_m,
                 &mut check_s,
                 &mut master_h,
+                budget_s,
             )?;
             if let Some((item, body)) = to_s.pop_front() {
                 if let Some(b) = body {
@@ -221,6 +246,7 @@ pub fn sync_pair<A: LocalStore, B: LocalStore>(
                     &mut n_m,
                     &mut check_s,
                     &mut master_h,
+                    budget_s,
                 )?;
                 progress = true;
             }
@@ -236,6 +262,7 @@ pub fn sync_pair<A: LocalStore, B: LocalStore>(
                     &mut n_s,
                     &mut check_m,
                     &mut master_h,
+                    budget_m,
                 )?;
                 progress = true;
             }

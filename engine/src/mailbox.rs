@@ -124,19 +124,108 @@ pub fn export_changes(
     last_common_uid: u32,
     fields: ExportFields,
 ) -> Vec<MailChange> {
-    let return_all = last_common_uid == 0;
-    let mut out: Vec<MailChange> = Vec::new();
-    let present: BTreeSet<u32> = snapshot.mails.iter().map(|m| m.uid).collect();
-    for mail in &snapshot.mails {
-        let c = changes.get(&mail.uid);
-        let change_type = if return_all || mail.uid > last_common_uid {
+    let mut cursor = ChangeExport::new(last_common_uid, fields);
+    std::iter::from_fn(|| cursor.next(snapshot, changes)).collect()
+}
+
+/// The `C` list (§4.2) one item at a time, in UID order, so a large mailbox's
+/// list never waits in memory as a whole: mails of the snapshot that are new
+/// since the last common UID (all of them without one) or changed in the
+/// log, merged with the log's expunges of mails no longer present.
+///
+/// Invariant: the snapshot's mails are sorted by UID and do not change
+/// while the cursor is used.
+#[derive(Clone, Debug)]
+pub struct ChangeExport {
+    last_common_uid: u32,
+    fields: ExportFields,
+    /// Next snapshot mail to look at.
+    mail: usize,
+    /// UIDs up to this one are done among the expunges.
+    expunges_done: Option<u32>,
+    /// The next expunge to send, once looked up (`Some(None)`: none left);
+    /// looked up again only after it was sent, so the log is walked once.
+    next_expunge: Option<Option<u32>>,
+}
+
+impl ChangeExport {
+    pub fn new(last_common_uid: u32, fields: ExportFields) -> ChangeExport {
+        ChangeExport {
+            last_common_uid,
+            fields,
+            mail: 0,
+            expunges_done: None,
+            next_expunge: None,
+        }
+    }
+
+    /// The next item, or `None` at the end of the list.
+    pub fn next(
+        &mut self,
+        snapshot: &MailboxSnapshot,
+        changes: &BTreeMap<u32, UidChange>,
+    ) -> Option<MailChange> {
+        let return_all = self.last_common_uid == 0;
+        let mails = &snapshot.mails;
+        while self.mail < mails.len()
+            && !(return_all
+                || mails[self.mail].uid > self.last_common_uid
+                || changes.contains_key(&mails[self.mail].uid))
+        {
+            self.mail += 1;
+        }
+        let next_expunge = *self.next_expunge.get_or_insert_with(|| {
+            let from = match self.expunges_done {
+                Some(u) => std::ops::Bound::Excluded(u),
+                None => std::ops::Bound::Unbounded,
+            };
+            changes
+                .range((from, std::ops::Bound::Unbounded))
+                .find(|(uid, c)| {
+                    c.expunged.is_some()
+                        && (return_all || **uid <= self.last_common_uid)
+                        && mails.binary_search_by_key(*uid, |m| m.uid).is_err()
+                })
+                .map(|(uid, _)| *uid)
+        });
+        let expunge = next_expunge.and_then(|uid| changes.get_key_value(&uid));
+        let mail = mails.get(self.mail);
+        match (mail, expunge) {
+            (Some(m), e) if e.is_none_or(|(uid, _)| m.uid < *uid) => {
+                self.mail += 1;
+                Some(self.mail_change(m, changes.get(&m.uid)))
+            }
+            (_, Some((uid, c))) => {
+                self.expunges_done = Some(*uid);
+                self.next_expunge = None;
+                Some(MailChange {
+                    change_type: ChangeType::Expunge,
+                    uid: *uid,
+                    guid: c.expunged.flatten().map(|g| g.to_hex().into_bytes()),
+                    hdr_hash: None,
+                    modseq: 0,
+                    pvt_modseq: 0,
+                    add_flags: MailFlags(0),
+                    remove_flags: MailFlags(0),
+                    final_flags: MailFlags(0),
+                    keywords_reset: false,
+                    keyword_changes: Vec::new(),
+                    received_timestamp: 0,
+                    virtual_size: 0,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn mail_change(&self, mail: &MailRecord, c: Option<&UidChange>) -> MailChange {
+        let change_type = if self.last_common_uid == 0 || mail.uid > self.last_common_uid {
             ChangeType::Save
-        } else if c.is_some() {
-            ChangeType::FlagChange
         } else {
-            continue;
+            ChangeType::FlagChange
         };
-        out.push(MailChange {
+        let fields = self.fields;
+        MailChange {
             change_type,
             uid: mail.uid,
             guid: Some(mail.guid.clone()),
@@ -158,32 +247,8 @@ pub fn export_changes(
             } else {
                 0
             },
-        });
-    }
-    for (uid, c) in changes {
-        if let Some(g) = c.expunged {
-            if present.contains(uid) || (!return_all && *uid > last_common_uid) {
-                continue;
-            }
-            out.push(MailChange {
-                change_type: ChangeType::Expunge,
-                uid: *uid,
-                guid: g.map(|g| g.to_hex().into_bytes()),
-                hdr_hash: None,
-                modseq: 0,
-                pvt_modseq: 0,
-                add_flags: MailFlags(0),
-                remove_flags: MailFlags(0),
-                final_flags: MailFlags(0),
-                keywords_reset: false,
-                keyword_changes: Vec::new(),
-                received_timestamp: 0,
-                virtual_size: 0,
-            });
         }
     }
-    out.sort_by_key(|c| c.uid);
-    out
 }
 
 /// Builds the `A` list (§4.6): everything without state, else changes since
@@ -485,20 +550,57 @@ pub struct ImportInput<'a> {
     pub filter: &'a MailFilter,
 }
 
-/// One remote mail waiting for its body.
+/// One remote mail waiting for its body: the local UIDs to save it under,
+/// each with the index (in the remote change list the import was given) of
+/// the change that describes that instance. The first instance's change
+/// names the mail (GUID, remote UID).
+///
+/// Invariant: no GUID or change is copied here. A full sync into an empty
+/// replica keeps one of these per mail until its body arrives, so its size
+/// is the per-mail memory of the receiving side (32 bytes with one
+/// instance, no heap).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingMail {
-    pub guid: Vec<u8>,
-    pub remote_uid: u32,
-    /// Local UIDs to save it under, with the change that describes it.
-    pub instances: Vec<(u32, MailChange)>,
+    pub uid: u32,
+    pub change: u32,
+    /// Further instances (the same GUID more than once).
+    pub more: Vec<(u32, u32)>,
+}
+
+impl PendingMail {
+    /// Every (local UID, change index) instance, the first one first.
+    pub fn instances(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        std::iter::once((self.uid, self.change as usize))
+            .chain(self.more.iter().map(|&(u, c)| (u, c as usize)))
+    }
+
+    /// The change that names the mail.
+    pub fn first_change<'c>(&self, changes: &'c [MailChange]) -> Option<&'c MailChange> {
+        changes.get(self.change as usize)
+    }
+
+    /// The request for this mail's body (by GUID, or by remote UID when the
+    /// remote has no GUIDs).
+    pub fn request(&self, changes: &[MailChange]) -> MailRequest {
+        let c = self.first_change(changes);
+        match c.and_then(|c| c.guid.as_ref()).filter(|g| !g.is_empty()) {
+            Some(g) => MailRequest {
+                guid: Some(g.clone()),
+                uid: 0,
+            },
+            None => MailRequest {
+                guid: None,
+                uid: c.map_or(0, |c| c.uid),
+            },
+        }
+    }
 }
 
 /// The result of an import decision.
 #[derive(Clone, Debug, Default)]
 pub struct ImportPlan {
     pub actions: Vec<Action>,
-    pub requests: Vec<MailRequest>,
+    /// Mails to request, in request order (see [`PendingMail::request`]).
     pub pending: Vec<PendingMail>,
     pub last_common_uid: u32,
     /// Backup destination whose UIDs cannot be made identical.
@@ -508,10 +610,11 @@ pub struct ImportPlan {
     /// Mails expunged and saved, for the final message count.
     pub expunged: u32,
     pub saved: u32,
-    /// `pending` index by GUID: a linear search per new mail made planning
-    /// a large full sync quadratic.
-    pending_by_guid: HashMap<Vec<u8>, usize>,
 }
+
+/// `ImportPlan::pending` indexed by GUID while planning: a linear search per
+/// new mail made planning a large full sync quadratic.
+type PendingIndex<'a> = HashMap<&'a [u8], usize>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Origin {
@@ -521,16 +624,24 @@ enum Origin {
 }
 
 #[derive(Clone, Debug)]
-struct NewMailRec {
+struct NewMailRec<'a> {
     origin: Origin,
     uid: u32,
-    guid: Vec<u8>,
+    guid: &'a [u8],
     /// Remote change (Remote / Both).
     change: Option<usize>,
     final_uid: u32,
     usable: bool,
     link: Option<usize>,
     settled: bool,
+}
+
+/// What makes two new mails the same mail: the GUID, or (a remote without
+/// GUIDs) the remote UID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum GroupKey<'a> {
+    Guid(&'a [u8]),
+    RemoteUid(u32),
 }
 
 fn guid128_of_change(c: &MailChange) -> Option<Guid128> {
@@ -541,6 +652,7 @@ fn guid128_of_change(c: &MailChange) -> Option<Guid128> {
 pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
     let mbox = inp.local.status.guid;
     let mut plan = ImportPlan::default();
+    let mut pending_by_guid = PendingIndex::new();
     let local = &inp.local.mails;
     let by_uid: HashMap<u32, usize> = local.iter().enumerate().map(|(i, m)| (m.uid, i)).collect();
     let local_expunge_guid = |uid: u32| -> Option<Option<Guid128>> {
@@ -757,7 +869,7 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
     let local_new: Vec<&MailRecord> = local.iter().filter(|m| m.uid > common).collect();
     let mut recs: Vec<NewMailRec> = Vec::new();
     let (mut i, mut j) = (0usize, 0usize);
-    let mut groups: HashMap<(u8, Vec<u8>), Vec<usize>> = HashMap::new();
+    let mut groups: HashMap<GroupKey<'_>, Vec<usize>> = HashMap::new();
     while i < local_new.len() || j < remote_new.len() {
         let l = local_new.get(i).map(|m| (m.guid.as_slice(), m.uid));
         let r = remote_new.get(j).map(|&ci| {
@@ -776,7 +888,7 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                 NewMailRec {
                     origin: Origin::Local,
                     uid: m.uid,
-                    guid: m.guid.clone(),
+                    guid: &m.guid,
                     change: None,
                     final_uid: m.uid,
                     usable: m.uid >= remote_uidnext,
@@ -791,7 +903,7 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                 NewMailRec {
                     origin: Origin::Remote,
                     uid: c.uid,
-                    guid: c.guid.clone().unwrap_or_default(),
+                    guid: c.guid.as_deref().unwrap_or_default(),
                     change: Some(ci),
                     final_uid: c.uid,
                     usable: c.uid >= local_uidnext,
@@ -807,7 +919,7 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                 NewMailRec {
                     origin: Origin::Both,
                     uid: m.uid,
-                    guid: m.guid.clone(),
+                    guid: &m.guid,
                     change: Some(ci),
                     final_uid: m.uid,
                     usable: true,
@@ -818,9 +930,9 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
         };
         let idx = recs.len();
         let key = if !rec.guid.is_empty() {
-            Some((0u8, rec.guid.clone()))
+            Some(GroupKey::Guid(rec.guid))
         } else if rec.origin == Origin::Remote {
-            Some((1u8, rec.uid.to_be_bytes().to_vec()))
+            Some(GroupKey::RemoteUid(rec.uid))
         } else {
             None
         };
@@ -890,13 +1002,19 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                 }
                 Origin::Remote if r.uid >= local_uidnext => {
                     let Some(ci) = r.change else { continue };
-                    add_pending(&mut plan, r, r.uid, &inp.remote_changes[ci]);
+                    add_pending(
+                        &mut plan,
+                        &mut pending_by_guid,
+                        inp.remote_changes,
+                        r.uid,
+                        ci,
+                    );
                 }
                 Origin::Remote => {
                     plan.delete_mailbox = Some(format!(
                         "UID={} GUID={} is missing locally",
                         r.uid,
-                        show(&Some(r.guid.clone()))
+                        String::from_utf8_lossy(r.guid)
                     ));
                     return plan;
                 }
@@ -905,11 +1023,11 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
         plan.last_common_uid = remote_uidnext
             .saturating_sub(1)
             .max(local_uidnext.saturating_sub(1));
-        finish_requests(&mut plan);
         return plan;
     }
 
     // Realisation: one mail per representative record (and its link).
+    let mut local_by_guid: Option<HashMap<&[u8], u32>> = None;
     for k in 0..recs.len() {
         if recs[k].settled {
             continue;
@@ -946,13 +1064,20 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                 let c = &inp.remote_changes[ci];
                 // A local instance elsewhere in the mailbox is copied instead
                 // of downloading the body.
-                let src = if c.guid.as_deref().is_some_and(|g| !g.is_empty()) {
-                    local
-                        .iter()
-                        .find(|m| Some(m.guid.as_slice()) == c.guid.as_deref())
-                        .map(|m| m.uid)
-                } else {
-                    None
+                let src = match c.guid.as_deref().filter(|g| !g.is_empty()) {
+                    Some(g) if !local.is_empty() => local_by_guid
+                        .get_or_insert_with(|| {
+                            // The lowest UID of a GUID answers, as a scan
+                            // in UID order would.
+                            let mut ix = HashMap::with_capacity(local.len());
+                            for m in local.iter().rev() {
+                                ix.insert(m.guid.as_slice(), m.uid);
+                            }
+                            ix
+                        })
+                        .get(g)
+                        .copied(),
+                    _ => None,
                 };
                 match src {
                     Some(from_uid) => {
@@ -963,12 +1088,13 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                         });
                         plan.saved += 1;
                     }
-                    None => add_pending(&mut plan, &recs[k], uid, c),
+                    None => {
+                        add_pending(&mut plan, &mut pending_by_guid, inp.remote_changes, uid, ci)
+                    }
                 }
             }
         }
     }
-    finish_requests(&mut plan);
     add_expunges(&mut plan, mbox, expunges);
     plan
 }
@@ -986,41 +1112,26 @@ fn show(g: &Option<Vec<u8>>) -> String {
         .unwrap_or_default()
 }
 
-fn add_pending(plan: &mut ImportPlan, r: &NewMailRec, uid: u32, c: &MailChange) {
-    let guid = c.guid.clone().unwrap_or_default();
+fn add_pending<'a>(
+    plan: &mut ImportPlan,
+    by_guid: &mut PendingIndex<'a>,
+    changes: &'a [MailChange],
+    uid: u32,
+    ci: usize,
+) {
+    let guid = changes[ci].guid.as_deref().unwrap_or_default();
     if !guid.is_empty() {
-        if let Some(&i) = plan.pending_by_guid.get(&guid) {
-            plan.pending[i].instances.push((uid, c.clone()));
+        if let Some(&i) = by_guid.get(guid) {
+            plan.pending[i].more.push((uid, ci as u32));
             return;
         }
-        plan.pending_by_guid
-            .insert(guid.clone(), plan.pending.len());
+        by_guid.insert(guid, plan.pending.len());
     }
     plan.pending.push(PendingMail {
-        guid,
-        remote_uid: r.uid,
-        instances: vec![(uid, c.clone())],
+        uid,
+        change: ci as u32,
+        more: Vec::new(),
     });
-}
-
-fn finish_requests(plan: &mut ImportPlan) {
-    plan.requests = plan
-        .pending
-        .iter()
-        .map(|p| {
-            if p.guid.is_empty() {
-                MailRequest {
-                    guid: None,
-                    uid: p.remote_uid,
-                }
-            } else {
-                MailRequest {
-                    guid: Some(p.guid.clone()),
-                    uid: 0,
-                }
-            }
-        })
-        .collect();
 }
 
 /// What to save for a remote mail: flags and keywords of its change, dates
@@ -1058,25 +1169,57 @@ pub fn answer_requests(
     if reqs.len() < 8 {
         return reqs.iter().map(|r| answer_request(snapshot, r)).collect();
     }
-    let mut by_guid: HashMap<&[u8], &MailRecord> = HashMap::with_capacity(snapshot.mails.len());
-    // The first mail with a GUID answers, as the linear search does.
-    for m in snapshot.mails.iter().rev() {
-        by_guid.insert(m.guid.as_slice(), m);
+    let index = GuidIndex::new(snapshot);
+    reqs.iter().map(|req| index.answer(snapshot, req)).collect()
+}
+
+/// A snapshot's mails ordered by GUID, as positions in `mails` (4 bytes a
+/// mail, no GUID copied): the exporter answers requests one at a time
+/// through it.
+#[derive(Clone, Debug, Default)]
+pub struct GuidIndex(Vec<u32>);
+
+impl GuidIndex {
+    pub fn new(snapshot: &MailboxSnapshot) -> GuidIndex {
+        let mails = &snapshot.mails;
+        let mut order: Vec<u32> = (0..mails.len() as u32).collect();
+        // Ties in position order: the first mail with a GUID answers, as a
+        // scan in UID order does.
+        order.sort_unstable_by(|&a, &b| {
+            mails[a as usize]
+                .guid
+                .cmp(&mails[b as usize].guid)
+                .then(a.cmp(&b))
+        });
+        GuidIndex(order)
     }
-    reqs.iter()
-        .map(|req| {
-            let found = match &req.guid {
-                Some(g) if !g.is_empty() => by_guid.get(g.as_slice()).copied(),
-                _ => snapshot
-                    .mails
-                    .binary_search_by_key(&req.uid, |m| m.uid)
-                    .ok()
-                    .map(|i| &snapshot.mails[i])
-                    .or_else(|| snapshot.mails.iter().find(|m| m.uid == req.uid)),
-            };
-            answer_found(snapshot, req, found)
-        })
-        .collect()
+
+    /// The first mail with this GUID. The index must have been built from
+    /// this snapshot's current mails.
+    pub fn find<'s>(&self, snapshot: &'s MailboxSnapshot, guid: &[u8]) -> Option<&'s MailRecord> {
+        let mails = &snapshot.mails;
+        let at = self.0.partition_point(|&i| {
+            mails
+                .get(i as usize)
+                .is_some_and(|m| m.guid.as_slice() < guid)
+        });
+        let m = mails.get(*self.0.get(at)? as usize)?;
+        (m.guid == guid).then_some(m)
+    }
+
+    /// The exporter's answer to one request (see [`answer_request`]).
+    pub fn answer(&self, snapshot: &MailboxSnapshot, req: &MailRequest) -> (Mail, Option<BodyRef>) {
+        let found = match &req.guid {
+            Some(g) if !g.is_empty() => self.find(snapshot, g),
+            _ => snapshot
+                .mails
+                .binary_search_by_key(&req.uid, |m| m.uid)
+                .ok()
+                .map(|i| &snapshot.mails[i])
+                .or_else(|| snapshot.mails.iter().find(|m| m.uid == req.uid)),
+        };
+        answer_found(snapshot, req, found)
+    }
 }
 
 fn answer_found(

@@ -1,7 +1,7 @@
 //! Two brains against each other over in-memory queues, two MemoryReplicas.
 
 use dsync_protocol::{Guid128, MailFlags, SyncType};
-use sync_engine::local::sync_pair;
+use sync_engine::local::{sync_pair, sync_pair_interleaved};
 use sync_engine::memory::MemoryReplica;
 use sync_engine::SyncSettings;
 
@@ -508,4 +508,53 @@ fn stateful_run_reads_only_the_status_of_unchanged_mailboxes() {
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!((a.statuses, a.snapshots), (4, 1));
     assert_eq!(a.inner.view(), b.view());
+}
+
+/// The long lists (`C`, `R`, `M`) are made as they are polled. A side that
+/// still has most of its `C` list to send when the peer's whole list has
+/// arrived renumbers its conflicting mails meanwhile (the import runs):
+/// what it sends must still describe the mailbox as it was exported.
+#[test]
+fn a_lagging_side_sends_the_lists_it_started_with() {
+    for (lag_m, lag_s) in [(usize::MAX, 1), (1, usize::MAX), (2, 1)] {
+        let (mut a, mut b) = base();
+        // New mails on both sides under the same UIDs (a UID conflict for
+        // each), many more on one side: its `C` list is still being sent
+        // when the other's has arrived and its conflicting mails move.
+        let (few, many) = if lag_s < lag_m {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        for i in 0..40u32 {
+            many.deliver(
+                "INBOX",
+                &format!("gm-{i:03}"),
+                format!("m{i}").as_bytes(),
+                0,
+            )
+            .unwrap();
+        }
+        for i in 0..3u32 {
+            few.deliver(
+                "INBOX",
+                &format!("gf-{i:03}"),
+                format!("f{i}").as_bytes(),
+                0,
+            )
+            .unwrap();
+        }
+        a.add_flags("INBOX", 1, MailFlags::SEEN, &[]);
+        let (mut a2, mut b2) = (a.clone(), b.clone());
+        let drained = checked(&mut a, &mut b, full(), 1_700_000_200);
+        let lagging =
+            sync_pair_interleaved(&mut a2, &mut b2, full(), 1_700_000_200, (lag_m, lag_s));
+        assert!(lagging.wire_errors.is_empty(), "{:?}", lagging.wire_errors);
+        assert_eq!(drained.exit_code(), 0, "{drained:?}");
+        assert_eq!(lagging.exit_code(), 0, "{lag_m} {lag_s}: {lagging:?}");
+        assert_eq!(a.view(), a2.view(), "{lag_m} {lag_s}");
+        assert_eq!(b.view(), b2.view(), "{lag_m} {lag_s}");
+        assert_eq!(a2.view(), b2.view());
+        assert_eq!(uids(&a2, "INBOX").len(), 45);
+    }
 }

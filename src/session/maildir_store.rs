@@ -26,7 +26,7 @@ use sync_engine::{
 
 use super::store::{IncomingBody, SessionStore};
 use crate::storage::lock::{FcntlLock, Owner};
-use crate::storage::maildir::{Layout, MaildirMailbox, MaildirOptions, MaildirStore};
+use crate::storage::maildir::{BodyFiles, Layout, MaildirOptions, MaildirStore};
 use crate::storage::{self as st, Changes, FlagChange, MailStore, Mailbox as _, NewMessage};
 
 /// A Maildir as the local replica of a session.
@@ -41,7 +41,7 @@ pub struct MaildirReplica {
     /// The mailbox last read bodies from: opening one reads its uidlist and
     /// lists its directory, which per body made a full sync quadratic.
     /// Dropped on every change; a UID it does not know opens it again.
-    body_source: Option<(Guid128, String, MaildirMailbox)>,
+    body_source: Option<(Guid128, String, BodyFiles)>,
     /// A status raise of the pending mailbox (uid_next, highest_modseq),
     /// applied after its saves: committed first, a raised next uid would
     /// refuse the pending saves below it.
@@ -340,13 +340,19 @@ impl MaildirReplica {
         }))
     }
 
-    fn mailbox(&self, guid: Guid128) -> Result<Option<MailboxSnapshot>, st::StorageError> {
+    /// The engine's snapshot of a mailbox, with where its mails' files are
+    /// (the listing is at hand here; kept, it saves listing the mailbox
+    /// again to send bodies).
+    fn mailbox(
+        &self,
+        guid: Guid128,
+    ) -> Result<Option<(MailboxSnapshot, String, BodyFiles)>, st::StorageError> {
         let Some(name) = self.store.find_mailbox(&guid.0)? else {
             return Ok(None);
         };
         let mb = self.store.open_maildir(&name)?;
         let s = mb.status();
-        let mut mails = Vec::new();
+        let mut mails = Vec::with_capacity(s.messages as usize);
         // The dates travel in `M` items and feed the -t/-e filters.
         for m in mb.messages_with_dates() {
             let m = m?;
@@ -364,7 +370,8 @@ impl MaildirReplica {
                 pop3_order: m.pop3_order.unwrap_or(0),
             });
         }
-        let uids: BTreeSet<u32> = mails.iter().map(|m| m.uid).collect();
+        // `mails` is in UID order: the UIDs of a range are found by halving.
+        let uids = UidsOf(&mails);
         // Expunged UIDs are gone from `uids`; ranges are bounded by UIDNEXT.
         let all_below_next = |a: u32, b: u32| a..=b.min(s.uid_next.saturating_sub(1));
         // The last logged change of each attribute (private?, key) ->
@@ -450,7 +457,9 @@ impl MaildirReplica {
                 (log, 0)
             }
         };
-        Ok(Some(MailboxSnapshot {
+        let attributes = Self::attribute_records(mb.attributes()?, attr_changes);
+        let files = mb.into_body_files();
+        let snapshot = MailboxSnapshot {
             status: MailboxStatus {
                 guid,
                 uid_validity: s.uid_validity,
@@ -463,8 +472,9 @@ impl MaildirReplica {
             mails,
             log,
             log_first_modseq,
-            attributes: Self::attribute_records(mb.attributes()?, attr_changes),
-        }))
+            attributes,
+        };
+        Ok(Some((snapshot, name, files)))
     }
 
     /// The engine's view of a mailbox's attributes: dict values with the
@@ -1130,6 +1140,21 @@ fn map_err(e: st::StorageError) -> StorageError {
     }
 }
 
+/// The UIDs of mails sorted by UID, by range.
+struct UidsOf<'a>(&'a [MailRecord]);
+
+impl UidsOf<'_> {
+    fn range(&self, r: std::ops::RangeInclusive<u32>) -> impl Iterator<Item = &u32> + '_ {
+        let lo = self.0.partition_point(|m| m.uid < *r.start());
+        let hi = self.0.partition_point(|m| m.uid <= *r.end());
+        self.0[lo..hi.max(lo)].iter().map(|m| &m.uid)
+    }
+
+    fn contains(&self, uid: &u32) -> bool {
+        self.0.binary_search_by_key(uid, |m| m.uid).is_ok()
+    }
+}
+
 impl SessionStore for MaildirReplica {
     fn answer(&mut self, q: &Query) -> Answer {
         self.names.borrow_mut().clear();
@@ -1163,7 +1188,11 @@ impl SessionStore for MaildirReplica {
                 }
             },
             Query::Mailbox(guid) => match self.mailbox(*guid) {
-                Ok(m) => Answer::Mailbox(m.map(Box::new)),
+                Ok(Some((m, name, files))) => {
+                    self.body_source = Some((*guid, name, files));
+                    Answer::Mailbox(Some(Box::new(m)))
+                }
+                Ok(None) => Answer::Mailbox(None),
                 Err(e) => {
                     tracing::error!(%e, %guid, "reading a mailbox failed");
                     Answer::Mailbox(None)
@@ -1229,7 +1258,9 @@ impl SessionStore for MaildirReplica {
                 matches!(&self.body_source, Some((g, n, _)) if *g == r.mailbox && *n == name);
             if fresh || !cached {
                 match self.store.open_maildir(&name) {
-                    Ok(mb) => self.body_source = Some((r.mailbox, name.clone(), mb)),
+                    Ok(mb) => {
+                        self.body_source = Some((r.mailbox, name.clone(), mb.into_body_files()))
+                    }
                     Err(_) => {
                         self.body_source = None;
                         return Ok(None);

@@ -333,7 +333,10 @@ impl Spooler {
             None => Err(std::io::Error::other("no spill file")),
         };
         match spool {
-            Spool::Memory(v) => {
+            Spool::Memory(mut v) => {
+                // Growth by doubling leaves up to half of a body's buffer
+                // unused; the backlog counts bytes, so keep only those.
+                v.shrink_to_fit();
                 let n = v.len() as u64;
                 if self.backlog.load(Ordering::Relaxed) + n <= self.backlog_limit {
                     self.backlog.fetch_add(n, Ordering::Relaxed);

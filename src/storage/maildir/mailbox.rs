@@ -28,6 +28,38 @@ pub(crate) struct FileLoc {
     pub name: String,
 }
 
+/// The files of a listed mailbox by UID (see
+/// [`MaildirMailbox::into_body_files`]).
+#[derive(Debug)]
+pub struct BodyFiles {
+    dir: PathBuf,
+    /// (UID, in `new/`, file name), sorted by UID.
+    files: Vec<(u32, bool, Box<str>)>,
+}
+
+impl BodyFiles {
+    /// Opens a mail's file. [`StorageError::NoSuchUid`] also when the file
+    /// is gone since the listing (a flag change renames it): list again.
+    pub fn open_body(&self, uid: u32) -> Result<Box<dyn std::io::Read + Send>> {
+        let i = self
+            .files
+            .binary_search_by_key(&uid, |f| f.0)
+            .map_err(|_| StorageError::NoSuchUid(uid))?;
+        let (_, new_dir, name) = &self.files[i];
+        let path = self
+            .dir
+            .join(if *new_dir { "new" } else { "cur" })
+            .join(&**name);
+        match fs::File::open(&path) {
+            Ok(f) => Ok(Box::new(f)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::NoSuchUid(uid))
+            }
+            Err(err) => Err(io_err(&path)(err)),
+        }
+    }
+}
+
 /// One uidlist record, owned.
 #[derive(Debug, Clone)]
 pub(crate) struct UidEntry {
@@ -348,6 +380,27 @@ impl MaildirMailbox {
             pop3_uidl: e.pop3_uidl.clone(),
             pop3_order: e.pop3_order,
         }))
+    }
+
+    /// Where each mail's file is, keeping nothing else of the listing: what
+    /// a reader of many bodies needs (the uidlist, the directory listing
+    /// and the index view are several times larger).
+    pub fn into_body_files(self) -> BodyFiles {
+        let mut files: Vec<(u32, bool, Box<str>)> = self
+            .uidlist
+            .entries
+            .iter()
+            .filter_map(|e| {
+                let loc = self.files.get(&e.base)?;
+                Some((e.uid, loc.new_dir, loc.name.as_str().into()))
+            })
+            .collect();
+        files.sort_unstable_by_key(|f| f.0);
+        files.shrink_to_fit();
+        BodyFiles {
+            dir: self.dir,
+            files,
+        }
     }
 
     fn file_path(&self, loc: &FileLoc) -> PathBuf {

@@ -23,7 +23,7 @@ use index_format::maildir::{parse_uidvalidity, parse_uidvalidity_marker, Uidlist
 use index_format::subscriptions::Subscriptions;
 
 pub use attributes::parse_dict_uri;
-pub use mailbox::MaildirMailbox;
+pub use mailbox::{BodyFiles, MaildirMailbox};
 pub use txn::MaildirTransaction;
 
 use super::lock::{Dotlock, DotlockSettings, FcntlLock, Owner};
