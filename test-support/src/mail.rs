@@ -24,6 +24,13 @@ pub struct NewMail {
     pub body: Vec<u8>,
 }
 
+/// A small message whose Subject is `id`, Message-ID `<id@test>` and body
+/// `body of id`: distinct for each `id`, easy to recognise in a fetch.
+pub fn small_message(id: &str) -> Vec<u8> {
+    format!("From: a@example.org\nSubject: {id}\nMessage-ID: <{id}@test>\n\nbody of {id}\n")
+        .into_bytes()
+}
+
 /// splitmix64: small, fast and good enough to vary test mail deterministically.
 struct Rng(u64);
 
