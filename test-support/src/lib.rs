@@ -24,6 +24,7 @@ mod instance;
 mod mail;
 mod ports;
 mod process;
+pub mod scenarios;
 mod snapshot;
 mod tls;
 
