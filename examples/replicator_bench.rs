@@ -22,7 +22,10 @@ use homing::replicator::{Daemon, SyncOutcome, SyncRequest, SyncRunner, SystemClo
 
 #[path = "common/bench.rs"]
 mod bench;
-use bench::{arg, daemon_config, first_syncs, max_high_wait, peak_rss_kib, send_high, FirstSyncs};
+use bench::{
+    arg, daemon_config, first_syncs, max_high_wait, peak_rss_kib, send_high, synced_users,
+    FirstSyncs,
+};
 
 #[derive(Default)]
 struct Log {
@@ -133,18 +136,12 @@ async fn main() {
         if high > 0 && high_users.is_empty() && done >= users / 5 {
             // Users already synced ask again at high priority.
             let l = log.lock().unwrap();
-            let mut synced: Vec<&String> = l
-                .starts
-                .iter()
-                .filter(|(_, v)| v.iter().any(|(_, ok)| *ok))
-                .map(|(u, _)| u)
-                .collect();
-            synced.sort();
-            high_users = synced
-                .into_iter()
-                .take(high.min(users / 5))
-                .cloned()
-                .collect();
+            high_users = synced_users(
+                l.starts
+                    .iter()
+                    .map(|(u, v)| (u, v.iter().any(|(_, ok)| *ok))),
+                high.min(users / 5),
+            );
             drop(l);
             let sent = send_high(&fifo, &high_users, t0);
             log.lock().unwrap().high_sent = Some(sent);

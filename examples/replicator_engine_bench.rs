@@ -25,10 +25,14 @@ use homing::replicator::engine_runner::{EngineRunner, EngineSettings};
 use homing::replicator::{Daemon, SyncFuture, SyncOutcome, SyncRequest, SyncRunner, SystemClock};
 use homing::storage::maildir::{MaildirOptions, MaildirStore};
 use homing::storage::{flags, MailStore, NewMessage};
+use test_support::maildir_file_counts;
 
 #[path = "common/bench.rs"]
 mod bench;
-use bench::{arg, daemon_config, first_syncs, max_high_wait, peak_rss_kib, send_high, FirstSyncs};
+use bench::{
+    arg, daemon_config, first_syncs, max_high_wait, peak_rss_kib, send_high, synced_users,
+    FirstSyncs,
+};
 
 #[derive(Default)]
 struct Log {
@@ -140,33 +144,6 @@ fn deliver(root: &Path, user: &str, i: usize) {
     tx.commit().expect("commit");
 }
 
-/// Mail files per mailbox directory of a Maildir++ root.
-fn counts(root: &Path) -> Vec<(String, usize)> {
-    let mut out = Vec::new();
-    let mut dirs = vec![(String::from("INBOX"), root.to_path_buf())];
-    if let Ok(rd) = std::fs::read_dir(root) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && e.path().is_dir() {
-                dirs.push((name, e.path()));
-            }
-        }
-    }
-    for (name, dir) in dirs {
-        let n: usize = ["cur", "new"]
-            .iter()
-            .map(|s| {
-                std::fs::read_dir(dir.join(s))
-                    .map(|r| r.count())
-                    .unwrap_or(0)
-            })
-            .sum();
-        out.push((name, n));
-    }
-    out.sort();
-    out
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -249,19 +226,14 @@ async fn main() {
     loop {
         let ok = log.lock().unwrap().ok;
         if high > 0 && high_users.is_empty() && ok >= users / 5 {
-            let synced: Vec<String> = {
-                let l = log.lock().unwrap();
-                let mut v: Vec<String> = l
+            high_users = synced_users(
+                log.lock()
+                    .unwrap()
                     .syncs
                     .iter()
-                    .filter(|(_, s)| s.iter().any(|x| x.2))
-                    .map(|(u, _)| u.clone())
-                    .collect();
-                v.sort();
-                v.truncate(high);
-                v
-            };
-            high_users = synced;
+                    .map(|(u, s)| (u, s.iter().any(|x| x.2))),
+                high,
+            );
             for u in &high_users {
                 deliver(&mail_root.join(u).join("Maildir"), u, mails);
             }
@@ -300,8 +272,8 @@ async fn main() {
     let mut differ = 0usize;
     for i in 0..users {
         let u = name(i);
-        let a = counts(&mail_root.join(&u).join("Maildir"));
-        let b = counts(&replica_root.join(&u).join("Maildir"));
+        let a = maildir_file_counts(&mail_root.join(&u).join("Maildir"));
+        let b = maildir_file_counts(&replica_root.join(&u).join("Maildir"));
         if a != b {
             if differ < 5 {
                 eprintln!("{u}: source {a:?} replica {b:?}");

@@ -127,3 +127,15 @@ pub fn max_high_wait(
     }
     max
 }
+
+/// Up to `n` users, in name order, of those with a successful sync
+/// (`synced` gives each user and whether one of its syncs succeeded).
+pub fn synced_users<'a>(synced: impl Iterator<Item = (&'a String, bool)>, n: usize) -> Vec<String> {
+    let mut v: Vec<String> = synced
+        .filter(|(_, ok)| *ok)
+        .map(|(u, _)| u.clone())
+        .collect();
+    v.sort();
+    v.truncate(n);
+    v
+}

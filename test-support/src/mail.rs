@@ -31,6 +31,29 @@ pub fn small_message(id: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Mail files (in `cur/` and `new/`) of each mailbox directory of the
+/// Maildir++ root `root` (`INBOX` for the root itself, `.Name` for the
+/// others), sorted by name: a quick comparison of a replica with its source.
+pub fn maildir_file_counts(root: &Path) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![(String::from("INBOX"), root.to_path_buf())];
+    for e in fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && e.path().is_dir() {
+            dirs.push((name, e.path()));
+        }
+    }
+    for (name, dir) in dirs {
+        let n: usize = ["cur", "new"]
+            .iter()
+            .map(|s| fs::read_dir(dir.join(s)).map(|r| r.count()).unwrap_or(0))
+            .sum();
+        out.push((name, n));
+    }
+    out.sort();
+    out
+}
+
 /// splitmix64: small, fast and good enough to vary test mail deterministically.
 struct Rng(u64);
 
