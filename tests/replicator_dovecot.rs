@@ -352,15 +352,7 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
         };
         if let Some(cmd) = cmd {
             let ours = client::run(&homing_sock, &cmd, fmt, 80).await;
-            assert_eq!(
-                (
-                    canonical(&ours.stdout),
-                    ours.stderr.clone(),
-                    i32::from(ours.exit_code)
-                ),
-                (canonical(&r.0), r.1.clone(), r.2),
-                "homing client for {c:?}"
-            );
+            assert_client_prints(&ours, &r, &format!("{c:?}"));
         }
     }
 
@@ -407,15 +399,7 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
         let ra = with_sock(args, &s);
         let r = tokio::task::block_in_place(|| doveadm(&real, &ra, Some(&real_sock)));
         let ours = client::run(&homing_sock, cmd, None, 80).await;
-        assert_eq!(
-            (
-                canonical(&ours.stdout),
-                ours.stderr.clone(),
-                i32::from(ours.exit_code)
-            ),
-            (canonical(&r.0), r.1.clone(), r.2),
-            "homing client for {args:?}"
-        );
+        assert_client_prints(&ours, &r, &format!("{args:?}"));
     }
 
     // Missing socket (spec 7.1.7).
@@ -458,6 +442,40 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
     assert_eq!(
         read_db(hdir.join("state/replicator.db")),
         read_db(real_dir.join("state/replicator.db"))
+    );
+}
+
+/// A temporary directory (mode 0755) that the mail user can enter.
+fn tempdir_for_mail_user() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    tmp
+}
+
+/// homing's client asks the replicator below `run` (its `run/` directory)
+/// for the status of `mask` (or the overview), tab-separated.
+async fn tab_status(run: &Path, mask: Option<&str>) -> client::ClientOutput {
+    client::run(
+        &run.join("replicator-doveadm"),
+        &status_cmd(mask),
+        Some(Formatter::Tab),
+        80,
+    )
+    .await
+}
+
+/// homing's client printed what doveadm printed (`real`: stdout, stderr,
+/// exit code), rows compared in canonical order.
+fn assert_client_prints(ours: &client::ClientOutput, real: &(String, String, i32), what: &str) {
+    assert_eq!(
+        (
+            canonical(&ours.stdout),
+            ours.stderr.clone(),
+            i32::from(ours.exit_code)
+        ),
+        (canonical(&real.0), real.1.clone(), real.2),
+        "homing client for {what}"
     );
 }
 
@@ -608,22 +626,10 @@ async fn syncs_run_and_sync_requests_are_answered() {
     )
     .await;
     assert_eq!(out, "-\t7\n");
-    let st = client::run(
-        &run.join("replicator-doveadm"),
-        &status_cmd(Some("erin")),
-        Some(Formatter::Tab),
-        80,
-    )
-    .await;
+    let st = tab_status(&run, Some("erin")).await;
     let row: Vec<&str> = st.stdout.lines().nth(1).unwrap().split('\t').collect();
     assert_eq!((row[0], row[1], row[5]), ("erin", "none", "y"));
-    let ov = client::run(
-        &run.join("replicator-doveadm"),
-        &status_cmd(None),
-        Some(Formatter::Tab),
-        80,
-    )
-    .await;
+    let ov = tab_status(&run, None).await;
     assert!(
         ov.stdout.contains("Waiting 'failed' requests\t1\n"),
         "{}",
@@ -729,13 +735,7 @@ async fn sync_request_times_out_when_nothing_can_run() {
         "{waited:?}"
     );
     // Still queued as sync (the daemon did not crash, unlike Dovecot 2.3.19.1).
-    let st = client::run(
-        &run.join("replicator-doveadm"),
-        &status_cmd(None),
-        Some(Formatter::Tab),
-        80,
-    )
-    .await;
+    let st = tab_status(&run, None).await;
     assert!(
         st.stdout.contains("Queued 'sync' requests\t1\n"),
         "{}",
@@ -755,9 +755,7 @@ async fn real_mail_processes_and_aggregator_feed_homing() {
     if !test_support::require_dovecot("real_mail_processes_and_aggregator_feed_homing") {
         return;
     }
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = tempdir_for_mail_user();
 
     // homing first: the aggregator connects to its socket lazily.
     let hdir = tmp.path().join("homing");
@@ -836,13 +834,7 @@ async fn real_mail_processes_and_aggregator_feed_homing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(seen, "alice's high notification reached homing");
-    let st = client::run(
-        &hdir.join("run/replicator-doveadm"),
-        &status_cmd(Some("*")),
-        Some(Formatter::Tab),
-        80,
-    )
-    .await;
+    let st = tab_status(&hdir.join("run"), Some("*")).await;
     let users: Vec<&str> = st
         .stdout
         .lines()
@@ -864,9 +856,7 @@ async fn syncs_through_real_doveadm_server() {
     if !test_support::require_dovecot("syncs_through_real_doveadm_server") {
         return;
     }
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = tempdir_for_mail_user();
     let replica_dir = tmp.path().join("replica");
     std::fs::create_dir_all(&replica_dir).unwrap();
     let mut real = tokio::task::block_in_place(|| {
