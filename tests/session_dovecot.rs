@@ -161,23 +161,6 @@ fn doveadm_sync_against_homing_dsync_server() {
     assert_no_log_errors(&inst);
 }
 
-/// Creates `user`'s mail root owned by the mail user, so that files homing
-/// writes there belong to it too.
-fn make_mail_root(inst: &DovecotInstance, user: &str) -> std::path::PathBuf {
-    let dir = inst.mail_dir(user);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (uid, gid) = inst.vmail_ids();
-    let mut p = dir.as_path();
-    while p.starts_with(inst.home(user)) {
-        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
-        match p.parent() {
-            Some(q) => p = q,
-            None => break,
-        }
-    }
-    dir
-}
-
 /// Mailboxes (name, GUID, UIDVALIDITY) and mails of a user.
 fn full_view(inst: &DovecotInstance, user: &str) -> (Vec<(String, String, u32)>, Vec<MailRow>) {
     let snap = inst.snapshot(user).expect("snapshot");
@@ -189,7 +172,7 @@ fn cli_sync_maildir_local_side_with_dsync_server() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
     seed(&inst);
     // homing works on alice's Maildir and syncs it with bob's account.
-    let root = make_mail_root(&inst, "alice");
+    let root = inst.create_mail_dir("alice").unwrap();
     let location = format!("mail_location=maildir:{}", root.display());
     let sync = |extra: &[&str]| {
         let mut argv: Vec<String> = vec![
@@ -245,7 +228,7 @@ fn cli_sync_maildir_local_side_with_dsync_server() {
 fn doveadm_sync_against_homing_dsync_server_on_maildir() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
     seed(&inst);
-    let root = make_mail_root(&inst, "alice");
+    let root = inst.create_mail_dir("alice").unwrap();
     // Real doveadm (bob's account) is the master; homing serves alice's
     // Maildir as the slave over stdio.
     let cmd = format!(
@@ -285,7 +268,7 @@ fn cli_sync_between_two_local_maildirs() {
     save_all(&inst, "alice", &[("INBOX", "m1"), ("Work", "m2")]);
     add_flags(&inst, "alice", "\\Flagged", "Work", "1");
     let a = inst.mail_dir("alice");
-    let c = make_mail_root(&inst, "carol");
+    let c = inst.create_mail_dir("carol").unwrap();
     let run = || {
         homing()
             .args([
