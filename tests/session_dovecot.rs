@@ -84,6 +84,23 @@ fn homing() -> Command {
     c
 }
 
+/// Runs homing with `args` and asserts that it exits 0 (else shows its
+/// output and `context`); returns its stdout.
+fn homing_ok<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+    context: &str,
+) -> String {
+    let out = homing().args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}\n{context}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn cli_sync_with_dsync_server_command_and_tcp() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER]).doveadm_tcp(true));
@@ -99,14 +116,7 @@ fn cli_sync_with_dsync_server_command_and_tcp() {
         "--json".into(),
     ];
     argv.extend(inst.dsync_server_argv(USER));
-    let out = homing().args(&argv).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = homing_ok(&argv, "");
     let mut lines = stdout.lines();
     let state = lines.next().unwrap();
     let parsed = dsync_protocol::state::SyncState::parse(state).expect("a valid state string");
@@ -117,8 +127,8 @@ fn cli_sync_with_dsync_server_command_and_tcp() {
     assert_eq!(json["local"]["local"]["mails_saved"], 3);
     assert_eq!(json["local"]["bodies_received"], 3);
 
-    let out = homing()
-        .args([
+    let stdout = homing_ok(
+        [
             "-o",
             "mail_location=memory:",
             "-o",
@@ -128,15 +138,8 @@ fn cli_sync_with_dsync_server_command_and_tcp() {
             USER,
             "--json",
             &inst.tcp_destination(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        "",
     );
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["local"]["local"]["mails_saved"], 3);
@@ -185,15 +188,7 @@ fn cli_sync_maildir_local_side_with_dsync_server() {
         ];
         argv.extend(extra.iter().map(|s| s.to_string()));
         argv.extend(inst.dsync_server_argv(USER));
-        let out = homing().args(&argv).output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{stdout}\n{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            inst.log()
-        );
+        let stdout = homing_ok(&argv, &inst.log());
         serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
     };
     let j = sync(&[]);
@@ -269,50 +264,26 @@ fn cli_sync_between_two_local_maildirs() {
     add_flags(&inst, "alice", "\\Flagged", "Work", "1");
     let a = inst.mail_dir("alice");
     let c = inst.create_mail_dir("carol").unwrap();
-    let run = || {
-        homing()
-            .args([
-                "-o",
-                &format!("mail_location=maildir:{}", a.display()),
-                "sync",
-                "-u",
-                "alice",
-                &format!("maildir:{}", c.display()),
-            ])
-            .output()
-            .unwrap()
+    // alice's Maildir synced with the one at `dest`.
+    let sync_with = |dest: &std::path::Path| {
+        [
+            "-o".to_string(),
+            format!("mail_location=maildir:{}", a.display()),
+            "sync".into(),
+            "-u".into(),
+            "alice".into(),
+            format!("maildir:{}", dest.display()),
+        ]
     };
-    let out = run();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    homing_ok(sync_with(&c), "");
     assert_eq!(full_view(&inst, "alice"), full_view(&inst, "carol"));
     save_all(&inst, "carol", &[("INBOX", "m3")]);
-    let out = run();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    homing_ok(sync_with(&c), "");
     let (_, av) = full_view(&inst, "alice");
     assert_eq!(full_view(&inst, "alice"), full_view(&inst, "carol"));
     assert_eq!(av.len(), 3);
     // The same directory on both sides is refused.
-    let out = homing()
-        .args([
-            "-o",
-            &format!("mail_location=maildir:{}", a.display()),
-            "sync",
-            "-u",
-            "alice",
-            &format!("maildir:{}", a.display()),
-        ])
-        .output()
-        .unwrap();
+    let out = homing().args(sync_with(&a)).output().unwrap();
     assert_eq!(out.status.code(), Some(75));
     assert_no_log_errors(&inst);
 }
