@@ -56,15 +56,20 @@ fn save(st: &MaildirStore, mailbox: &str, body: &str) -> u32 {
     tx.commit().unwrap().saved_uids[0]
 }
 
+/// Creates INBOX in `st` with `n` mails, subjects `{prefix}1`..`{prefix}n`.
+fn inbox_with(st: &MaildirStore, prefix: &str, n: u32) {
+    st.create_mailbox("INBOX", None, None).unwrap();
+    for i in 1..=n {
+        save(st, "INBOX", &format!("Subject: {prefix}{i}\n\nbody {i}\n"));
+    }
+}
+
 #[test]
 fn homing_maildirs_sync_two_way_after_both_changed() {
     let d = tempfile::tempdir().unwrap();
     let (pa, pb) = (d.path().join("a"), d.path().join("b"));
     let (a, b) = (store(&pa), store(&pb));
-    a.create_mailbox("INBOX", None, None).unwrap();
-    for i in 1..=4 {
-        save(&a, "INBOX", &format!("Subject: a{i}\n\nbody {i}\n"));
-    }
+    inbox_with(&a, "a", 4);
     let (code, err) = sync(&pa, &pb);
     assert_eq!(code, 0, "{err}");
     assert_eq!(state(&a), state(&b));
@@ -223,10 +228,7 @@ fn local_state_chain_names_the_mailboxes_and_turns_incremental() {
     let d = tempfile::tempdir().unwrap();
     let (pa, pb) = (d.path().join("a"), d.path().join("b"));
     let (a, b) = (store(&pa), store(&pb));
-    a.create_mailbox("INBOX", None, None).unwrap();
-    for i in 1..=4 {
-        save(&a, "INBOX", &format!("Subject: a{i}\n\nbody {i}\n"));
-    }
+    inbox_with(&a, "a", 4);
     // Make the replicas equal first, so the `-s ""` run below may skip INBOX.
     let (code, err) = sync(&pa, &pb);
     assert_eq!(code, 0, "{err}");
@@ -269,10 +271,7 @@ fn quick_status_equals_the_listed_status_or_declines() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("a");
     let a = store(&p);
-    a.create_mailbox("INBOX", None, None).unwrap();
-    for i in 1..=3 {
-        save(&a, "INBOX", &format!("Subject: q{i}\n\nbody {i}\n"));
-    }
+    inbox_with(&a, "q", 3);
     let listed = a.open_mailbox("INBOX").unwrap().status();
     let inbox = p.clone();
     let dir = if inbox.join("new").is_dir() {
