@@ -33,7 +33,7 @@ pub use instance::{
     dovecot_unavailable_reason, require_dovecot, DoveadmOutput, DovecotInstance, InstanceOptions,
     MailFormat, DOVEADM, DOVECOT,
 };
-pub use mail::{generate_mails, maildir_file_counts, small_message, NewMail};
+pub use mail::{generate_mails, maildir_file_counts, rfc2822_date, small_message, NewMail};
 pub use ports::free_port;
 pub use snapshot::{MailRow, MailState, MailboxState, Snapshot, SnapshotOptions};
 pub use tls::{IssuedCert, TestCa};

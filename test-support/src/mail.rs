@@ -181,7 +181,7 @@ pub fn generate_mails(seed: u64, user: &str, count: usize, mailboxes: &[&str]) -
                  MIME-Version: 1.0\n\
                  Content-Type: text/plain; charset=utf-8\n\n",
                 n = r.below(50),
-                date = rfc2822(received.saturating_sub(r.below(300))),
+                date = rfc2822_date(received.saturating_sub(r.below(300))),
                 subj = WORDS[r.below(WORDS.len() as u64) as usize],
             );
             let target = 300 + r.below(12_000) as usize;
@@ -210,7 +210,7 @@ pub fn generate_mails(seed: u64, user: &str, count: usize, mailboxes: &[&str]) -
 }
 
 /// RFC 2822 date in UTC for a unix time (civil-from-days; no time crate needed).
-fn rfc2822(t: u64) -> String {
+pub fn rfc2822_date(t: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -397,10 +397,10 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(rfc2822(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc2822(1_577_836_800), "Wed, 1 Jan 2020 00:00:00 +0000");
+        assert_eq!(rfc2822_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc2822_date(1_577_836_800), "Wed, 1 Jan 2020 00:00:00 +0000");
         assert_eq!(
-            rfc2822(951_782_400 + 3661),
+            rfc2822_date(951_782_400 + 3661),
             "Tue, 29 Feb 2000 01:01:01 +0000"
         );
     }
