@@ -2,7 +2,7 @@
 //! changed on both sides through the storage, then synced again.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use homing::storage::maildir::{MaildirOptions, MaildirStore};
@@ -64,14 +64,21 @@ fn inbox_with(st: &MaildirStore, prefix: &str, n: u32) {
     }
 }
 
-#[test]
-fn homing_maildirs_sync_two_way_after_both_changed() {
-    let d = tempfile::tempdir().unwrap();
-    let (pa, pb) = (d.path().join("a"), d.path().join("b"));
+/// Maildirs `a` and `b` below `dir`, A's INBOX with four mails, after one
+/// successful sync.
+fn synced_pair(dir: &Path) -> (PathBuf, PathBuf, MaildirStore, MaildirStore) {
+    let (pa, pb) = (dir.join("a"), dir.join("b"));
     let (a, b) = (store(&pa), store(&pb));
     inbox_with(&a, "a", 4);
     let (code, err) = sync(&pa, &pb);
     assert_eq!(code, 0, "{err}");
+    (pa, pb, a, b)
+}
+
+#[test]
+fn homing_maildirs_sync_two_way_after_both_changed() {
+    let d = tempfile::tempdir().unwrap();
+    let (pa, pb, a, b) = synced_pair(d.path());
     assert_eq!(state(&a), state(&b));
 
     // Both sides change: new mail on each, flags on A, an expunge on B.
@@ -226,12 +233,8 @@ fn sync_state(a: &Path, b: &Path, state: &str) -> (i32, String, u64) {
 #[test]
 fn local_state_chain_names_the_mailboxes_and_turns_incremental() {
     let d = tempfile::tempdir().unwrap();
-    let (pa, pb) = (d.path().join("a"), d.path().join("b"));
-    let (a, b) = (store(&pa), store(&pb));
-    inbox_with(&a, "a", 4);
-    // Make the replicas equal first, so the `-s ""` run below may skip INBOX.
-    let (code, err) = sync(&pa, &pb);
-    assert_eq!(code, 0, "{err}");
+    // The replicas equal first, so the `-s ""` run below may skip INBOX.
+    let (pa, pb, a, b) = synced_pair(d.path());
     let (code, s0, _) = sync_state(&pa, &pb, "");
     assert_eq!(code, 0);
     let st = dsync_protocol::state::SyncState::parse(&s0).unwrap();

@@ -398,7 +398,10 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(rfc2822_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc2822_date(1_577_836_800), "Wed, 1 Jan 2020 00:00:00 +0000");
+        assert_eq!(
+            rfc2822_date(1_577_836_800),
+            "Wed, 1 Jan 2020 00:00:00 +0000"
+        );
         assert_eq!(
             rfc2822_date(951_782_400 + 3661),
             "Tue, 29 Feb 2000 01:01:01 +0000"
