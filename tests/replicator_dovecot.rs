@@ -517,7 +517,7 @@ async fn homing_daemon(
     runner: RecordingRunner,
     sync_timeout: u64,
 ) -> Daemon {
-    let mut config = config_in(&dir);
+    let mut config = config_in(dir);
     config.max_conns = max_conns;
     config.queue.sync_timeout = sync_timeout;
     config.doveadm_server_socket = None;
