@@ -13,19 +13,19 @@
 //! Output: one `key: value` line per figure.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use homing::replicator::runner::SyncFuture;
-use homing::replicator::{
-    Daemon, ReplicatorConfig, SyncOutcome, SyncRequest, SyncRunner, SystemClock,
-};
+use homing::replicator::{Daemon, SyncOutcome, SyncRequest, SyncRunner, SystemClock};
 
 #[path = "common/bench.rs"]
 mod bench;
-use bench::{arg, peak_rss_kib};
+use bench::{
+    arg, daemon_config, first_syncs, max_high_wait, peak_rss_kib, send_high, synced_users,
+    FirstSyncs,
+};
 
 #[derive(Default)]
 struct Log {
@@ -106,28 +106,9 @@ async fn main() {
     let high = arg(&args, "--high", 100) as usize;
 
     let tmp = tempfile::tempdir().expect("temporary directory");
-    let base = tmp.path().join("run");
-    let state = tmp.path().join("state");
     let mail = tmp.path().join("mail");
-    for d in [&base, &state, &mail] {
-        std::fs::create_dir_all(d).expect("directory");
-    }
-    let mut passwd = String::new();
-    for i in 0..users {
-        passwd.push_str(&format!("user{i}:x:5000:5000::/nonexistent::\n"));
-    }
-    let pw = tmp.path().join("passwd");
-    std::fs::write(&pw, passwd).expect("passwd");
-    let mut cfg = ReplicatorConfig::with_dirs(&base, &state);
-    cfg.doveadm_server_socket = None;
-    for (k, v) in [
-        ("replication_max_conns", max_conns.to_string()),
-        ("replication_failed_retry_interval", "1".to_string()),
-        ("userdb_passwd_file", pw.display().to_string()),
-    ] {
-        cfg.set(k, &v).expect("setting");
-    }
-    let fifo = cfg.aggregator_fifo.clone().expect("fifo");
+    std::fs::create_dir_all(&mail).expect("directory");
+    let (cfg, fifo) = daemon_config(tmp.path(), users, max_conns, &[]);
 
     let log = Arc::new(Mutex::new(Log::default()));
     let t0 = Instant::now();
@@ -155,29 +136,15 @@ async fn main() {
         if high > 0 && high_users.is_empty() && done >= users / 5 {
             // Users already synced ask again at high priority.
             let l = log.lock().unwrap();
-            let mut synced: Vec<&String> = l
-                .starts
-                .iter()
-                .filter(|(_, v)| v.iter().any(|(_, ok)| *ok))
-                .map(|(u, _)| u)
-                .collect();
-            synced.sort();
-            high_users = synced
-                .into_iter()
-                .take(high.min(users / 5))
-                .cloned()
-                .collect();
+            high_users = synced_users(
+                l.starts
+                    .iter()
+                    .map(|(u, v)| (u, v.iter().any(|(_, ok)| *ok))),
+                high.min(users / 5),
+            );
             drop(l);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&fifo)
-                .expect("fifo");
-            let mut text = String::new();
-            for u in &high_users {
-                text.push_str(&format!("{u}\thigh\n"));
-            }
-            log.lock().unwrap().high_sent = Some(t0.elapsed());
-            f.write_all(text.as_bytes()).expect("fifo write");
+            let sent = send_high(&fifo, &high_users, t0);
+            log.lock().unwrap().high_sent = Some(sent);
         }
         if done >= expected {
             break;
@@ -192,35 +159,15 @@ async fn main() {
     daemon.shutdown().await.expect("shutdown");
 
     let l = log.lock().unwrap();
-    let mut calls = 0usize;
-    let mut max_first_wait = Duration::ZERO;
-    let mut never = 0usize;
-    let mut retried = 0usize;
-    let mut max_retry_gap = Duration::ZERO;
-    for i in 0..users {
-        let u = format!("user{i}");
-        let Some(v) = l.starts.get(&u) else {
-            never += 1;
-            continue;
-        };
-        calls += v.len();
-        max_first_wait = max_first_wait.max(v[0].0);
-        if !v[0].1 {
-            retried += 1;
-            if let Some(next) = v.get(1) {
-                max_retry_gap = max_retry_gap.max(next.0 - v[0].0);
-            }
-        }
-    }
-    let sent = l.high_sent.unwrap_or_default();
-    let mut max_high_wait = Duration::ZERO;
-    for u in &high_users {
-        if let Some(v) = l.starts.get(u) {
-            if let Some((at, _)) = v.iter().rev().find(|(at, _)| *at >= sent) {
-                max_high_wait = max_high_wait.max(*at - sent);
-            }
-        }
-    }
+    let syncs = |u: &str| l.starts.get(u).cloned();
+    let FirstSyncs {
+        calls,
+        never,
+        retried,
+        max_first_wait,
+        max_retry_gap,
+    } = first_syncs(users, syncs);
+    let max_high_wait = max_high_wait(&high_users, l.high_sent.unwrap_or_default(), syncs);
     let secs = drain.as_secs_f64();
     println!("users: {users}");
     println!("replication_max_conns: {max_conns}");

@@ -17,21 +17,22 @@
 //! a failure was not retried or a replica differs.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use homing::replicator::engine_runner::{EngineRunner, EngineSettings};
-use homing::replicator::{
-    Daemon, ReplicatorConfig, SyncFuture, SyncOutcome, SyncRequest, SyncRunner, SystemClock,
-};
+use homing::replicator::{Daemon, SyncFuture, SyncOutcome, SyncRequest, SyncRunner, SystemClock};
 use homing::storage::maildir::{MaildirOptions, MaildirStore};
 use homing::storage::{flags, MailStore, NewMessage};
+use test_support::maildir_file_counts;
 
 #[path = "common/bench.rs"]
 mod bench;
-use bench::{arg, peak_rss_kib};
+use bench::{
+    arg, daemon_config, first_syncs, max_high_wait, peak_rss_kib, send_high, synced_users,
+    FirstSyncs,
+};
 
 #[derive(Default)]
 struct Log {
@@ -143,33 +144,6 @@ fn deliver(root: &Path, user: &str, i: usize) {
     tx.commit().expect("commit");
 }
 
-/// Mail files per mailbox directory of a Maildir++ root.
-fn counts(root: &Path) -> Vec<(String, usize)> {
-    let mut out = Vec::new();
-    let mut dirs = vec![(String::from("INBOX"), root.to_path_buf())];
-    if let Ok(rd) = std::fs::read_dir(root) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && e.path().is_dir() {
-                dirs.push((name, e.path()));
-            }
-        }
-    }
-    for (name, dir) in dirs {
-        let n: usize = ["cur", "new"]
-            .iter()
-            .map(|s| {
-                std::fs::read_dir(dir.join(s))
-                    .map(|r| r.count())
-                    .unwrap_or(0)
-            })
-            .sum();
-        out.push((name, n));
-    }
-    out.sort();
-    out
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -180,11 +154,9 @@ async fn main() {
     let high = (arg(&args, "--high", 100) as usize).min(users / 5);
 
     let tmp = tempfile::tempdir().expect("temporary directory");
-    let base = tmp.path().join("run");
-    let state = tmp.path().join("state");
     let mail_root = tmp.path().join("mail");
     let replica_root = tmp.path().join("replica");
-    for d in [&base, &state, &mail_root, &replica_root] {
+    for d in [&mail_root, &replica_root] {
         std::fs::create_dir_all(d).expect("directory");
     }
     let name = |i: usize| format!("user{i}");
@@ -218,31 +190,22 @@ async fn main() {
         }
     }
 
-    let mut passwd = String::new();
-    for i in 0..users {
-        passwd.push_str(&format!("{}:x:5000:5000::/nonexistent::\n", name(i)));
-    }
-    let pw = tmp.path().join("passwd");
-    std::fs::write(&pw, passwd).expect("passwd");
-    let mut cfg = ReplicatorConfig::with_dirs(&base, &state);
-    cfg.doveadm_server_socket = None;
-    for (k, v) in [
-        ("replication_max_conns", max_conns.to_string()),
-        ("replication_failed_retry_interval", "1".to_string()),
-        ("userdb_passwd_file", pw.display().to_string()),
-        ("replication_engine", "homing".to_string()),
-        (
-            "replication_mail_location",
-            format!("maildir:{}/%u/Maildir", mail_root.display()),
-        ),
-        (
-            "replication_dsync_destination",
-            format!("maildir:{}/%u/Maildir", replica_root.display()),
-        ),
-    ] {
-        cfg.set(k, &v).expect("setting");
-    }
-    let fifo = cfg.aggregator_fifo.clone().expect("fifo");
+    let (cfg, fifo) = daemon_config(
+        tmp.path(),
+        users,
+        max_conns,
+        &[
+            ("replication_engine", "homing".to_string()),
+            (
+                "replication_mail_location",
+                format!("maildir:{}/%u/Maildir", mail_root.display()),
+            ),
+            (
+                "replication_dsync_destination",
+                format!("maildir:{}/%u/Maildir", replica_root.display()),
+            ),
+        ],
+    );
     let rss_before = peak_rss_kib();
 
     let log = Arc::new(Mutex::new(Log::default()));
@@ -263,29 +226,19 @@ async fn main() {
     loop {
         let ok = log.lock().unwrap().ok;
         if high > 0 && high_users.is_empty() && ok >= users / 5 {
-            let synced: Vec<String> = {
-                let l = log.lock().unwrap();
-                let mut v: Vec<String> = l
+            high_users = synced_users(
+                log.lock()
+                    .unwrap()
                     .syncs
                     .iter()
-                    .filter(|(_, s)| s.iter().any(|x| x.2))
-                    .map(|(u, _)| u.clone())
-                    .collect();
-                v.sort();
-                v.truncate(high);
-                v
-            };
-            high_users = synced;
+                    .map(|(u, s)| (u, s.iter().any(|x| x.2))),
+                high,
+            );
             for u in &high_users {
                 deliver(&mail_root.join(u).join("Maildir"), u, mails);
             }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&fifo)
-                .expect("fifo");
-            let text: String = high_users.iter().map(|u| format!("{u}\thigh\n")).collect();
-            log.lock().unwrap().high_sent = Some(t0.elapsed());
-            f.write_all(text.as_bytes()).expect("fifo write");
+            let sent = send_high(&fifo, &high_users, t0);
+            log.lock().unwrap().high_sent = Some(sent);
         }
         if ok >= expected {
             break;
@@ -300,45 +253,27 @@ async fn main() {
     daemon.shutdown().await.expect("shutdown");
 
     let l = log.lock().unwrap();
-    let mut calls = 0usize;
-    let mut never = 0usize;
-    let mut retried = 0usize;
-    let mut max_first_wait = Duration::ZERO;
-    let mut max_retry_gap = Duration::ZERO;
-    let mut busy = Duration::ZERO;
-    let mut longest = Duration::ZERO;
-    for i in 0..users {
-        let Some(v) = l.syncs.get(&name(i)) else {
-            never += 1;
-            continue;
-        };
-        calls += v.len();
-        max_first_wait = max_first_wait.max(v[0].0);
-        for s in v {
-            busy += s.1;
-            longest = longest.max(s.1);
-        }
-        if !v[0].2 {
-            retried += 1;
-            if let Some(next) = v.get(1) {
-                max_retry_gap = max_retry_gap.max(next.0 - v[0].0);
-            }
-        }
-    }
-    let sent = l.high_sent.unwrap_or_default();
-    let mut max_high_wait = Duration::ZERO;
-    for u in &high_users {
-        if let Some(v) = l.syncs.get(u) {
-            if let Some(s) = v.iter().rev().find(|s| s.0 >= sent) {
-                max_high_wait = max_high_wait.max(s.0 - sent);
-            }
-        }
-    }
+    let syncs = |u: &str| {
+        l.syncs
+            .get(u)
+            .map(|v| v.iter().map(|s| (s.0, s.2)).collect())
+    };
+    let FirstSyncs {
+        calls,
+        never,
+        retried,
+        max_first_wait,
+        max_retry_gap,
+    } = first_syncs(users, syncs);
+    let max_high_wait = max_high_wait(&high_users, l.high_sent.unwrap_or_default(), syncs);
+    let took = l.syncs.values().flatten().map(|s| s.1);
+    let busy: Duration = took.clone().sum();
+    let longest = took.max().unwrap_or_default();
     let mut differ = 0usize;
     for i in 0..users {
         let u = name(i);
-        let a = counts(&mail_root.join(&u).join("Maildir"));
-        let b = counts(&replica_root.join(&u).join("Maildir"));
+        let a = maildir_file_counts(&mail_root.join(&u).join("Maildir"));
+        let b = maildir_file_counts(&replica_root.join(&u).join("Maildir"));
         if a != b {
             if differ < 5 {
                 eprintln!("{u}: source {a:?} replica {b:?}");

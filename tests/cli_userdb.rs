@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use homing::cli::options::Settings;
-use test_support::{dovecot_or_skip, DovecotInstance, InstanceOptions};
+use test_support::{dovecot_or_skip, small_message, DovecotInstance, InstanceOptions};
 
 fn homing() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_homing"));
@@ -34,9 +34,22 @@ fn scratch(inst: &DovecotInstance) -> tempfile::TempDir {
     t
 }
 
-fn message(id: &str) -> Vec<u8> {
-    format!("From: a@example.org\nSubject: {id}\nMessage-ID: <{id}@test>\n\nbody of {id}\n")
-        .into_bytes()
+/// `doveadm save`s `small_message(id)` for `user` into the Maildir at `dir`
+/// (not the user's own mail location).
+fn save_into(inst: &DovecotInstance, dir: &Path, user: &str, id: &str) {
+    inst.doveadm_with_input(
+        [
+            "-o",
+            &format!("mail_location=maildir:{}", dir.display()),
+            "save",
+            "-u",
+            user,
+        ],
+        Some(&small_message(id)[..]),
+    )
+    .unwrap()
+    .ok()
+    .unwrap();
 }
 
 /// Every file and directory below `dir` whose owner is not `uid`.
@@ -104,7 +117,8 @@ fn lookup_and_listing_through_the_auth_socket() {
 #[test]
 fn home_relative_location_and_files_owned_by_the_user() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&["alice"]));
-    inst.save_message("alice", "INBOX", &message("a1")).unwrap();
+    inst.save_message("alice", "INBOX", &small_message("a1"))
+        .unwrap();
     let tmp = scratch(&inst);
     // A copy of alice's mail, then b1 saved there by Dovecot: the two-way
     // sync writes b1 into alice's `~/Maildir` (the config's mail_location).
@@ -115,19 +129,7 @@ fn home_relative_location_and_files_owned_by_the_user() {
         .args(["backup", "-u", "alice"])
         .arg(format!("maildir:{}", side.display())));
     assert_eq!(c, 0, "{err}");
-    inst.doveadm_with_input(
-        [
-            "-o",
-            &format!("mail_location=maildir:{}", side.display()),
-            "save",
-            "-u",
-            "alice",
-        ],
-        Some(&message("b1")[..]),
-    )
-    .unwrap()
-    .ok()
-    .unwrap();
+    save_into(&inst, &side, "alice", "b1");
     let (c, _, err) = run(homing()
         .arg("-c")
         .arg(inst.config_path())
@@ -148,19 +150,7 @@ fn new_user_home_is_created_as_the_user() {
     std::fs::remove_dir_all(inst.home("carol")).unwrap();
     let tmp = scratch(&inst);
     let src = tmp.path().join("src");
-    inst.doveadm_with_input(
-        [
-            "-o",
-            &format!("mail_location=maildir:{}", src.display()),
-            "save",
-            "-u",
-            "carol",
-        ],
-        Some(&message("c1")[..]),
-    )
-    .unwrap()
-    .ok()
-    .unwrap();
+    save_into(&inst, &src, "carol", "c1");
     let (c, _, err) = run(homing()
         .arg("-c")
         .arg(inst.config_path())
@@ -233,8 +223,10 @@ fn unknown_user_and_unreachable_userdb() {
 fn all_users_and_user_file_sync_one_after_another() {
     let a = dovecot_or_skip!(InstanceOptions::new().users(&["alice", "bob"]));
     let b = dovecot_or_skip!(InstanceOptions::new().users(&["alice", "bob"]));
-    a.save_message("alice", "INBOX", &message("al1")).unwrap();
-    a.save_message("bob", "INBOX", &message("bo1")).unwrap();
+    a.save_message("alice", "INBOX", &small_message("al1"))
+        .unwrap();
+    a.save_message("bob", "INBOX", &small_message("bo1"))
+        .unwrap();
     let remote_cmd = format!(
         "env -i PATH=/usr/bin:/bin /usr/bin/doveadm -c {} dsync-server -u%u",
         b.config_path().display()
@@ -254,7 +246,8 @@ fn all_users_and_user_file_sync_one_after_another() {
     assert!(users.contains(&"alice") && users.contains(&"bob"), "{out}");
 
     // -F: a user that no longer exists is skipped, the others synced.
-    a.save_message("bob", "INBOX", &message("bo2")).unwrap();
+    a.save_message("bob", "INBOX", &small_message("bo2"))
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let list = tmp.path().join("users");
     std::fs::write(&list, "ghost\nbob\n").unwrap();
@@ -274,7 +267,8 @@ fn all_users_and_user_file_sync_one_after_another() {
     assert_eq!(message_ids(&b, "bob"), ["<bo1@test>", "<bo2@test>"]);
 
     // A user mask selects from the listing (case-insensitive).
-    a.save_message("alice", "INBOX", &message("al2")).unwrap();
+    a.save_message("alice", "INBOX", &small_message("al2"))
+        .unwrap();
     let (c, _, err) = run(homing()
         .arg("-c")
         .arg(a.config_path())

@@ -54,6 +54,14 @@ fn doveadm(inst: &DovecotInstance, args: &[&str], sock: Option<&Path>) -> (Strin
     (out.stdout_str(), out.stderr_str(), out.code().unwrap_or(-1))
 }
 
+/// The words with `SOCK` replaced by `sock`.
+fn with_sock<'a>(words: &[&'a str], sock: &'a str) -> Vec<&'a str> {
+    words
+        .iter()
+        .map(|w| if *w == "SOCK" { sock } else { w })
+        .collect()
+}
+
 /// Replaces elapsed times `H..H:MM:SS` with `T:T:T` (they differ by a
 /// second or so between the two servers).
 fn mask_times(s: &str) -> String {
@@ -265,84 +273,44 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
     }
 
     // The same doveadm commands against both servers.
-    let cmds: Vec<Vec<&str>> = vec![
-        vec!["replicator", "status", "-a"],
-        vec!["replicator", "status", "-a", "SOCK", "*"],
-        vec!["replicator", "status", "-a", "SOCK", "b*"],
-        vec!["replicator", "dsync-status", "-a"],
-        vec!["-f", "flow", "replicator", "status", "-a"],
-        vec!["-f", "tab", "replicator", "status", "-a"],
-        vec!["-f", "json", "replicator", "status", "-a"],
-        vec!["-f", "pager", "replicator", "status", "-a"],
-        vec!["-f", "flow", "replicator", "status", "-a", "SOCK", "*"],
-        vec!["-f", "json", "replicator", "status", "-a", "SOCK", "*"],
-        vec!["-f", "pager", "replicator", "status", "-a", "SOCK", "*"],
-        vec!["-f", "json", "replicator", "dsync-status", "-a"],
-        vec!["replicator", "replicate", "-a", "SOCK", "alice"],
-        vec!["replicator", "replicate", "-a", "SOCK", "-p", "high", "c*"],
-        vec![
-            "replicator",
-            "replicate",
-            "-a",
-            "SOCK",
-            "-f",
-            "-p",
-            "low",
-            "*",
-        ],
-        vec!["replicator", "replicate", "-a", "SOCK", "zed"],
-        vec!["-f", "json", "replicator", "replicate", "-a", "SOCK", "bob"],
-        vec![
-            "-f",
-            "table",
-            "replicator",
-            "replicate",
-            "-a",
-            "SOCK",
-            "bob",
-        ],
-        vec![
-            "replicator",
-            "replicate",
-            "-a",
-            "SOCK",
-            "-p",
-            "urgent",
-            "alice",
-        ],
-        vec![
-            "replicator",
-            "replicate",
-            "-a",
-            "SOCK",
-            "-p",
-            "none",
-            "alice",
-        ],
-        vec!["replicator", "add", "-a", "SOCK", "newbie"],
-        vec!["replicator", "add", "-a", "SOCK", "c*"],
-        vec!["replicator", "remove", "-a", "SOCK", "newbie"],
-        vec!["replicator", "remove", "-a", "SOCK", "newbie"],
-        vec!["replicator", "status", "-a"],
-        vec!["replicator", "status", "-a", "SOCK", "*"],
-    ];
+    // Each command's words, split at spaces; SOCK stands for the socket.
+    let cmds: Vec<Vec<&str>> = [
+        "replicator status -a",
+        "replicator status -a SOCK *",
+        "replicator status -a SOCK b*",
+        "replicator dsync-status -a",
+        "-f flow replicator status -a",
+        "-f tab replicator status -a",
+        "-f json replicator status -a",
+        "-f pager replicator status -a",
+        "-f flow replicator status -a SOCK *",
+        "-f json replicator status -a SOCK *",
+        "-f pager replicator status -a SOCK *",
+        "-f json replicator dsync-status -a",
+        "replicator replicate -a SOCK alice",
+        "replicator replicate -a SOCK -p high c*",
+        "replicator replicate -a SOCK -f -p low *",
+        "replicator replicate -a SOCK zed",
+        "-f json replicator replicate -a SOCK bob",
+        "-f table replicator replicate -a SOCK bob",
+        "replicator replicate -a SOCK -p urgent alice",
+        "replicator replicate -a SOCK -p none alice",
+        "replicator add -a SOCK newbie",
+        "replicator add -a SOCK c*",
+        "replicator remove -a SOCK newbie",
+        "replicator remove -a SOCK newbie",
+        "replicator status -a",
+        "replicator status -a SOCK *",
+    ]
+    .iter()
+    .map(|c| c.split(' ').collect())
+    .collect();
     for c in &cmds {
-        let with = |sock: &Path| -> Vec<String> {
-            let s = sock.display().to_string();
-            c.iter()
-                .map(|a| {
-                    if *a == "SOCK" {
-                        s.clone()
-                    } else {
-                        a.to_string()
-                    }
-                })
-                .collect()
-        };
-        let ra = with(&real_sock);
-        let ha = with(&homing_sock);
-        let ra: Vec<&str> = ra.iter().map(String::as_str).collect();
-        let ha: Vec<&str> = ha.iter().map(String::as_str).collect();
+        let (rs, hs) = (
+            real_sock.display().to_string(),
+            homing_sock.display().to_string(),
+        );
+        let (ra, ha) = (with_sock(c, &rs), with_sock(c, &hs));
         let (r, h) = tokio::task::block_in_place(|| {
             (
                 doveadm(&real, &ra, Some(&real_sock)),
@@ -384,105 +352,60 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
         };
         if let Some(cmd) = cmd {
             let ours = client::run(&homing_sock, &cmd, fmt, 80).await;
-            assert_eq!(
-                (
-                    canonical(&ours.stdout),
-                    ours.stderr.clone(),
-                    i32::from(ours.exit_code)
-                ),
-                (canonical(&r.0), r.1.clone(), r.2),
-                "homing client for {c:?}"
-            );
+            assert_client_prints(&ours, &r, &format!("{c:?}"));
         }
     }
 
     // Mutating commands: homing's client against homing, doveadm against
     // real Dovecot.
-    let second: Vec<(Vec<&str>, ClientCommand)> = vec![
+    let second: Vec<(Vec<&str>, ClientCommand)> = [
         (
-            vec!["replicator", "replicate", "-a", "SOCK", "-p", "high", "b*"],
-            ClientCommand::Replicate {
-                priority: "high".into(),
-                full: false,
-                mask: "b*".into(),
-            },
+            "replicator replicate -a SOCK -p high b*",
+            replicate_cmd("high", false, "b*"),
         ),
         (
-            vec!["replicator", "replicate", "-a", "SOCK", "-f", "zed2"],
-            ClientCommand::Replicate {
-                priority: "low".into(),
-                full: true,
-                mask: "zed2".into(),
-            },
+            "replicator replicate -a SOCK -f zed2",
+            replicate_cmd("low", true, "zed2"),
         ),
         (
-            vec![
-                "replicator",
-                "replicate",
-                "-a",
-                "SOCK",
-                "-p",
-                "urgent",
-                "zed2",
-            ],
-            ClientCommand::Replicate {
-                priority: "urgent".into(),
-                full: false,
-                mask: "zed2".into(),
-            },
+            "replicator replicate -a SOCK -p urgent zed2",
+            replicate_cmd("urgent", false, "zed2"),
         ),
         (
-            vec!["replicator", "remove", "-a", "SOCK", "zed2"],
+            "replicator remove -a SOCK zed2",
             ClientCommand::Remove {
                 user: "zed2".into(),
             },
         ),
         (
-            vec!["replicator", "remove", "-a", "SOCK", "zed2"],
+            "replicator remove -a SOCK zed2",
             ClientCommand::Remove {
                 user: "zed2".into(),
             },
         ),
         (
-            vec!["replicator", "add", "-a", "SOCK", "newbie2"],
+            "replicator add -a SOCK newbie2",
             ClientCommand::Add {
                 mask: "newbie2".into(),
             },
         ),
-        (
-            vec!["replicator", "status", "-a", "SOCK", "*"],
-            ClientCommand::Status {
-                mask: Some("*".into()),
-            },
-        ),
-        (
-            vec!["replicator", "status", "-a"],
-            ClientCommand::Status { mask: None },
-        ),
-    ];
+        ("replicator status -a SOCK *", status_cmd(Some("*"))),
+    ]
+    .into_iter()
+    .map(|(c, cmd)| (c.split(' ').collect(), cmd))
+    .collect();
     for (args, cmd) in &second {
         let s = real_sock.display().to_string();
-        let ra: Vec<&str> = args
-            .iter()
-            .map(|a| if *a == "SOCK" { s.as_str() } else { a })
-            .collect();
+        let ra = with_sock(args, &s);
         let r = tokio::task::block_in_place(|| doveadm(&real, &ra, Some(&real_sock)));
         let ours = client::run(&homing_sock, cmd, None, 80).await;
-        assert_eq!(
-            (
-                canonical(&ours.stdout),
-                ours.stderr.clone(),
-                i32::from(ours.exit_code)
-            ),
-            (canonical(&r.0), r.1.clone(), r.2),
-            "homing client for {args:?}"
-        );
+        assert_client_prints(&ours, &r, &format!("{args:?}"));
     }
 
     // Missing socket (spec 7.1.7).
     let missing = tmp.path().join("nonexistent");
     let r = doveadm(&real, &["replicator", "status", "-a"], Some(&missing));
-    let ours = client::run(&missing, &ClientCommand::Status { mask: None }, None, 80).await;
+    let ours = client::run(&missing, &status_cmd(None), None, 80).await;
     assert_eq!((ours.stderr, i32::from(ours.exit_code)), (r.1, r.2));
 
     // Nothing ran: max_conns = 0.
@@ -522,15 +445,79 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
     );
 }
 
+/// A temporary directory (mode 0755) that the mail user can enter.
+fn tempdir_for_mail_user() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    tmp
+}
+
+/// homing's client asks the replicator below `run` (its `run/` directory)
+/// for the status of `mask` (or the overview), tab-separated.
+async fn tab_status(run: &Path, mask: Option<&str>) -> client::ClientOutput {
+    client::run(
+        &run.join("replicator-doveadm"),
+        &status_cmd(mask),
+        Some(Formatter::Tab),
+        80,
+    )
+    .await
+}
+
+/// homing's client printed what doveadm printed (`real`: stdout, stderr,
+/// exit code), rows compared in canonical order.
+fn assert_client_prints(ours: &client::ClientOutput, real: &(String, String, i32), what: &str) {
+    assert_eq!(
+        (
+            canonical(&ours.stdout),
+            ours.stderr.clone(),
+            i32::from(ours.exit_code)
+        ),
+        (canonical(&real.0), real.1.clone(), real.2),
+        "homing client for {what}"
+    );
+}
+
+/// A replicator configuration with its `run/` and `state/` directories
+/// created below `dir`.
+fn config_in(dir: &Path) -> ReplicatorConfig {
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    ReplicatorConfig::with_dirs(&dir.join("run"), &dir.join("state"))
+}
+
+/// A runner whose every sync succeeds with `state` after `delay`.
+fn runner_ok(state: &str, delay: Duration) -> RecordingRunner {
+    RecordingRunner::new(
+        SyncOutcome::Ok {
+            state: state.into(),
+        },
+        delay,
+    )
+}
+
+fn status_cmd(mask: Option<&str>) -> ClientCommand {
+    ClientCommand::Status {
+        mask: mask.map(str::to_string),
+    }
+}
+
+fn replicate_cmd(priority: &str, full: bool, mask: &str) -> ClientCommand {
+    ClientCommand::Replicate {
+        priority: priority.into(),
+        full,
+        mask: mask.into(),
+    }
+}
+
 async fn homing_daemon(
     dir: &Path,
     max_conns: usize,
     runner: RecordingRunner,
     sync_timeout: u64,
 ) -> Daemon {
-    std::fs::create_dir_all(dir.join("run")).unwrap();
-    std::fs::create_dir_all(dir.join("state")).unwrap();
-    let mut config = ReplicatorConfig::with_dirs(&dir.join("run"), &dir.join("state"));
+    let mut config = config_in(dir);
     config.max_conns = max_conns;
     config.queue.sync_timeout = sync_timeout;
     config.doveadm_server_socket = None;
@@ -567,12 +554,7 @@ async fn exchange(sock: &Path, send: &str, until: impl Fn(&str) -> bool) -> Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syncs_run_and_sync_requests_are_answered() {
     let tmp = tempfile::tempdir().unwrap();
-    let runner = RecordingRunner::new(
-        SyncOutcome::Ok {
-            state: "AQAAAHm4+Jk=".into(),
-        },
-        Duration::from_millis(300),
-    );
+    let runner = runner_ok("AQAAAHm4+Jk=", Duration::from_millis(300));
     let daemon = homing_daemon(tmp.path(), 2, runner.clone(), 10).await;
     let run = tmp.path().join("run");
 
@@ -644,24 +626,10 @@ async fn syncs_run_and_sync_requests_are_answered() {
     )
     .await;
     assert_eq!(out, "-\t7\n");
-    let st = client::run(
-        &run.join("replicator-doveadm"),
-        &ClientCommand::Status {
-            mask: Some("erin".into()),
-        },
-        Some(Formatter::Tab),
-        80,
-    )
-    .await;
+    let st = tab_status(&run, Some("erin")).await;
     let row: Vec<&str> = st.stdout.lines().nth(1).unwrap().split('\t').collect();
     assert_eq!((row[0], row[1], row[5]), ("erin", "none", "y"));
-    let ov = client::run(
-        &run.join("replicator-doveadm"),
-        &ClientCommand::Status { mask: None },
-        Some(Formatter::Tab),
-        80,
-    )
-    .await;
+    let ov = tab_status(&run, None).await;
     assert!(
         ov.stdout.contains("Waiting 'failed' requests\t1\n"),
         "{}",
@@ -684,11 +652,7 @@ async fn syncs_run_and_sync_requests_are_answered() {
     runner.set_outcome(SyncOutcome::Ok { state: "S2".into() });
     let r = client::run(
         &run.join("replicator-doveadm"),
-        &ClientCommand::Replicate {
-            priority: "high".into(),
-            full: true,
-            mask: "bob".into(),
-        },
+        &replicate_cmd("high", true, "bob"),
         None,
         80,
     )
@@ -756,12 +720,7 @@ async fn syncs_run_and_sync_requests_are_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_request_times_out_when_nothing_can_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let runner = RecordingRunner::new(
-        SyncOutcome::Ok {
-            state: String::new(),
-        },
-        Duration::ZERO,
-    );
+    let runner = runner_ok("", Duration::ZERO);
     let daemon = homing_daemon(tmp.path(), 0, runner.clone(), 1).await;
     let run = tmp.path().join("run");
     let t = std::time::Instant::now();
@@ -776,13 +735,7 @@ async fn sync_request_times_out_when_nothing_can_run() {
         "{waited:?}"
     );
     // Still queued as sync (the daemon did not crash, unlike Dovecot 2.3.19.1).
-    let st = client::run(
-        &run.join("replicator-doveadm"),
-        &ClientCommand::Status { mask: None },
-        Some(Formatter::Tab),
-        80,
-    )
-    .await;
+    let st = tab_status(&run, None).await;
     assert!(
         st.stdout.contains("Queued 'sync' requests\t1\n"),
         "{}",
@@ -802,25 +755,16 @@ async fn real_mail_processes_and_aggregator_feed_homing() {
     if !test_support::require_dovecot("real_mail_processes_and_aggregator_feed_homing") {
         return;
     }
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = tempdir_for_mail_user();
 
     // homing first: the aggregator connects to its socket lazily.
     let hdir = tmp.path().join("homing");
-    std::fs::create_dir_all(hdir.join("run")).unwrap();
-    std::fs::create_dir_all(hdir.join("state")).unwrap();
-    let mut config = ReplicatorConfig::with_dirs(&hdir.join("run"), &hdir.join("state"));
+    let mut config = config_in(&hdir);
     config.max_conns = 1;
     config.doveadm_server_socket = None;
     config.aggregator_fifo = None;
     config.aggregator_socket = None;
-    let runner = RecordingRunner::new(
-        SyncOutcome::Ok {
-            state: "AQAAAHm4+Jk=".into(),
-        },
-        Duration::from_millis(200),
-    );
+    let runner = runner_ok("AQAAAHm4+Jk=", Duration::from_millis(200));
     let daemon = Daemon::start(config, Arc::new(runner.clone()), Arc::new(SystemClock))
         .await
         .unwrap();
@@ -890,15 +834,7 @@ async fn real_mail_processes_and_aggregator_feed_homing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(seen, "alice's high notification reached homing");
-    let st = client::run(
-        &hdir.join("run/replicator-doveadm"),
-        &ClientCommand::Status {
-            mask: Some("*".into()),
-        },
-        Some(Formatter::Tab),
-        80,
-    )
-    .await;
+    let st = tab_status(&hdir.join("run"), Some("*")).await;
     let users: Vec<&str> = st
         .stdout
         .lines()
@@ -920,9 +856,7 @@ async fn syncs_through_real_doveadm_server() {
     if !test_support::require_dovecot("syncs_through_real_doveadm_server") {
         return;
     }
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = tempdir_for_mail_user();
     let replica_dir = tmp.path().join("replica");
     std::fs::create_dir_all(&replica_dir).unwrap();
     let mut real = tokio::task::block_in_place(|| {
@@ -948,9 +882,7 @@ async fn syncs_through_real_doveadm_server() {
     });
 
     let hdir = tmp.path().join("homing");
-    std::fs::create_dir_all(hdir.join("run")).unwrap();
-    std::fs::create_dir_all(hdir.join("state")).unwrap();
-    let mut config = ReplicatorConfig::with_dirs(&hdir.join("run"), &hdir.join("state"));
+    let mut config = config_in(&hdir);
     config.max_conns = 2;
     config.userdb_passwd_file = Some(passwd.clone());
     // A local replica, so no -N (that needs a remote).
@@ -963,17 +895,7 @@ async fn syncs_through_real_doveadm_server() {
         .unwrap();
     let sock = hdir.join("run/replicator-doveadm");
     // zed is unknown to the userdb: its sync answers NOUSER and it is dropped.
-    client::run(
-        &sock,
-        &ClientCommand::Replicate {
-            priority: "high".into(),
-            full: false,
-            mask: "zed".into(),
-        },
-        None,
-        80,
-    )
-    .await;
+    client::run(&sock, &replicate_cmd("high", false, "zed"), None, 80).await;
     let mut bob_state = None;
     for _ in 0..100 {
         let recs = daemon.records();
@@ -1029,31 +951,19 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
 async fn database_is_dumped_periodically_with_mode_0600() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("run")).unwrap();
-    std::fs::create_dir_all(tmp.path().join("state")).unwrap();
-    let mut config =
-        ReplicatorConfig::with_dirs(&tmp.path().join("run"), &tmp.path().join("state"));
+    let mut config = config_in(tmp.path());
     config.max_conns = 0;
     config.dump_interval = 1;
     config.doveadm_server_socket = None;
     config.socket_owner = Some((5000, 5000));
     config.socket_mode = 0o660;
-    let runner = RecordingRunner::new(
-        SyncOutcome::Ok {
-            state: String::new(),
-        },
-        Duration::ZERO,
-    );
+    let runner = runner_ok("", Duration::ZERO);
     let daemon = Daemon::start(config, Arc::new(runner), Arc::new(SystemClock))
         .await
         .unwrap();
     let r = client::run(
         &tmp.path().join("run/replicator-doveadm"),
-        &ClientCommand::Replicate {
-            priority: "high".into(),
-            full: false,
-            mask: "bob".into(),
-        },
+        &replicate_cmd("high", false, "bob"),
         None,
         80,
     )
@@ -1094,12 +1004,7 @@ async fn database_is_dumped_periodically_with_mode_0600() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_from_a_client_that_closes_at_once_is_applied() {
     let tmp = tempfile::tempdir().unwrap();
-    let runner = RecordingRunner::new(
-        SyncOutcome::Ok {
-            state: String::new(),
-        },
-        Duration::ZERO,
-    );
+    let runner = runner_ok("", Duration::ZERO);
     let daemon = homing_daemon(tmp.path(), 0, runner, 10).await;
     let sock = tmp.path().join("run/replicator-doveadm");
     const N: usize = 40;
@@ -1147,9 +1052,7 @@ async fn users_are_listed_through_dovecots_auth_userdb_socket() {
     let tmp = tempfile::tempdir().unwrap();
     let start = |auth: PathBuf, name: &str| {
         let dir = tmp.path().join(name);
-        std::fs::create_dir_all(dir.join("run")).unwrap();
-        std::fs::create_dir_all(dir.join("state")).unwrap();
-        let mut config = ReplicatorConfig::with_dirs(&dir.join("run"), &dir.join("state"));
+        let mut config = config_in(&dir);
         config.max_conns = 0;
         config.doveadm_server_socket = None;
         config.auth_socket_path = Some(auth);

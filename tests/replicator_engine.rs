@@ -11,7 +11,7 @@ use homing::replicator::client::{self, ClientCommand};
 use homing::replicator::db::DbRecord;
 use homing::replicator::engine_runner::{EngineRunner, EngineSettings};
 use homing::replicator::{Daemon, ReplicatorConfig, SystemClock};
-use test_support::{dovecot_or_skip, DovecotInstance, InstanceOptions, MailFormat};
+use test_support::{dovecot_or_skip, DovecotInstance, InstanceOptions, MailFormat, MailRow};
 
 const USER: &str = "alice";
 
@@ -20,31 +20,10 @@ fn message(id: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-type Boxes = Vec<(String, String, u32)>;
-type Mails = Vec<(String, u32, String, Vec<String>)>;
-
 /// Mailboxes (name, GUID, UIDVALIDITY) and mails (mailbox, UID, GUID, flags).
-fn view(inst: &DovecotInstance) -> (Boxes, Mails) {
+fn view(inst: &DovecotInstance) -> (Vec<(String, String, u32)>, Vec<MailRow>) {
     let snap = inst.snapshot(USER).expect("snapshot");
-    let mut boxes: Boxes = snap
-        .mailboxes
-        .iter()
-        .map(|m| (m.name.clone(), m.guid.clone(), m.uidvalidity))
-        .collect();
-    boxes.sort();
-    let mut mails: Mails = snap
-        .mails
-        .iter()
-        .map(|m| {
-            let mut f = m.flags.clone();
-            f.extend(m.keywords.iter().cloned());
-            f.retain(|x| x != "\\Recent");
-            f.sort();
-            (m.mailbox.clone(), m.uid, m.guid.clone(), f)
-        })
-        .collect();
-    mails.sort();
-    (boxes, mails)
+    (snap.mailbox_rows(), snap.mail_rows())
 }
 
 fn record(d: &Daemon) -> Option<DbRecord> {

@@ -205,11 +205,12 @@ fn view(inst: &DovecotInstance, user: &str) -> View {
         .mails
         .iter()
         .map(|m| {
-            let mut f = m.flags.clone();
-            f.extend(m.keywords.iter().cloned());
-            f.retain(|x| x != "\\Recent");
-            f.sort();
-            (m.mailbox.clone(), m.message_id.clone(), m.guid.clone(), f)
+            (
+                m.mailbox.clone(),
+                m.message_id.clone(),
+                m.guid.clone(),
+                m.flags_and_keywords(),
+            )
         })
         .collect();
     mails.sort();

@@ -21,6 +21,7 @@ use homing::replicator::{
 };
 use homing::storage::maildir::{MaildirOptions, MaildirStore};
 use homing::storage::{MailStore, NewMessage};
+use test_support::maildir_file_counts;
 
 const USERS: usize = 10_000;
 const FAIL_EVERY: usize = 97;
@@ -210,31 +211,6 @@ fn save(root: &std::path::Path, mailbox: &str, user: &str, ids: std::ops::Range<
     tx.commit().unwrap();
 }
 
-/// (mailbox directory, mail files) of a Maildir++ root.
-fn mail_counts(root: &std::path::Path) -> Vec<(String, usize)> {
-    let mut out = Vec::new();
-    let mut dirs = vec![(String::from("INBOX"), root.to_path_buf())];
-    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && e.path().is_dir() {
-            dirs.push((name, e.path()));
-        }
-    }
-    for (name, dir) in dirs {
-        let n: usize = ["cur", "new"]
-            .iter()
-            .map(|s| {
-                std::fs::read_dir(dir.join(s))
-                    .map(|r| r.count())
-                    .unwrap_or(0)
-            })
-            .sum();
-        out.push((name, n));
-    }
-    out.sort();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_runner_replicates_300_small_maildirs_through_the_queue() {
     let tmp = tempfile::tempdir().unwrap();
@@ -345,8 +321,8 @@ async fn engine_runner_replicates_300_small_maildirs_through_the_queue() {
                 "{u}: the high request ran an incremental sync: {v:?}"
             );
         }
-        let src = mail_counts(&mail.join(&u).join("Maildir"));
-        let dst = mail_counts(&replica.join(&u).join("Maildir"));
+        let src = maildir_file_counts(&mail.join(&u).join("Maildir"));
+        let dst = maildir_file_counts(&replica.join(&u).join("Maildir"));
         assert_eq!(src, dst, "{u}");
         let total: usize = src.iter().map(|c| c.1).sum();
         assert_eq!(total, MAILS + usize::from(extra), "{u}: {src:?}");

@@ -26,6 +26,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use test_support::scenarios::{
+    self, between, diff_side, expected_side, parse_date, BoxState, MailEnd, SideState,
+};
 use test_support::{require_dovecot, DovecotInstance, InstanceOptions, DOVEADM};
 
 /// Scenarios homing deliberately does not reproduce, with the reason.
@@ -235,33 +238,6 @@ impl PeerServer {
 
 fn homing_bin() -> &'static str {
     env!("CARGO_BIN_EXE_homing")
-}
-
-/// Unix time of "YYYY-MM-DD HH:MM:SS" (UTC).
-fn parse_date(s: &str) -> Option<i64> {
-    let p: Vec<i64> = s
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|x| !x.is_empty())
-        .take(6)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    if p.len() < 6 {
-        return None;
-    }
-    let (y, m, d) = (p[0], p[1], p[2]);
-    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * m2 + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some(days * 86400 + p[3] * 3600 + p[4] * 60 + p[5])
-}
-
-fn between<'a>(s: &'a str, a: &str, b: &str) -> &'a str {
-    let i = s.find(a).map(|i| i + a.len()).unwrap_or(0);
-    let j = s[i..].find(b).map(|j| i + j).unwrap_or(s.len());
-    &s[i..j]
 }
 
 fn text(o: &Output) -> String {
@@ -758,7 +734,7 @@ impl Run<'_> {
                     .map(String::from)
                     .collect();
                 flags.sort();
-                mb.mails.push(MailState {
+                mb.mails.push(MailEnd {
                     uid: f[0].parse().unwrap_or(0),
                     guid: f[1].to_string(),
                     mid,
@@ -775,73 +751,6 @@ impl Run<'_> {
             .collect();
         Ok(st)
     }
-}
-
-#[derive(Default, Debug, Clone, PartialEq)]
-struct SideState {
-    boxes: BTreeMap<String, BoxState>,
-    subs: BTreeSet<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct BoxState {
-    guid: String,
-    uidvalidity: String,
-    uidnext: String,
-    mails: Vec<MailState>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct MailState {
-    uid: u32,
-    guid: String,
-    mid: String,
-    flags: Vec<String>,
-}
-
-fn expected_side(v: &Value) -> SideState {
-    let mut st = SideState::default();
-    for mb in v["mailboxes"].as_array().into_iter().flatten() {
-        let mails = mb["mails"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| {
-                let mut flags: Vec<String> = m["flags"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .chain(m["keywords"].as_array().into_iter().flatten())
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .filter(|x| x != "\\Recent")
-                    .collect();
-                flags.sort();
-                MailState {
-                    uid: m["uid"].as_u64().unwrap_or(0) as u32,
-                    guid: m["guid"].as_str().unwrap_or("").to_string(),
-                    mid: m["message_id"].as_str().unwrap_or("").to_string(),
-                    flags,
-                }
-            })
-            .collect();
-        let num = |k: &str| mb[k].as_u64().map(|x| x.to_string()).unwrap_or_default();
-        st.boxes.insert(
-            mb["name"].as_str().unwrap_or("").to_string(),
-            BoxState {
-                guid: mb["mailbox_guid"].as_str().unwrap_or("").to_string(),
-                uidvalidity: num("uidvalidity"),
-                uidnext: num("uidnext"),
-                mails,
-            },
-        );
-    }
-    st.subs = v["subscriptions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str().map(String::from))
-        .collect();
-    st
 }
 
 /// Replaces the values Dovecot picks at random or from the clock (mailbox
@@ -889,45 +798,6 @@ fn message_ids(s: &SideState) -> BTreeMap<String, usize> {
         }
     }
     m
-}
-
-fn diff_side(side: &str, want: &SideState, got: &SideState) -> Vec<String> {
-    let mut d = Vec::new();
-    let names: BTreeSet<&String> = want.boxes.keys().chain(got.boxes.keys()).collect();
-    for n in names {
-        match (want.boxes.get(n), got.boxes.get(n)) {
-            (Some(w), Some(g)) if w == g => {}
-            (w, g) => d.push(format!(
-                "{side}:{n}: Dovecot {}, got {}",
-                fmt_box(w),
-                fmt_box(g)
-            )),
-        }
-    }
-    if want.subs != got.subs {
-        d.push(format!(
-            "{side} subscriptions: Dovecot {:?}, got {:?}",
-            want.subs, got.subs
-        ));
-    }
-    d
-}
-
-fn fmt_box(b: Option<&BoxState>) -> String {
-    match b {
-        None => "NONE".into(),
-        Some(b) => format!(
-            "[guid {} uv {} next {}: {}]",
-            b.guid,
-            b.uidvalidity,
-            b.uidnext,
-            b.mails
-                .iter()
-                .map(|m| format!("{}={}({})[{}]", m.uid, m.mid, m.guid, m.flags.join(" ")))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
-    }
 }
 
 #[derive(Debug)]
@@ -1057,13 +927,7 @@ fn run_scenario(
 }
 
 fn scenarios() -> Vec<Value> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/scenarios/expected.json"
-    ))
-    .expect("fixtures/scenarios/expected.json");
-    let json: Value = serde_json::from_str(&text).expect("valid JSON");
-    let mut v = json["scenarios"].as_array().cloned().unwrap_or_default();
+    let mut v = scenarios::load();
     if let Ok(only) = std::env::var("HOMING_SCENARIOS") {
         let only: BTreeSet<&str> = only.split(',').collect();
         v.retain(|s| only.contains(s["name"].as_str().unwrap_or("")));

@@ -477,14 +477,21 @@ fn after_lines_opt(data: &[u8], n: usize) -> Option<usize> {
     Some(pos)
 }
 
-#[tokio::test]
-async fn second_session_of_a_user_waits_for_the_lock_then_fails_tempfail() {
+/// A session handler that writes a VERSION line; each session waits for
+/// one permit of the returned gate before it ends.
+fn gated_version_replay() -> (Arc<tokio::sync::Semaphore>, Replay) {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let h = Replay {
         output: Arc::new(b"VERSION\tdsync\t3\t5\n".to_vec()),
         gate: Some(gate.clone()),
         ..Replay::default()
     };
+    (gate, h)
+}
+
+#[tokio::test]
+async fn second_session_of_a_user_waits_for_the_lock_then_fails_tempfail() {
+    let (gate, h) = gated_version_replay();
     let srv = start(Arc::new(h.clone()), |c| {
         c.lock_timeout = Duration::from_millis(400)
     })
@@ -516,12 +523,7 @@ async fn second_session_of_a_user_waits_for_the_lock_then_fails_tempfail() {
 
 #[tokio::test]
 async fn sessions_are_bounded_and_shutdown_waits_then_aborts() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let h = Replay {
-        output: Arc::new(b"VERSION\tdsync\t3\t5\n".to_vec()),
-        gate: Some(gate.clone()),
-        ..Replay::default()
-    };
+    let (_gate, h) = gated_version_replay(); // never opened: sessions end by shutdown
     let srv = start(Arc::new(h.clone()), |c| {
         c.max_sessions = 2;
         c.lock_timeout = Duration::from_secs(5);

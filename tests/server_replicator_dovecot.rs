@@ -116,6 +116,75 @@ fn wait_port(port: u16, server: &mut HomingServer) {
     panic!("homing server not listening on {port}: {}", server.log());
 }
 
+/// `homing server` on `127.0.0.1:port` with the doveadm password in
+/// `password`, homes at `home` (a `%u` pattern), mail in `%h/Maildir`, and
+/// its `NOTIFY`s going to the `replicator` socket.
+fn server_command(port: u16, password: &Path, home: &str, replicator: &Path) -> Command {
+    let mut cmd = Command::new(homing_bin());
+    cmd.arg("server")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--password-file")
+        .arg(password)
+        .args(["--home", home])
+        .args(["--mail-location", "maildir:%h/Maildir"])
+        .args([
+            "--set",
+            &format!("replicator_socket={}", replicator.display()),
+        ]);
+    cmd
+}
+
+/// Starts `cmd` with its stderr in `stderr`.
+fn spawn_server(mut cmd: Command, stderr: PathBuf) -> HomingServer {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    HomingServer { child, stderr }
+}
+
+/// A Maildir at `dir` holding one mail, `cur/<name>`.
+fn maildir_with_one_mail(dir: &Path, name: &str, text: &[u8]) {
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::write(dir.join("cur").join(name), text).unwrap();
+}
+
+/// The process exited 0 (else its stderr is shown).
+fn assert_exit_0(out: &std::process::Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The first row of a `doveadm -f tab` answer, as fields.
+fn first_row(out: &test_support::DoveadmOutput) -> Vec<String> {
+    out.stdout_str()
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split('\t')
+        .map(str::to_string)
+        .collect()
+}
+
+/// The mailbox GUIDs (hex) a dsync state names, sorted.
+fn state_guids(s: &SyncState) -> Vec<String> {
+    let mut g: Vec<String> = s
+        .mailboxes
+        .iter()
+        .map(|m| m.mailbox_guid.to_hex())
+        .collect();
+    g.sort();
+    g
+}
+
 /// Everything of one replication pair.
 struct Pair {
     inst: DovecotInstance,
@@ -183,18 +252,18 @@ fn start_pair_with(tls: bool, passwd: Option<&str>) -> Option<Pair> {
     let port = free_port().unwrap();
     let tls_port = free_port().unwrap();
     let stderr = d.join("server.log");
-    let mut cmd = Command::new(homing_bin());
+    let mut cmd = server_command(
+        port,
+        &d.join("password"),
+        &format!("{}/replica/%u", d.display()),
+        &d.join("notify/replicator-doveadm"),
+    );
     cmd.env_clear()
-        .arg("server")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--tls-listen", &format!("127.0.0.1:{tls_port}")])
         .arg("--tls-cert")
         .arg(d.join("cert.pem"))
         .arg("--tls-key")
         .arg(d.join("key.pem"))
-        .arg("--password-file")
-        .arg(d.join("password"))
-        .args(["--home", &format!("{}/replica/%u", d.display())])
         .args(match passwd {
             Some(_) => vec![
                 "--passwd-file".to_string(),
@@ -202,25 +271,11 @@ fn start_pair_with(tls: bool, passwd: Option<&str>) -> Option<Pair> {
             ],
             None => Vec::new(),
         })
-        .args(["--mail-location", "maildir:%h/Maildir"])
         .args(["--set", "hostname=homing-peer"])
         .args(["--set", "auth_failure_delay=100ms"])
-        .args([
-            "--set",
-            &format!(
-                "replicator_socket={}",
-                d.join("notify/replicator-doveadm").display()
-            ),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
         .uid(vmail.0)
         .gid(vmail.1);
-    let mut server = HomingServer {
-        child: cmd.spawn().unwrap(),
-        stderr,
-    };
+    let mut server = spawn_server(cmd, stderr);
     wait_port(port, &mut server);
     wait_port(tls_port, &mut server);
 
@@ -271,11 +326,7 @@ impl Pair {
             .doveadm(["-f", "tab", "replicator", "status", "bob"])
             .unwrap();
         assert_eq!(out.code(), Some(0), "{}", out.stderr_str());
-        out.stdout_str()
-            .lines()
-            .nth(1)
-            .map(|l| l.split('\t').map(str::to_string).collect())
-            .unwrap_or_default()
+        first_row(&out)
     }
 
     fn replica_snapshot(&self) -> Option<test_support::Snapshot> {
@@ -356,24 +407,13 @@ fn replication_with_homing_peer(tls: bool) {
     pair.wait_in_sync("after saves");
 
     // Flag changes and an expunge in Dovecot.
-    inst.doveadm_user(
-        "bob",
-        &[
-            "flags",
-            "add",
-            "\\Seen \\Flagged",
-            "mailbox",
-            "INBOX",
-            "uid",
-            "1",
-        ],
-    )
-    .unwrap();
-    inst.doveadm_user(
-        "bob",
-        &["flags", "add", "$Important", "mailbox", "INBOX", "uid", "2"],
-    )
-    .unwrap();
+    for (words, uid) in [("\\Seen \\Flagged", "1"), ("$Important", "2")] {
+        inst.doveadm_user(
+            "bob",
+            &["flags", "add", words, "mailbox", "INBOX", "uid", uid],
+        )
+        .unwrap();
+    }
     inst.doveadm_user("bob", &["expunge", "mailbox", "INBOX", "uid", "3"])
         .unwrap();
     pair.wait_in_sync("after flag changes and an expunge");
@@ -464,12 +504,7 @@ fn replication_with_homing_peer(tls: bool) {
     let last = notices.last().unwrap();
     let state = SyncState::parse(&last[3]).expect("a valid dsync state");
     let replica = pair.replica_snapshot().unwrap();
-    let mut in_state: Vec<String> = state
-        .mailboxes
-        .iter()
-        .map(|m| m.mailbox_guid.to_hex())
-        .collect();
-    in_state.sort();
+    let in_state = state_guids(&state);
     let mut boxes: Vec<String> = replica.mailboxes.iter().map(|b| b.guid.clone()).collect();
     boxes.sort();
     assert_eq!(in_state, boxes, "state of the last NOTIFY: {last:?}");
@@ -507,14 +542,11 @@ fn dsync_server_with_u_notifies_the_local_replicator() {
         (a.clone(), "1700000000.M1P1.test:2,S"),
         (a.join(".Work"), "1700000001.M2P1.test:2,"),
     ] {
-        for sub in ["cur", "new", "tmp"] {
-            std::fs::create_dir_all(dir.join(sub)).unwrap();
-        }
-        std::fs::write(
-            dir.join("cur").join(name),
+        maildir_with_one_mail(
+            &dir,
+            name,
             b"From: a@example.org\r\nSubject: n\r\nMessage-ID: <n@example.org>\r\n\r\nx\r\n",
-        )
-        .unwrap();
+        );
     }
     let run = |extra: &[&str]| {
         let out = Command::new(homing_bin())
@@ -531,12 +563,7 @@ fn dsync_server_with_u_notifies_the_local_replicator() {
             .args(extra.iter().filter(|x| **x == "-U"))
             .output()
             .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_exit_0(&out);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     // The master's own state, for comparison.
@@ -547,17 +574,8 @@ fn dsync_server_with_u_notifies_the_local_replicator() {
     assert_eq!(notices[0][2], "f");
     let slave = SyncState::parse(&notices[0][3]).unwrap();
     let master = SyncState::parse(&master_state).unwrap();
-    let guids = |s: &SyncState| {
-        let mut g: Vec<String> = s
-            .mailboxes
-            .iter()
-            .map(|m| m.mailbox_guid.to_hex())
-            .collect();
-        g.sort();
-        g
-    };
     assert!(!slave.mailboxes.is_empty());
-    assert_eq!(guids(&slave), guids(&master));
+    assert_eq!(state_guids(&slave), state_guids(&master));
 
     // A stateful (not full) sync: empty flags.
     run(&["-U"]);
@@ -599,14 +617,11 @@ fn notify_reaches_a_real_dovecot_replicator() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    for sub in ["cur", "new", "tmp"] {
-        std::fs::create_dir_all(a.join(sub)).unwrap();
-    }
-    std::fs::write(
-        a.join("cur/1700000000.M1P1.test:2,"),
+    maildir_with_one_mail(
+        &a,
+        "1700000000.M1P1.test:2,",
         b"Subject: n\r\nMessage-ID: <n@example.org>\r\n\r\nx\r\n",
-    )
-    .unwrap();
+    );
     let out = Command::new(homing_bin())
         .arg("-o")
         .arg(format!("mail_location=maildir:{}", a.display()))
@@ -619,23 +634,11 @@ fn notify_reaches_a_real_dovecot_replicator() {
         .args(["dsync-server", "-ubob", "-U"])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit_0(&out);
     let st = inst
         .doveadm(["-f", "tab", "replicator", "status", "bob"])
         .unwrap();
-    let row: Vec<String> = st
-        .stdout_str()
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split('\t')
-        .map(str::to_string)
-        .collect();
+    let row = first_row(&st);
     // username, priority, fast sync, full sync, success sync, failed
     assert_eq!(row.len(), 6, "{}", st.stdout_str());
     assert_eq!(row[0], "bob");
@@ -667,40 +670,21 @@ fn homing_sync_u_against_homing_server() {
     std::fs::write(d.join("password"), format!("{PASSWORD}\n")).unwrap();
     let notify = FakeReplicator::start(&d.join("replicator-doveadm"));
     let port = free_port().unwrap();
-    let mut server = HomingServer {
-        child: Command::new(homing_bin())
-            .arg("server")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--password-file")
-            .arg(d.join("password"))
-            .arg("--passwd-file")
-            .arg(d.join("passwd"))
-            .args(["--home", &format!("{}/homes/%u", d.display())])
-            .args(["--mail-location", "maildir:%h/Maildir"])
-            .args([
-                "--set",
-                &format!(
-                    "replicator_socket={}",
-                    d.join("replicator-doveadm").display()
-                ),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("server.log")).unwrap())
-            .spawn()
-            .unwrap(),
-        stderr: d.join("server.log"),
-    };
+    let mut cmd = server_command(
+        port,
+        &d.join("password"),
+        &format!("{}/homes/%u", d.display()),
+        &d.join("replicator-doveadm"),
+    );
+    cmd.arg("--passwd-file").arg(d.join("passwd"));
+    let mut server = spawn_server(cmd, d.join("server.log"));
     wait_port(port, &mut server);
     let local = d.join("local");
-    for sub in ["cur", "new", "tmp"] {
-        std::fs::create_dir_all(local.join(sub)).unwrap();
-    }
-    std::fs::write(
-        local.join("cur/1700000000.M1P1.test:2,"),
+    maildir_with_one_mail(
+        &local,
+        "1700000000.M1P1.test:2,",
         b"Subject: n\r\nMessage-ID: <n@example.org>\r\n\r\nx\r\n",
-    )
-    .unwrap();
+    );
     let sync = |user: &str, u: bool| {
         let mut c = Command::new(homing_bin());
         c.arg("-o")
@@ -714,24 +698,14 @@ fn homing_sync_u_against_homing_server() {
         c.arg(format!("tcp:127.0.0.1:{port}")).output().unwrap()
     };
     let out = sync("carol", true);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit_0(&out);
     let notices = notify.notices();
     assert_eq!(notices.len(), 1, "{:?}", notify.all_lines());
     assert_eq!(notices[0][1], "carol");
     assert!(SyncState::parse(&notices[0][3]).is_ok(), "{notices:?}");
 
     let out = sync("carol", false);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit_0(&out);
     assert_eq!(notify.notices().len(), 1, "no NOTIFY without -U");
 
     // noreplicate: refused only with -U.
@@ -744,12 +718,7 @@ fn homing_sync_u_against_homing_server() {
         "nothing synced for dave"
     );
     let out = sync("dave", false);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit_0(&out);
     assert_eq!(notify.notices().len(), 1);
 }
 
@@ -776,14 +745,7 @@ fn noreplicate_user_is_refused_to_dovecots_replicator() {
         let out = inst
             .doveadm(["-f", "tab", "replicator", "status", "dave"])
             .unwrap();
-        let row: Vec<String> = out
-            .stdout_str()
-            .lines()
-            .nth(1)
-            .unwrap_or_default()
-            .split('\t')
-            .map(str::to_string)
-            .collect();
+        let row = first_row(&out);
         if row.get(5).map(String::as_str) == Some("y") || Instant::now() > deadline {
             break row;
         }

@@ -10,69 +10,11 @@ use homing::session::{run_master_over, SessionOptions};
 use homing::transport::{self, Destination, OpenOptions};
 use sync_engine::memory::MemoryReplica;
 use sync_engine::SyncSettings;
-use test_support::{dovecot_or_skip, DovecotInstance, InstanceOptions};
+use test_support::{dovecot_or_skip, small_message, DovecotInstance, InstanceOptions, MailRow};
 
-const USER: &str = "bob";
-
-fn message(id: &str) -> Vec<u8> {
-    format!("From: a@example.org\nSubject: {id}\nMessage-ID: <{id}@test>\n\nbody of {id}\n")
-        .into_bytes()
-}
-
-type View = Vec<(String, u32, String, Vec<String>)>;
-
-fn dovecot_view(inst: &DovecotInstance) -> View {
-    let snap = inst.snapshot(USER).expect("snapshot");
-    let mut v: View = snap
-        .mails
-        .iter()
-        .map(|m| {
-            let mut f = m.flags.clone();
-            f.extend(m.keywords.iter().cloned());
-            f.sort();
-            (m.mailbox.clone(), m.uid, m.guid.clone(), f)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn homing_view(r: &MemoryReplica) -> View {
-    let mut v = Vec::new();
-    for (name, mb) in r.view().mailboxes {
-        for (uid, (guid, bits, kws)) in mb.mails {
-            let mut f = MailFlags(bits).names();
-            f.retain(|x| x != "\\Recent");
-            f.extend(kws);
-            f.sort();
-            v.push((name.clone(), uid, guid, f));
-        }
-    }
-    v.sort();
-    v
-}
-
-fn seed(inst: &DovecotInstance) {
-    inst.save_message(USER, "INBOX", &message("d1"))
-        .expect("save");
-    inst.save_message(USER, "INBOX", &message("d2"))
-        .expect("save");
-    inst.save_message(USER, "Work", &message("d3"))
-        .expect("save");
-    inst.doveadm_user(
-        USER,
-        &[
-            "flags",
-            "add",
-            "\\Flagged $Work",
-            "mailbox",
-            "INBOX",
-            "uid",
-            "2",
-        ],
-    )
-    .expect("flags");
-}
+#[path = "../engine/tests/common/memory_vs_dovecot.rs"]
+mod memory_vs_dovecot;
+use memory_vs_dovecot::*;
 
 async fn sync_over_command(inst: &DovecotInstance, store: MemoryReplica) -> MemoryReplica {
     let dest = Destination::Command(inst.dsync_server_argv(USER));
@@ -111,19 +53,18 @@ async fn driver_as_master_against_dsync_server_command() {
     a.now = 1_800_000_000;
     let mut a = sync_over_command(&inst, a).await;
     assert_eq!(homing_view(&a), dovecot_view(&inst));
-    assert_eq!(a.mailbox("INBOX").unwrap().mails[&1].body, message("d1"));
+    assert_eq!(
+        a.mailbox("INBOX").unwrap().mails[&1].body,
+        small_message("d1")
+    );
 
     // Changes on both sides, including a UID conflict.
     a.now += 10;
-    a.deliver("INBOX", "homing-h1", &message("h1"), 0).unwrap();
+    a.deliver("INBOX", "homing-h1", &small_message("h1"), 0)
+        .unwrap();
     a.add_flags("INBOX", 1, MailFlags::SEEN, &[]);
-    inst.save_message(USER, "INBOX", &message("d4"))
-        .expect("save");
-    inst.doveadm_user(
-        USER,
-        &["flags", "add", "\\Answered", "mailbox", "Work", "uid", "1"],
-    )
-    .expect("flags");
+    save_all(&inst, USER, &[("INBOX", "d4")]);
+    add_flags(&inst, USER, "\\Answered", "Work", "1");
     let a = sync_over_command(&inst, a).await;
     let dv = dovecot_view(&inst);
     assert_eq!(homing_view(&a), dv);
@@ -134,14 +75,30 @@ async fn driver_as_master_against_dsync_server_command() {
         .collect();
     assert!(inbox.contains(&"homing-h1"), "{dv:?}");
     assert_eq!(inbox.len(), 4, "no mail lost in the UID conflict: {dv:?}");
-    let log = inst.log();
-    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+    assert_no_log_errors(&inst);
 }
 
 fn homing() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_homing"));
     c.env_remove("HOMING_LOG");
     c
+}
+
+/// Runs homing with `args` and asserts that it exits 0 (else shows its
+/// output and `context`); returns its stdout.
+fn homing_ok<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+    context: &str,
+) -> String {
+    let out = homing().args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}\n{context}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 #[test]
@@ -159,14 +116,7 @@ fn cli_sync_with_dsync_server_command_and_tcp() {
         "--json".into(),
     ];
     argv.extend(inst.dsync_server_argv(USER));
-    let out = homing().args(&argv).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = homing_ok(&argv, "");
     let mut lines = stdout.lines();
     let state = lines.next().unwrap();
     let parsed = dsync_protocol::state::SyncState::parse(state).expect("a valid state string");
@@ -177,8 +127,8 @@ fn cli_sync_with_dsync_server_command_and_tcp() {
     assert_eq!(json["local"]["local"]["mails_saved"], 3);
     assert_eq!(json["local"]["bodies_received"], 3);
 
-    let out = homing()
-        .args([
+    let stdout = homing_ok(
+        [
             "-o",
             "mail_location=memory:",
             "-o",
@@ -188,20 +138,12 @@ fn cli_sync_with_dsync_server_command_and_tcp() {
             USER,
             "--json",
             &inst.tcp_destination(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        "",
     );
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["local"]["local"]["mails_saved"], 3);
-    let log = inst.log();
-    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+    assert_no_log_errors(&inst);
 }
 
 #[test]
@@ -219,49 +161,13 @@ fn doveadm_sync_against_homing_dsync_server() {
     assert!(out.success(), "doveadm sync failed: {}", out.stderr_str());
     // Two-way sync with an empty peer: Dovecot's side keeps everything.
     assert_eq!(dovecot_view(&inst), before);
-    let log = inst.log();
-    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
-}
-
-/// Creates `user`'s mail root owned by the mail user, so that files homing
-/// writes there belong to it too.
-fn make_mail_root(inst: &DovecotInstance, user: &str) -> std::path::PathBuf {
-    let dir = inst.mail_dir(user);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (uid, gid) = inst.vmail_ids();
-    let mut p = dir.as_path();
-    while p.starts_with(inst.home(user)) {
-        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
-        match p.parent() {
-            Some(q) => p = q,
-            None => break,
-        }
-    }
-    dir
+    assert_no_log_errors(&inst);
 }
 
 /// Mailboxes (name, GUID, UIDVALIDITY) and mails of a user.
-fn full_view(inst: &DovecotInstance, user: &str) -> (Vec<(String, String, u32)>, View) {
+fn full_view(inst: &DovecotInstance, user: &str) -> (Vec<(String, String, u32)>, Vec<MailRow>) {
     let snap = inst.snapshot(user).expect("snapshot");
-    let mut boxes: Vec<_> = snap
-        .mailboxes
-        .iter()
-        .map(|m| (m.name.clone(), m.guid.clone(), m.uidvalidity))
-        .collect();
-    boxes.sort();
-    let mut v: View = snap
-        .mails
-        .iter()
-        .map(|m| {
-            let mut f = m.flags.clone();
-            f.extend(m.keywords.iter().cloned());
-            f.retain(|x| x != "\\Recent");
-            f.sort();
-            (m.mailbox.clone(), m.uid, m.guid.clone(), f)
-        })
-        .collect();
-    v.sort();
-    (boxes, v)
+    (snap.mailbox_rows(), snap.mail_rows())
 }
 
 #[test]
@@ -269,7 +175,7 @@ fn cli_sync_maildir_local_side_with_dsync_server() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
     seed(&inst);
     // homing works on alice's Maildir and syncs it with bob's account.
-    let root = make_mail_root(&inst, "alice");
+    let root = inst.create_mail_dir("alice").unwrap();
     let location = format!("mail_location=maildir:{}", root.display());
     let sync = |extra: &[&str]| {
         let mut argv: Vec<String> = vec![
@@ -282,15 +188,7 @@ fn cli_sync_maildir_local_side_with_dsync_server() {
         ];
         argv.extend(extra.iter().map(|s| s.to_string()));
         argv.extend(inst.dsync_server_argv(USER));
-        let out = homing().args(&argv).output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{stdout}\n{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            inst.log()
-        );
+        let stdout = homing_ok(&argv, &inst.log());
         serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
     };
     let j = sync(&[]);
@@ -302,20 +200,10 @@ fn cli_sync_maildir_local_side_with_dsync_server() {
     );
 
     // Changes on both sides, then a full sync both ways.
-    inst.save_message("alice", "INBOX", &message("a-new"))
-        .expect("save");
-    inst.doveadm_user(
-        "alice",
-        &["flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "1"],
-    )
-    .expect("flags");
-    inst.save_message(USER, "INBOX", &message("b-new"))
-        .expect("save");
-    inst.doveadm_user(
-        USER,
-        &["flags", "add", "\\Answered", "mailbox", "Work", "uid", "1"],
-    )
-    .expect("flags");
+    save_all(&inst, "alice", &[("INBOX", "a-new")]);
+    add_flags(&inst, "alice", "\\Seen", "INBOX", "1");
+    save_all(&inst, USER, &[("INBOX", "b-new")]);
+    add_flags(&inst, USER, "\\Answered", "Work", "1");
     let j = sync(&["-f"]);
     assert_eq!(j["local"]["local"]["uids_reassigned"], 1, "{j}");
     let (ab, av) = full_view(&inst, "alice");
@@ -328,15 +216,14 @@ fn cli_sync_maildir_local_side_with_dsync_server() {
         .map(|x| x.2.as_str())
         .collect();
     assert_eq!(inbox.len(), 4, "{av:?}");
-    let log = inst.log();
-    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+    assert_no_log_errors(&inst);
 }
 
 #[test]
 fn doveadm_sync_against_homing_dsync_server_on_maildir() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
     seed(&inst);
-    let root = make_mail_root(&inst, "alice");
+    let root = inst.create_mail_dir("alice").unwrap();
     // Real doveadm (bob's account) is the master; homing serves alice's
     // Maildir as the slave over stdio.
     let cmd = format!(
@@ -353,15 +240,9 @@ fn doveadm_sync_against_homing_dsync_server_on_maildir() {
     );
     assert_eq!(full_view(&inst, "alice"), full_view(&inst, USER));
 
-    inst.save_message("alice", "INBOX", &message("a-new"))
-        .expect("save");
-    inst.save_message(USER, "INBOX", &message("b-new"))
-        .expect("save");
-    inst.doveadm_user(
-        "alice",
-        &["flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "2"],
-    )
-    .expect("flags");
+    save_all(&inst, "alice", &[("INBOX", "a-new")]);
+    save_all(&inst, USER, &[("INBOX", "b-new")]);
+    add_flags(&inst, "alice", "\\Seen", "INBOX", "2");
     let out = inst.doveadm(["sync", "-u", USER, "-f", &cmd]).unwrap();
     assert!(
         out.success(),
@@ -373,72 +254,38 @@ fn doveadm_sync_against_homing_dsync_server_on_maildir() {
     assert_eq!(ab, bb);
     assert_eq!(av, bv);
     assert_eq!(av.iter().filter(|x| x.0 == "INBOX").count(), 4, "{av:?}");
-    let log = inst.log();
-    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+    assert_no_log_errors(&inst);
 }
 
 #[test]
 fn cli_sync_between_two_local_maildirs() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&["alice", "carol"]));
-    inst.save_message("alice", "INBOX", &message("m1"))
-        .expect("save");
-    inst.save_message("alice", "Work", &message("m2"))
-        .expect("save");
-    inst.doveadm_user(
-        "alice",
-        &["flags", "add", "\\Flagged", "mailbox", "Work", "uid", "1"],
-    )
-    .expect("flags");
+    save_all(&inst, "alice", &[("INBOX", "m1"), ("Work", "m2")]);
+    add_flags(&inst, "alice", "\\Flagged", "Work", "1");
     let a = inst.mail_dir("alice");
-    let c = make_mail_root(&inst, "carol");
-    let run = || {
-        homing()
-            .args([
-                "-o",
-                &format!("mail_location=maildir:{}", a.display()),
-                "sync",
-                "-u",
-                "alice",
-                &format!("maildir:{}", c.display()),
-            ])
-            .output()
-            .unwrap()
+    let c = inst.create_mail_dir("carol").unwrap();
+    // alice's Maildir synced with the one at `dest`.
+    let sync_with = |dest: &std::path::Path| {
+        [
+            "-o".to_string(),
+            format!("mail_location=maildir:{}", a.display()),
+            "sync".into(),
+            "-u".into(),
+            "alice".into(),
+            format!("maildir:{}", dest.display()),
+        ]
     };
-    let out = run();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    homing_ok(sync_with(&c), "");
     assert_eq!(full_view(&inst, "alice"), full_view(&inst, "carol"));
-    inst.save_message("carol", "INBOX", &message("m3"))
-        .expect("save");
-    let out = run();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    save_all(&inst, "carol", &[("INBOX", "m3")]);
+    homing_ok(sync_with(&c), "");
     let (_, av) = full_view(&inst, "alice");
     assert_eq!(full_view(&inst, "alice"), full_view(&inst, "carol"));
     assert_eq!(av.len(), 3);
     // The same directory on both sides is refused.
-    let out = homing()
-        .args([
-            "-o",
-            &format!("mail_location=maildir:{}", a.display()),
-            "sync",
-            "-u",
-            "alice",
-            &format!("maildir:{}", a.display()),
-        ])
-        .output()
-        .unwrap();
+    let out = homing().args(sync_with(&a)).output().unwrap();
     assert_eq!(out.status.code(), Some(75));
-    let log = inst.log();
-    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+    assert_no_log_errors(&inst);
 }
 
 /// `doveadm backup -R` with an empty homing slave: Dovecot (backup_recv)
@@ -455,7 +302,8 @@ fn doveadm_backup_reverse_against_empty_homing_dsync_server() {
     );
     let homing_out = inst.doveadm(["backup", "-R", "-u", USER, &cmd]).unwrap();
     // Mailbox, UID and flags (the re-seeded Maildir names differ).
-    let shape = |v: View| -> Vec<_> { v.into_iter().map(|(b, u, _, f)| (b, u, f)).collect() };
+    let shape =
+        |v: Vec<MailRow>| -> Vec<_> { v.into_iter().map(|(b, u, _, f)| (b, u, f)).collect() };
     let homing_view = shape(dovecot_view(&inst));
     let homing_err = homing_out.stderr_str();
     assert!(

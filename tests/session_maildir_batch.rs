@@ -3,14 +3,16 @@
 //! ascending UID order, and loses nothing, also when a UID conflict makes
 //! the engine save renumbered mails out of order.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
+use std::collections::BTreeSet;
 
 use homing::session::maildir_store::MaildirReplica;
 use homing::session::{run_local_pair, SessionOptions};
-use homing::storage::maildir::{MaildirOptions, MaildirStore};
-use homing::storage::{MailStore, NewMessage};
+use homing::storage::maildir::MaildirStore;
+use homing::storage::MailStore;
 use sync_engine::SyncSettings;
+
+mod common;
+use common::{inbox_contents, inbox_store};
 
 const MAILBOX_GUID: [u8; 16] = *b"batched-mailbox!";
 const UID_VALIDITY: u32 = 1_700_000_000;
@@ -26,41 +28,7 @@ fn body_of(guid: &str) -> String {
 }
 
 fn store(dir: &std::path::Path, mails: &[(u32, String)]) -> MaildirStore {
-    let st = MaildirStore::open(dir, MaildirOptions::default()).unwrap();
-    st.create_mailbox("INBOX", Some(MAILBOX_GUID), Some(UID_VALIDITY))
-        .unwrap();
-    let mut t = st.begin("INBOX").unwrap();
-    for (uid, guid) in mails {
-        t.save(
-            NewMessage {
-                uid: Some(*uid),
-                guid: Some(guid.clone()),
-                received: Some(1_700_000_000 + i64::from(*uid)),
-                saved: Some(1_700_000_000 + i64::from(*uid)),
-                ..Default::default()
-            },
-            &mut body_of(guid).as_bytes(),
-        )
-        .unwrap();
-    }
-    t.commit().unwrap();
-    st
-}
-
-/// uid -> (guid, body) of the INBOX.
-fn contents(st: &MaildirStore) -> BTreeMap<u32, (String, String)> {
-    let mb = st.open_mailbox("INBOX").unwrap();
-    let mut out = BTreeMap::new();
-    for m in mb.messages() {
-        let m = m.unwrap();
-        let mut body = String::new();
-        mb.open_body(m.uid)
-            .unwrap()
-            .read_to_string(&mut body)
-            .unwrap();
-        out.insert(m.uid, (m.guid, body));
-    }
-    out
+    inbox_store(dir, MAILBOX_GUID, UID_VALIDITY, mails, body_of)
 }
 
 fn mails(prefix: &str, uids: std::ops::RangeInclusive<u32>) -> Vec<(u32, String)> {
@@ -90,7 +58,10 @@ async fn full_sync_into_an_empty_maildir_commits_in_chunks() {
         commits >= 300 / 16,
         "300 saves with a batch limit of 16 were committed in {commits} commits"
     );
-    let (ca, cb) = (contents(ra.store.store()), contents(rb.store.store()));
+    let (ca, cb) = (
+        inbox_contents(ra.store.store()),
+        inbox_contents(rb.store.store()),
+    );
     assert_eq!(ca.len(), 300);
     assert_eq!(ca, cb, "the replica must hold every mail under its uid");
     let st = rb.store.store().open_mailbox("INBOX").unwrap().status();
@@ -136,7 +107,7 @@ async fn chunked_commits_survive_renumbered_saves() {
     let mut want: BTreeSet<String> = on_a.iter().map(|(_, g)| g.clone()).collect();
     want.extend(on_b.iter().map(|(_, g)| g.clone()));
     for (side, st) in [("a", ra.store.store()), ("b", rb.store.store())] {
-        let c = contents(st);
+        let c = inbox_contents(st);
         let have: BTreeSet<String> = c.values().map(|(g, _)| g.clone()).collect();
         assert_eq!(have, want, "side {side} lost or gained a mail");
         assert_eq!(c.len(), want.len(), "side {side} holds a mail twice");
@@ -177,5 +148,8 @@ async fn bodies_waiting_for_the_store_go_to_one_spill_file() {
         rb.stats.bodies_spooled, 60,
         "every body goes to the spill file"
     );
-    assert_eq!(contents(ra.store.store()), contents(rb.store.store()));
+    assert_eq!(
+        inbox_contents(ra.store.store()),
+        inbox_contents(rb.store.store())
+    );
 }

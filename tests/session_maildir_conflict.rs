@@ -15,59 +15,21 @@
 //! GUIDs, different mails): whichever side has the smaller GUID adopts the
 //! other's, with homing as master and as slave.
 
-use std::collections::BTreeMap;
-use std::io::Read;
-
 use homing::session::maildir_store::MaildirReplica;
 use homing::session::{run_local_pair, SessionOptions};
-use homing::storage::maildir::{MaildirOptions, MaildirStore};
-use homing::storage::{MailStore, NewMessage};
+use homing::storage::maildir::MaildirStore;
 use sync_engine::SyncSettings;
+
+mod common;
+use common::{inbox_contents, inbox_store};
 
 const MAILBOX_GUID: [u8; 16] = *b"conflict-mailbox";
 const UID_VALIDITY: u32 = 1_700_000_000;
 
 fn store(dir: &std::path::Path, mails: &[(u32, &str)]) -> MaildirStore {
-    let st = MaildirStore::open(dir, MaildirOptions::default()).unwrap();
-    st.create_mailbox("INBOX", Some(MAILBOX_GUID), Some(UID_VALIDITY))
-        .unwrap();
-    let mut t = st.begin("INBOX").unwrap();
-    for (uid, guid) in mails {
-        let body =
-            format!("Subject: {guid}\r\nMessage-ID: <{guid}@test>\r\n\r\nbody of {guid}\r\n");
-        t.save(
-            NewMessage {
-                uid: Some(*uid),
-                guid: Some((*guid).to_string()),
-                flags: 0,
-                keywords: Vec::new(),
-                received: Some(1_700_000_000 + i64::from(*uid)),
-                saved: Some(1_700_000_000 + i64::from(*uid)),
-                pop3_uidl: None,
-                pop3_order: None,
-            },
-            &mut body.as_bytes(),
-        )
-        .unwrap();
-    }
-    t.commit().unwrap();
-    st
-}
-
-/// uid -> (guid, body) of the INBOX.
-fn contents(st: &MaildirStore) -> BTreeMap<u32, (String, String)> {
-    let mb = st.open_mailbox("INBOX").unwrap();
-    let mut out = BTreeMap::new();
-    for m in mb.messages() {
-        let m = m.unwrap();
-        let mut body = String::new();
-        mb.open_body(m.uid)
-            .unwrap()
-            .read_to_string(&mut body)
-            .unwrap();
-        out.insert(m.uid, (m.guid, body));
-    }
-    out
+    inbox_store(dir, MAILBOX_GUID, UID_VALIDITY, mails, |guid| {
+        format!("Subject: {guid}\r\nMessage-ID: <{guid}@test>\r\n\r\nbody of {guid}\r\n")
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +76,10 @@ async fn uid_conflict_between_two_maildirs_keeps_every_mail() {
         rb.error
     );
 
-    let (ca, cb) = (contents(ra.store.store()), contents(rb.store.store()));
+    let (ca, cb) = (
+        inbox_contents(ra.store.store()),
+        inbox_contents(rb.store.store()),
+    );
     assert_eq!(
         ca, cb,
         "both replicas must hold the same mails under the same uids"
@@ -137,58 +102,28 @@ async fn uid_conflict_between_two_maildirs_keeps_every_mail() {
 }
 
 mod with_dovecot {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
 
     use homing::storage::maildir::{MaildirOptions, MaildirStore};
     use homing::storage::{flags, FlagChange, MailStore, NewMessage};
-    use test_support::{dovecot_or_skip, DovecotInstance, InstanceOptions};
+    use test_support::{dovecot_or_skip, small_message, DovecotInstance, InstanceOptions};
 
     /// Dovecot's account.
     const DOVECOT_USER: &str = "bob";
     /// The account whose Maildir only homing writes.
     const HOMING_USER: &str = "alice";
 
-    fn message(id: &str) -> Vec<u8> {
-        format!("From: a@example.org\nSubject: {id}\nMessage-ID: <{id}@test>\n\nbody of {id}\n")
-            .into_bytes()
-    }
-
     /// (uid, guid, sorted flags and keywords) of the INBOX, read by doveadm.
     type Inbox = Vec<(u32, String, Vec<String>)>;
 
     fn inbox(inst: &DovecotInstance, user: &str) -> Inbox {
         let snap = inst.snapshot(user).expect("snapshot");
-        let mut v: Inbox = snap
-            .mails
-            .iter()
-            .filter(|m| m.mailbox == "INBOX")
-            .map(|m| {
-                let mut f = m.flags.clone();
-                f.extend(m.keywords.iter().cloned());
-                f.retain(|x| x != "\\Recent");
-                f.sort();
-                (m.uid, m.guid.clone(), f)
-            })
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// The homing side's mail root, owned by the mail user like Dovecot's.
-    fn mail_root(inst: &DovecotInstance) -> PathBuf {
-        let dir = inst.mail_dir(HOMING_USER);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (uid, gid) = inst.vmail_ids();
-        let mut p = dir.as_path();
-        while p.starts_with(inst.home(HOMING_USER)) {
-            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
-            match p.parent() {
-                Some(q) => p = q,
-                None => break,
-            }
-        }
-        dir
+        snap.mail_rows()
+            .into_iter()
+            .filter(|m| m.0 == "INBOX")
+            .map(|(_, uid, guid, flags)| (uid, guid, flags))
+            .collect()
     }
 
     #[derive(Clone, Copy)]
@@ -242,10 +177,10 @@ mod with_dovecot {
     fn conflict_converges_in_one_run(role: Role) {
         let inst = dovecot_or_skip!(InstanceOptions::new().users(&[DOVECOT_USER, HOMING_USER]));
         for i in 1..=4 {
-            inst.save_message(DOVECOT_USER, "INBOX", &message(&format!("m{i}")))
+            inst.save_message(DOVECOT_USER, "INBOX", &small_message(&format!("m{i}")))
                 .expect("save");
         }
-        let root = mail_root(&inst);
+        let root = inst.create_mail_dir(HOMING_USER).unwrap();
         sync(&inst, &root, role);
         let before = inbox(&inst, DOVECOT_USER);
         assert_eq!(inbox(&inst, HOMING_USER), before);
@@ -255,7 +190,7 @@ mod with_dovecot {
         // all written by homing's storage.
         let st = MaildirStore::open(&root, MaildirOptions::default()).unwrap();
         let mut t = st.begin("INBOX").unwrap();
-        t.save(NewMessage::default(), &mut &message("on-homing")[..])
+        t.save(NewMessage::default(), &mut &small_message("on-homing")[..])
             .unwrap();
         t.update_flags(
             1,
@@ -270,7 +205,7 @@ mod with_dovecot {
         assert_eq!(t.commit().unwrap().saved_uids, [5]);
         drop(st);
         // Dovecot's side: another new mail under the same UID 5.
-        inst.save_message(DOVECOT_USER, "INBOX", &message("on-dovecot"))
+        inst.save_message(DOVECOT_USER, "INBOX", &small_message("on-dovecot"))
             .expect("save");
 
         sync(&inst, &root, role);
@@ -332,8 +267,12 @@ mod with_dovecot {
     fn inbox_guid_conflict(role: Role, homing_larger: bool) {
         let inst = dovecot_or_skip!(InstanceOptions::new().users(&[DOVECOT_USER, HOMING_USER]));
         for i in 1..=3 {
-            inst.save_message(DOVECOT_USER, "INBOX", &message(&format!("dovecot-{i}")))
-                .expect("save");
+            inst.save_message(
+                DOVECOT_USER,
+                "INBOX",
+                &small_message(&format!("dovecot-{i}")),
+            )
+            .expect("save");
         }
         inst.doveadm_user(
             DOVECOT_USER,
@@ -347,7 +286,7 @@ mod with_dovecot {
         } else {
             homing_guid[15] = 1;
         }
-        let root = mail_root(&inst);
+        let root = inst.create_mail_dir(HOMING_USER).unwrap();
         let st = MaildirStore::open(&root, MaildirOptions::default()).unwrap();
         st.create_mailbox("INBOX", Some(homing_guid), Some(1_234_567))
             .unwrap();
@@ -358,7 +297,7 @@ mod with_dovecot {
                     flags: if i == 1 { flags::FLAGGED } else { 0 },
                     ..Default::default()
                 },
-                &mut &message(&format!("homing-{i}"))[..],
+                &mut &small_message(&format!("homing-{i}"))[..],
             )
             .unwrap();
         }

@@ -7,14 +7,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use homing::storage::maildir::{MaildirOptions, MaildirStore};
-use homing::storage::{flags, Changes, FlagChange, LogChangeKind, MailStore, NewMessage};
-use test_support::{require_dovecot, DovecotInstance, InstanceOptions};
+use homing::storage::{
+    flags, Changes, FlagChange, LogChangeKind, MailStore, MessageInfo, NewMessage,
+};
+use test_support::{dovecot_or_skip, DovecotInstance, InstanceOptions};
 
 const USER: &str = "alice";
-
-fn start() -> DovecotInstance {
-    DovecotInstance::start(InstanceOptions::new()).expect("start dovecot")
-}
 
 fn store(inst: &DovecotInstance) -> MaildirStore {
     MaildirStore::open(inst.mail_dir(USER), MaildirOptions::default()).expect("open store")
@@ -32,25 +30,31 @@ fn fetch(inst: &DovecotInstance, mailbox: &str, fields: &str) -> Vec<BTreeMap<St
     table(&out.stdout_str())
 }
 
-fn status(inst: &DovecotInstance, mailbox: &str) -> BTreeMap<String, String> {
+/// `doveadm -f tab mailbox status` rows (one for each mailbox `pattern` matches).
+fn status_rows(
+    inst: &DovecotInstance,
+    fields: &str,
+    pattern: &str,
+) -> Vec<BTreeMap<String, String>> {
     let out = inst
         .doveadm([
-            "-f",
-            "tab",
-            "mailbox",
-            "status",
-            "-u",
-            USER,
-            "messages uidnext uidvalidity highestmodseq guid",
-            mailbox,
+            "-f", "tab", "mailbox", "status", "-u", USER, fields, pattern,
         ])
         .expect("run doveadm")
         .ok()
         .expect("doveadm mailbox status");
     table(&out.stdout_str())
-        .into_iter()
-        .next()
-        .expect("one row")
+}
+
+fn status(inst: &DovecotInstance, mailbox: &str) -> BTreeMap<String, String> {
+    status_rows(
+        inst,
+        "messages uidnext uidvalidity highestmodseq guid",
+        mailbox,
+    )
+    .into_iter()
+    .next()
+    .expect("one row")
 }
 
 fn table(s: &str) -> Vec<BTreeMap<String, String>> {
@@ -138,34 +142,58 @@ fn mail(n: u32) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Saves `mail(n)` for each `n` through Dovecot.
+fn save_mails(inst: &DovecotInstance, mailbox: &str, ns: impl IntoIterator<Item = u32>) {
+    for n in ns {
+        inst.save_message(USER, mailbox, &mail(n)).unwrap();
+    }
+}
+
+/// `doveadm flags add WORDS mailbox MAILBOX uid UIDS`.
+fn add_flags(inst: &DovecotInstance, mailbox: &str, words: &str, uids: &str) {
+    inst.doveadm_user(
+        USER,
+        &["flags", "add", words, "mailbox", mailbox, "uid", uids],
+    )
+    .unwrap();
+}
+
+/// The mailbox names homing lists.
+fn names(st: &MaildirStore) -> Vec<String> {
+    st.list_mailboxes()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
+}
+
+/// homing's messages and doveadm's fetched rows (with uid, guid and flags)
+/// describe the same mails, in the same order.
+fn assert_same_messages(ours: &[MessageInfo], theirs: &[BTreeMap<String, String>]) {
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(theirs) {
+        assert_eq!(o.uid.to_string(), t["uid"]);
+        assert_eq!(o.guid, t["guid"]);
+        assert_eq!(
+            flag_words(o.flags, &o.keywords),
+            doveadm_flag_words(&t["flags"])
+        );
+    }
+}
+
+/// Every file below the user's Maildir belongs to the mail user.
+fn assert_mail_dir_owned(inst: &DovecotInstance) {
+    let (vuid, _) = inst.vmail_ids();
+    assert_owned_by(&inst.mail_dir(USER), vuid);
+}
+
 #[test]
 fn reads_what_dovecot_wrote() {
-    if !require_dovecot("reads_what_dovecot_wrote") {
-        return;
-    }
-    let inst = start();
-    for n in 0..5 {
-        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
-    }
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 0..5);
     inst.save_message(USER, "Work/Reports", &mail(9)).unwrap();
-    inst.doveadm_user(
-        USER,
-        &[
-            "flags",
-            "add",
-            "\\Seen $Label1",
-            "mailbox",
-            "INBOX",
-            "uid",
-            "2:3",
-        ],
-    )
-    .unwrap();
-    inst.doveadm_user(
-        USER,
-        &["flags", "add", "\\Flagged", "mailbox", "INBOX", "uid", "4"],
-    )
-    .unwrap();
+    add_flags(&inst, "INBOX", "\\Seen $Label1", "2:3");
+    add_flags(&inst, "INBOX", "\\Flagged", "4");
     inst.doveadm_user(USER, &["expunge", "mailbox", "INBOX", "uid", "5"])
         .unwrap();
     // A plain Maildir delivery Dovecot has not seen yet.
@@ -176,12 +204,7 @@ fn reads_what_dovecot_wrote() {
     std::os::unix::fs::chown(&delivered, Some(vuid), Some(vgid)).unwrap();
 
     let st = store(&inst);
-    let names: Vec<String> = st
-        .list_mailboxes()
-        .unwrap()
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let names = names(&st);
     assert_eq!(names, vec!["INBOX", "Work/Reports"]);
 
     let mb = st.open_mailbox("INBOX").unwrap();
@@ -192,14 +215,8 @@ fn reads_what_dovecot_wrote() {
         "uid guid flags modseq size.virtual size.physical",
     );
     assert_eq!(ours.len(), 5, "4 saved + 1 delivered");
-    assert_eq!(ours.len(), theirs.len());
+    assert_same_messages(&ours, &theirs);
     for (o, t) in ours.iter().zip(&theirs) {
-        assert_eq!(o.uid.to_string(), t["uid"]);
-        assert_eq!(o.guid, t["guid"]);
-        assert_eq!(
-            flag_words(o.flags, &o.keywords),
-            doveadm_flag_words(&t["flags"])
-        );
         assert_eq!(
             o.virtual_size.map(|v| v.to_string()).as_deref(),
             Some(t["size.virtual"].as_str())
@@ -247,13 +264,8 @@ fn reads_what_dovecot_wrote() {
 
 #[test]
 fn saves_flags_and_expunges_as_dovecot_does() {
-    if !require_dovecot("saves_flags_and_expunges_as_dovecot_does") {
-        return;
-    }
-    let inst = start();
-    for n in 0..3 {
-        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
-    }
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 0..3);
     let before = status(&inst, "INBOX");
     let hm0: u64 = before["highestmodseq"].parse().unwrap();
     let st = store(&inst);
@@ -408,26 +420,14 @@ fn saves_flags_and_expunges_as_dovecot_does() {
     let mb = st.open_mailbox("INBOX").unwrap();
     let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
     let theirs = fetch(&inst, "INBOX", "uid guid flags modseq");
-    assert_eq!(ours.len(), theirs.len());
-    for (o, t) in ours.iter().zip(&theirs) {
-        assert_eq!(o.uid.to_string(), t["uid"]);
-        assert_eq!(o.guid, t["guid"]);
-        assert_eq!(
-            flag_words(o.flags, &o.keywords),
-            doveadm_flag_words(&t["flags"])
-        );
-    }
-    let (vuid, _) = inst.vmail_ids();
-    assert_owned_by(&inst.mail_dir(USER), vuid);
+    assert_same_messages(&ours, &theirs);
+    assert_mail_dir_owned(&inst);
     inst.assert_log_clean();
 }
 
 #[test]
 fn tree_changes_as_dovecot_sees_them() {
-    if !require_dovecot("tree_changes_as_dovecot_sees_them") {
-        return;
-    }
-    let inst = start();
+    let inst = dovecot_or_skip!(InstanceOptions::new());
     inst.save_message(USER, "INBOX", &mail(1)).unwrap();
     let st = store(&inst);
     let guid = [0x5a; 16];
@@ -520,8 +520,7 @@ fn tree_changes_as_dovecot_sees_them() {
         vec![K::Subscribe, K::Subscribe, K::Rename, K::DeleteMailbox]
     );
     assert!(st.delete_mailbox("INBOX", None, 0).is_err());
-    let (vuid, _) = inst.vmail_ids();
-    assert_owned_by(&inst.mail_dir(USER), vuid);
+    assert_mail_dir_owned(&inst);
     inst.assert_log_clean();
 }
 
@@ -530,13 +529,8 @@ fn tree_changes_as_dovecot_sees_them() {
 /// sides see the same state and Dovecot's log is clean.
 #[test]
 fn concurrent_with_dovecot() {
-    if !require_dovecot("concurrent_with_dovecot") {
-        return;
-    }
-    let inst = start();
-    for n in 0..20 {
-        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
-    }
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 0..20);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
     let dovecot_saved = std::thread::scope(|s| {
         let inst = &inst;
@@ -648,15 +642,7 @@ fn concurrent_with_dovecot() {
     let st = store(&inst);
     let mb = st.open_mailbox("INBOX").unwrap();
     let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
-    assert_eq!(ours.len(), rows.len());
-    for (o, t) in ours.iter().zip(&rows) {
-        assert_eq!(o.uid.to_string(), t["uid"]);
-        assert_eq!(o.guid, t["guid"]);
-        assert_eq!(
-            flag_words(o.flags, &o.keywords),
-            doveadm_flag_words(&t["flags"])
-        );
-    }
+    assert_same_messages(&ours, &rows);
     let s = status(&inst, "INBOX");
     assert_eq!(s["messages"], rows.len().to_string());
     assert_eq!(mb.status().highest_modseq.to_string(), s["highestmodseq"]);
@@ -712,13 +698,8 @@ fn crash_writer_child() {
 /// corruption and agrees with homing's reader.
 #[test]
 fn crash_while_writing() {
-    if !require_dovecot("crash_while_writing") {
-        return;
-    }
-    let inst = start();
-    for n in 0..5 {
-        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
-    }
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 0..5);
     let root = inst.mail_dir(USER);
     let mut committed = Vec::new();
     let mut seed = std::time::SystemTime::now()
@@ -785,15 +766,7 @@ fn crash_while_writing() {
     let st = store(&inst);
     let mb = st.open_mailbox("INBOX").unwrap();
     let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
-    assert_eq!(ours.len(), rows.len());
-    for (o, t) in ours.iter().zip(&rows) {
-        assert_eq!(o.uid.to_string(), t["uid"]);
-        assert_eq!(o.guid, t["guid"]);
-        assert_eq!(
-            flag_words(o.flags, &o.keywords),
-            doveadm_flag_words(&t["flags"])
-        );
-    }
+    assert_same_messages(&ours, &rows);
     assert_eq!(
         mb.status().highest_modseq.to_string(),
         status(&inst, "INBOX")["highestmodseq"]
@@ -804,12 +777,8 @@ fn crash_while_writing() {
 /// `LAYOUT=fs`: folders are nested directories; INBOX stays at the root.
 #[test]
 fn layout_fs() {
-    if !require_dovecot("layout_fs") {
-        return;
-    }
     let inst =
-        DovecotInstance::start(InstanceOptions::new().mail_location("maildir:~/Maildir:LAYOUT=fs"))
-            .expect("start dovecot");
+        dovecot_or_skip!(InstanceOptions::new().mail_location("maildir:~/Maildir:LAYOUT=fs"));
     inst.save_message(USER, "INBOX", &mail(1)).unwrap();
     inst.save_message(USER, "Lists/rust", &mail(2)).unwrap();
     let st = MaildirStore::open(
@@ -820,12 +789,7 @@ fn layout_fs() {
         },
     )
     .unwrap();
-    let names: Vec<String> = st
-        .list_mailboxes()
-        .unwrap()
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let names = names(&st);
     assert!(names.contains(&"INBOX".to_string()), "{names:?}");
     assert!(names.contains(&"Lists/rust".to_string()), "{names:?}");
     let mb = st.open_mailbox("Lists/rust").unwrap();
@@ -846,10 +810,7 @@ fn layout_fs() {
 
 #[test]
 fn modseqs_of_a_mailbox_only_homing_wrote() {
-    if !require_dovecot("modseqs_of_a_mailbox_only_homing_wrote") {
-        return;
-    }
-    let inst = start();
+    let inst = dovecot_or_skip!(InstanceOptions::new());
     // Dovecot creates the user's Maildir; "Fresh" is homing's alone.
     inst.save_message(USER, "INBOX", &mail(9)).unwrap();
     let st = store(&inst);
@@ -894,11 +855,7 @@ fn modseqs_of_a_mailbox_only_homing_wrote() {
     assert_eq!(status(&inst, "Fresh")["highestmodseq"], highest.to_string());
 
     // A change Dovecot makes afterwards is seen above that modseq.
-    inst.doveadm_user(
-        USER,
-        &["flags", "add", "\\Flagged", "mailbox", "Fresh", "uid", "3"],
-    )
-    .unwrap();
+    add_flags(&inst, "Fresh", "\\Flagged", "3");
     let mb = st.open_mailbox("Fresh").unwrap();
     let Changes::Since(later) = mb.changes_since(highest).unwrap() else {
         panic!("log reaches back");
@@ -919,10 +876,7 @@ fn modseqs_of_a_mailbox_only_homing_wrote() {
 /// each set is one logged change that raises HIGHESTMODSEQ, as Dovecot's.
 #[test]
 fn attributes_in_the_file_dict() {
-    if !require_dovecot("attributes_in_the_file_dict") {
-        return;
-    }
-    let inst = start();
+    let inst = dovecot_or_skip!(InstanceOptions::new());
     inst.save_message(USER, "INBOX", &mail(1)).unwrap();
     let meta = |args: &[&str]| {
         let mut a = vec!["mailbox", "metadata", args[0], "-u", USER];
@@ -1037,10 +991,7 @@ fn attributes_in_the_file_dict() {
 /// the mailbox's own index log is unchanged — with a clean log.
 #[test]
 fn list_index_follows_homing_tree_changes() {
-    if !require_dovecot("list_index_follows_homing_tree_changes") {
-        return;
-    }
-    let inst = start();
+    let inst = dovecot_or_skip!(InstanceOptions::new());
     inst.save_message(USER, "INBOX", &mail(1)).unwrap();
     inst.create_mailboxes(USER, &["Keep", "Old", "Gone", "Reuse"])
         .unwrap();
@@ -1048,21 +999,7 @@ fn list_index_follows_homing_tree_changes() {
         inst.save_message(USER, b, &mail(10 + n as u32)).unwrap();
     }
     let all_status = |inst: &DovecotInstance| {
-        let out = inst
-            .doveadm([
-                "-f",
-                "tab",
-                "mailbox",
-                "status",
-                "-u",
-                USER,
-                "messages uidnext uidvalidity guid",
-                "*",
-            ])
-            .unwrap()
-            .ok()
-            .unwrap();
-        let mut rows = table(&out.stdout_str());
+        let mut rows = status_rows(inst, "messages uidnext uidvalidity guid", "*");
         rows.sort_by(|a, b| a["mailbox"].cmp(&b["mailbox"]));
         rows
     };
@@ -1231,36 +1168,13 @@ fn list_index_guids(root: &Path) -> Vec<[u8; 16]> {
 /// UID, flag, UIDVALIDITY and the uidlist's owner and mode are unchanged.
 #[test]
 fn mailbox_guid_change() {
-    if !require_dovecot("mailbox_guid_change") {
-        return;
-    }
-    let inst = start();
-    for n in 1..=3 {
-        inst.save_message(USER, "INBOX", &mail(n)).unwrap();
-    }
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 1..=3);
     inst.doveadm_user(USER, &["mailbox", "create", "Work"])
         .unwrap();
-    for n in 4..=5 {
-        inst.save_message(USER, "Work", &mail(n)).unwrap();
-    }
-    inst.doveadm_user(
-        USER,
-        &[
-            "flags",
-            "add",
-            "\\Flagged $Label1",
-            "mailbox",
-            "INBOX",
-            "uid",
-            "2",
-        ],
-    )
-    .unwrap();
-    inst.doveadm_user(
-        USER,
-        &["flags", "add", "\\Seen", "mailbox", "Work", "uid", "1"],
-    )
-    .unwrap();
+    save_mails(&inst, "Work", 4..=5);
+    add_flags(&inst, "INBOX", "\\Flagged $Label1", "2");
+    add_flags(&inst, "Work", "\\Seen", "1");
     // Status of every mailbox, which also fills the list index nodes.
     inst.doveadm_user(USER, &["mailbox", "status", "guid", "*"])
         .unwrap();
@@ -1307,12 +1221,11 @@ fn mailbox_guid_change() {
     assert!(list_index_guids(&root).contains(&new_work));
     assert!(!list_index_guids(&root).iter().any(|g| hex(g) == old_work));
     for (name, new) in [("Work", new_work), ("INBOX", new_inbox)] {
-        let out = inst
-            .doveadm(["-f", "tab", "mailbox", "status", "-u", USER, "guid", name])
-            .expect("run doveadm")
-            .ok()
-            .expect("doveadm mailbox status");
-        assert_eq!(table(&out.stdout_str())[0]["guid"], hex(&new), "{name}");
+        assert_eq!(
+            status_rows(&inst, "guid", name)[0]["guid"],
+            hex(&new),
+            "{name}"
+        );
     }
 
     for ((name, new), (old_status, old_rows)) in [("INBOX", new_inbox), ("Work", new_work)]
@@ -1351,11 +1264,7 @@ fn mailbox_guid_change() {
 
     // Dovecot keeps working with the mailboxes: a delivery and a flag change.
     inst.save_message(USER, "Work", &mail(6)).unwrap();
-    inst.doveadm_user(
-        USER,
-        &["flags", "add", "\\Answered", "mailbox", "INBOX", "uid", "1"],
-    )
-    .unwrap();
+    add_flags(&inst, "INBOX", "\\Answered", "1");
     assert_eq!(status(&inst, "Work")["guid"], hex(&new_work));
     assert_eq!(status(&inst, "Work")["messages"], "3");
     assert_eq!(status(&inst, "INBOX")["guid"], hex(&new_inbox));

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use test_support::{require_dovecot, DovecotInstance, InstanceOptions, DOVEADM};
+use test_support::{dovecot_or_skip, DovecotInstance, InstanceOptions, DOVEADM};
 
 const USER: &str = "alice";
 
@@ -49,18 +49,25 @@ impl Setup {
         ]
     }
 
+    /// `-o <A> sync -l SECS -u USER <remote>`: the arguments both sync
+    /// commands take.
+    fn sync_args(&self, lock_secs: u32, slow: bool) -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "-o".into(),
+            self.loc("A"),
+            "sync".into(),
+            "-l".into(),
+            lock_secs.to_string(),
+            "-u".into(),
+            USER.into(),
+        ];
+        v.extend(self.remote(slow));
+        v
+    }
+
     fn doveadm_sync(&self, lock_secs: u32, slow: bool) -> Command {
         let mut c = self.inst.doveadm_command();
-        c.args([
-            "-o",
-            &self.loc("A"),
-            "sync",
-            "-l",
-            &lock_secs.to_string(),
-            "-u",
-            USER,
-        ])
-        .args(self.remote(slow));
+        c.args(self.sync_args(lock_secs, slow));
         c
     }
 
@@ -69,22 +76,13 @@ impl Setup {
         c.env_remove("HOMING_LOG")
             .arg("-c")
             .arg(self.inst.config_path())
-            .args([
-                "-o",
-                &self.loc("A"),
-                "sync",
-                "-l",
-                &lock_secs.to_string(),
-                "-u",
-                USER,
-            ])
-            .args(self.remote(slow));
+            .args(self.sync_args(lock_secs, slow));
         c
     }
 }
 
-fn setup() -> Setup {
-    let inst = DovecotInstance::start(InstanceOptions::new()).expect("start dovecot");
+/// The instance with one mail in replica A.
+fn setup(inst: DovecotInstance) -> Setup {
     let home = inst.home(USER);
     let s = Setup { inst, home };
     let out = s
@@ -121,6 +119,15 @@ fn wait_for_lock(lock: &Path, holder: &mut Child) {
     }
 }
 
+/// The waiting sync (`-l 2`) failed with exit code 75 after about 2 s.
+fn assert_gave_up_after_2_s(who: &str, w: &Output, took: Duration) {
+    assert_eq!(w.status.code(), Some(75), "{who}: {}", text(w));
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "{who} gave up after {took:?}"
+    );
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -145,16 +152,9 @@ fn contend(s: &Setup, holder: Command, mut waiter: Command) -> (Output, Duration
 
 #[test]
 fn dovecot_holds_the_lock_homing_waits_and_fails() {
-    if !require_dovecot("dovecot_holds_the_lock_homing_waits_and_fails") {
-        return;
-    }
-    let s = setup();
+    let s = setup(dovecot_or_skip!(InstanceOptions::new()));
     let (w, took, h) = contend(&s, s.doveadm_sync(30, true), s.homing_sync(2, false));
-    assert_eq!(w.status.code(), Some(75), "homing: {}", text(&w));
-    assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
-        "homing gave up after {took:?}"
-    );
+    assert_gave_up_after_2_s("homing", &w, took);
     assert!(text(&w).contains("Couldn't lock"), "{}", text(&w));
     assert_eq!(h.status.code(), Some(0), "doveadm holder: {}", text(&h));
     // Without contention homing takes and releases the lock.
@@ -166,16 +166,9 @@ fn dovecot_holds_the_lock_homing_waits_and_fails() {
 
 #[test]
 fn homing_holds_the_lock_dovecot_waits_and_fails() {
-    if !require_dovecot("homing_holds_the_lock_dovecot_waits_and_fails") {
-        return;
-    }
-    let s = setup();
+    let s = setup(dovecot_or_skip!(InstanceOptions::new()));
     let (w, took, h) = contend(&s, s.homing_sync(30, true), s.doveadm_sync(2, false));
-    assert_eq!(w.status.code(), Some(75), "doveadm: {}", text(&w));
-    assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
-        "doveadm gave up after {took:?}"
-    );
+    assert_gave_up_after_2_s("doveadm", &w, took);
     // Dovecot waited on the lock (a file it cannot open fails at once).
     assert!(
         text(&w).contains("Timed out after 2 seconds"),

@@ -2,7 +2,7 @@
 //! changed on both sides through the storage, then synced again.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use homing::storage::maildir::{MaildirOptions, MaildirStore};
@@ -56,17 +56,29 @@ fn save(st: &MaildirStore, mailbox: &str, body: &str) -> u32 {
     tx.commit().unwrap().saved_uids[0]
 }
 
+/// Creates INBOX in `st` with `n` mails, subjects `{prefix}1`..`{prefix}n`.
+fn inbox_with(st: &MaildirStore, prefix: &str, n: u32) {
+    st.create_mailbox("INBOX", None, None).unwrap();
+    for i in 1..=n {
+        save(st, "INBOX", &format!("Subject: {prefix}{i}\n\nbody {i}\n"));
+    }
+}
+
+/// Maildirs `a` and `b` below `dir`, A's INBOX with four mails, after one
+/// successful sync.
+fn synced_pair(dir: &Path) -> (PathBuf, PathBuf, MaildirStore, MaildirStore) {
+    let (pa, pb) = (dir.join("a"), dir.join("b"));
+    let (a, b) = (store(&pa), store(&pb));
+    inbox_with(&a, "a", 4);
+    let (code, err) = sync(&pa, &pb);
+    assert_eq!(code, 0, "{err}");
+    (pa, pb, a, b)
+}
+
 #[test]
 fn homing_maildirs_sync_two_way_after_both_changed() {
     let d = tempfile::tempdir().unwrap();
-    let (pa, pb) = (d.path().join("a"), d.path().join("b"));
-    let (a, b) = (store(&pa), store(&pb));
-    a.create_mailbox("INBOX", None, None).unwrap();
-    for i in 1..=4 {
-        save(&a, "INBOX", &format!("Subject: a{i}\n\nbody {i}\n"));
-    }
-    let (code, err) = sync(&pa, &pb);
-    assert_eq!(code, 0, "{err}");
+    let (pa, pb, a, b) = synced_pair(d.path());
     assert_eq!(state(&a), state(&b));
 
     // Both sides change: new mail on each, flags on A, an expunge on B.
@@ -221,15 +233,8 @@ fn sync_state(a: &Path, b: &Path, state: &str) -> (i32, String, u64) {
 #[test]
 fn local_state_chain_names_the_mailboxes_and_turns_incremental() {
     let d = tempfile::tempdir().unwrap();
-    let (pa, pb) = (d.path().join("a"), d.path().join("b"));
-    let (a, b) = (store(&pa), store(&pb));
-    a.create_mailbox("INBOX", None, None).unwrap();
-    for i in 1..=4 {
-        save(&a, "INBOX", &format!("Subject: a{i}\n\nbody {i}\n"));
-    }
-    // Make the replicas equal first, so the `-s ""` run below may skip INBOX.
-    let (code, err) = sync(&pa, &pb);
-    assert_eq!(code, 0, "{err}");
+    // The replicas equal first, so the `-s ""` run below may skip INBOX.
+    let (pa, pb, a, b) = synced_pair(d.path());
     let (code, s0, _) = sync_state(&pa, &pb, "");
     assert_eq!(code, 0);
     let st = dsync_protocol::state::SyncState::parse(&s0).unwrap();
@@ -269,10 +274,7 @@ fn quick_status_equals_the_listed_status_or_declines() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("a");
     let a = store(&p);
-    a.create_mailbox("INBOX", None, None).unwrap();
-    for i in 1..=3 {
-        save(&a, "INBOX", &format!("Subject: q{i}\n\nbody {i}\n"));
-    }
+    inbox_with(&a, "q", 3);
     let listed = a.open_mailbox("INBOX").unwrap().status();
     let inbox = p.clone();
     let dir = if inbox.join("new").is_dir() {

@@ -10,9 +10,11 @@ use std::time::Duration;
 use dsync_protocol::{Decoder, DecoderConfig, Encoder, Event, Item, MailFlags, SyncType};
 use sync_engine::memory::MemoryReplica;
 use sync_engine::{Brain, Input, Outcome, Output, SyncSettings};
-use test_support::{dovecot_or_skip, DovecotInstance, InstanceOptions};
+use test_support::{dovecot_or_skip, small_message, DovecotInstance, InstanceOptions};
 
-const USER: &str = "bob";
+#[path = "common/memory_vs_dovecot.rs"]
+mod memory_vs_dovecot;
+use memory_vs_dovecot::*;
 
 /// Runs one sync with this process's `store` as master and the instance's
 /// user as slave; returns the master's outcome and the server's stderr.
@@ -172,65 +174,10 @@ fn run_brain<W: Write, R: Read + Send + 'static>(
     (brain.outcome().cloned(), failed)
 }
 
-fn message(id: &str) -> Vec<u8> {
-    format!("From: a@example.org\nSubject: {id}\nMessage-ID: <{id}@test>\n\nbody of {id}\n")
-        .into_bytes()
-}
-
-/// uid → (GUID, flags) per mailbox, from the instance.
-fn dovecot_view(inst: &DovecotInstance) -> Vec<(String, u32, String, Vec<String>)> {
-    let snap = inst.snapshot(USER).expect("snapshot");
-    let mut v: Vec<_> = snap
-        .mails
-        .iter()
-        .map(|m| {
-            let mut f = m.flags.clone();
-            f.extend(m.keywords.iter().cloned());
-            f.sort();
-            (m.mailbox.clone(), m.uid, m.guid.clone(), f)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn homing_view(r: &MemoryReplica) -> Vec<(String, u32, String, Vec<String>)> {
-    let mut v = Vec::new();
-    for (name, mb) in r.view().mailboxes {
-        for (uid, (guid, bits, kws)) in mb.mails {
-            let mut f = MailFlags(bits).names();
-            f.retain(|x| x != "\\Recent");
-            f.extend(kws);
-            f.sort();
-            v.push((name.clone(), uid, guid, f));
-        }
-    }
-    v.sort();
-    v
-}
-
 #[test]
 fn sync_with_real_dsync_server() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER]));
-    inst.save_message(USER, "INBOX", &message("d1"))
-        .expect("save");
-    inst.save_message(USER, "INBOX", &message("d2"))
-        .expect("save");
-    inst.save_message(USER, "Work", &message("d3"))
-        .expect("save");
-    inst.doveadm_user(
-        USER,
-        &[
-            "flags",
-            "add",
-            "\\Flagged $Work",
-            "mailbox",
-            "INBOX",
-            "uid",
-            "2",
-        ],
-    )
-    .expect("flags");
+    seed(&inst);
 
     // 1. First copy into an empty homing replica.
     let mut a = MemoryReplica::new();
@@ -249,18 +196,14 @@ fn sync_with_real_dsync_server() {
         );
     }
     let body = &a.mailbox("INBOX").expect("INBOX").mails[&1].body;
-    assert_eq!(body, &message("d1"), "body streamed byte-exact");
+    assert_eq!(body, &small_message("d1"), "body streamed byte-exact");
 
     // 2. Changes on both sides, full sync.
     a.now += 10;
-    a.deliver("INBOX", "homing-h1", &message("h1"), 0)
+    a.deliver("INBOX", "homing-h1", &small_message("h1"), 0)
         .expect("deliver");
     a.add_flags("INBOX", 1, MailFlags::SEEN, &[]);
-    inst.doveadm_user(
-        USER,
-        &["flags", "add", "\\Answered", "mailbox", "Work", "uid", "1"],
-    )
-    .expect("flags");
+    add_flags(&inst, USER, "\\Answered", "Work", "1");
     let full = SyncSettings {
         sync_type: SyncType::Full,
         ..SyncSettings::default()
@@ -277,10 +220,9 @@ fn sync_with_real_dsync_server() {
 
     // 3. UID conflict: both sides get a different mail as UID 4.
     a.now += 10;
-    a.deliver("INBOX", "homing-h2", &message("h2"), 0)
+    a.deliver("INBOX", "homing-h2", &small_message("h2"), 0)
         .expect("deliver");
-    inst.save_message(USER, "INBOX", &message("d4"))
-        .expect("save");
+    save_all(&inst, USER, &[("INBOX", "d4")]);
     let (o, err) = sync_with_dovecot(&inst, &mut a, full);
     assert_eq!(o.status.code(), 0, "{o:?}\n{err}");
     let dv = dovecot_view(&inst);
@@ -291,39 +233,17 @@ fn sync_with_real_dsync_server() {
         vec![1, 2, 3, 5, 6],
         "both conflicting mails renumbered, none lost: {dv:?}"
     );
-    let log = inst.log();
-    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
-}
-
-fn dovecot_boxes(inst: &DovecotInstance) -> Vec<(String, String)> {
-    let mut v: Vec<_> = inst
-        .snapshot(USER)
-        .expect("snapshot")
-        .mailboxes
-        .iter()
-        .map(|m| (m.name.clone(), m.guid.clone()))
-        .collect();
-    v.sort();
-    v
-}
-
-fn homing_boxes(r: &MemoryReplica) -> Vec<(String, String)> {
-    r.view()
-        .mailboxes
-        .iter()
-        .map(|(n, m)| (n.clone(), m.guid.to_hex()))
-        .collect()
+    assert_no_log_errors(&inst);
 }
 
 #[test]
 fn tree_changes_and_backup_with_real_dsync_server() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER]));
-    inst.save_message(USER, "INBOX", &message("d1"))
-        .expect("save");
-    inst.save_message(USER, "Work", &message("d2"))
-        .expect("save");
-    inst.save_message(USER, "Home", &message("d3"))
-        .expect("save");
+    save_all(
+        &inst,
+        USER,
+        &[("INBOX", "d1"), ("Work", "d2"), ("Home", "d3")],
+    );
     let mut a = MemoryReplica::new();
     a.now = 1_800_000_000;
     let (o, err) = sync_with_dovecot(&inst, &mut a, SyncSettings::default());
@@ -336,7 +256,7 @@ fn tree_changes_and_backup_with_real_dsync_server() {
     a.rename("Work", "Archive").expect("rename");
     a.create_mailbox("New", dsync_protocol::Guid128([0x5a; 16]), 4242)
         .expect("create");
-    a.deliver("New", "homing-n1", &message("n1"), 0)
+    a.deliver("New", "homing-n1", &small_message("n1"), 0)
         .expect("deliver");
     inst.doveadm_user(USER, &["mailbox", "delete", "Home"])
         .expect("delete");
@@ -361,21 +281,8 @@ fn tree_changes_and_backup_with_real_dsync_server() {
     // Backup from here: the destination's own changes are reverted.
     a.now += 100;
     a.add_flags("INBOX", 1, MailFlags::SEEN, &[]);
-    inst.save_message(USER, "Archive", &message("d9"))
-        .expect("save");
-    inst.doveadm_user(
-        USER,
-        &[
-            "flags",
-            "add",
-            "\\Flagged",
-            "mailbox",
-            "Archive",
-            "uid",
-            "1",
-        ],
-    )
-    .expect("flags");
+    save_all(&inst, USER, &[("Archive", "d9")]);
+    add_flags(&inst, USER, "\\Flagged", "Archive", "1");
     let before = a.view();
     let backup = SyncSettings {
         backup_send: true,
@@ -385,8 +292,7 @@ fn tree_changes_and_backup_with_real_dsync_server() {
     assert_eq!(o.status.code(), 0, "{o:?}\n{err}");
     assert_eq!(a.view(), before, "the backup source is never changed");
     assert_eq!(homing_view(&a), dovecot_view(&inst), "{o:?}\n{err}");
-    let log = inst.log();
-    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+    assert_no_log_errors(&inst);
 }
 
 /// Runs `doveadm sync -u bob <wrapper>` where the wrapper connects the
@@ -452,17 +358,12 @@ fn dovecot_master_sync(
 #[test]
 fn slave_for_real_doveadm_sync() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER]));
-    inst.save_message(USER, "INBOX", &message("d1"))
-        .expect("save");
-    inst.save_message(USER, "INBOX", &message("d2"))
-        .expect("save");
-    inst.save_message(USER, "Work", &message("d3"))
-        .expect("save");
-    inst.doveadm_user(
+    save_all(
+        &inst,
         USER,
-        &["flags", "add", "\\Seen kw1", "mailbox", "INBOX", "uid", "1"],
-    )
-    .expect("flags");
+        &[("INBOX", "d1"), ("INBOX", "d2"), ("Work", "d3")],
+    );
+    add_flags(&inst, USER, "\\Seen kw1", "INBOX", "1");
     let mut b = MemoryReplica::new();
     b.now = 1_800_000_000;
     let (code, o, err) = dovecot_master_sync(&inst, &mut b, "sync", &[]);
@@ -473,11 +374,10 @@ fn slave_for_real_doveadm_sync() {
 
     // Both sides change; Dovecot's master decides the mailbox order.
     b.now += 100;
-    b.deliver("INBOX", "homing-s1", &message("s1"), 0)
+    b.deliver("INBOX", "homing-s1", &small_message("s1"), 0)
         .expect("deliver");
     b.add_flags("INBOX", 2, MailFlags::FLAGGED, &[]);
-    inst.save_message(USER, "INBOX", &message("d4"))
-        .expect("save");
+    save_all(&inst, USER, &[("INBOX", "d4")]);
     let (code, o, err) = dovecot_master_sync(&inst, &mut b, "sync", &["-f"]);
     assert_eq!(code, 0, "{o:?}\n{err}");
     assert_eq!(homing_view(&b), dovecot_view(&inst), "{o:?}\n{err}");
@@ -495,7 +395,7 @@ fn slave_for_real_doveadm_sync() {
     // `doveadm backup` into this replica: its own changes are reverted, an
     // extra mail above the source's UIDNEXT makes the mailbox be recreated.
     b.now += 100;
-    b.deliver("Work", "homing-x1", &message("x1"), 0)
+    b.deliver("Work", "homing-x1", &small_message("x1"), 0)
         .expect("deliver");
     b.remove_flags("INBOX", 1, MailFlags::SEEN, &[]);
     b.create_mailbox("Extra", dsync_protocol::Guid128([0x77; 16]), 77)
@@ -504,6 +404,5 @@ fn slave_for_real_doveadm_sync() {
     assert_eq!(code, 0, "{o:?}\n{err}");
     assert_eq!(homing_view(&b), dovecot_view(&inst), "{o:?}\n{err}");
     assert_eq!(homing_boxes(&b), dovecot_boxes(&inst));
-    let log = inst.log();
-    assert!(!log.contains("Error"), "Dovecot log has errors:\n{log}");
+    assert_no_log_errors(&inst);
 }

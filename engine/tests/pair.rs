@@ -31,13 +31,20 @@ fn full() -> SyncSettings {
     }
 }
 
+/// INBOX with two mails, `g01-m1` and `g02-m2`.
+fn two_mails() -> MemoryReplica {
+    let mut r = MemoryReplica::new();
+    r.create_mailbox("INBOX", g(1), 1000).unwrap();
+    r.deliver("INBOX", "g01-m1", b"Subject: m1\n\nbody1\n", 0)
+        .unwrap();
+    r.deliver("INBOX", "g02-m2", b"Subject: m2\n\nbody2\n", 0)
+        .unwrap();
+    r
+}
+
+/// [`two_mails`] synced into an empty replica.
 fn base() -> (MemoryReplica, MemoryReplica) {
-    let mut a = MemoryReplica::new();
-    a.create_mailbox("INBOX", g(1), 1000).unwrap();
-    a.deliver("INBOX", "g01-m1", b"Subject: m1\n\nbody1\n", 0)
-        .unwrap();
-    a.deliver("INBOX", "g02-m2", b"Subject: m2\n\nbody2\n", 0)
-        .unwrap();
+    let mut a = two_mails();
     let mut b = MemoryReplica::new();
     let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_100);
     assert_eq!(r.exit_code(), 0, "{r:?}");
@@ -50,6 +57,38 @@ fn uids(r: &MemoryReplica, mb: &str) -> Vec<(u32, String)> {
         .iter()
         .map(|(u, (g, _, _))| (*u, g.clone()))
         .collect()
+}
+
+/// Sees what a replica is asked and told during a sync, and may fail an
+/// action in the replica's place.
+trait Spy {
+    fn query(&mut self, _q: &sync_engine::Query) {}
+    fn action(&mut self, _a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
+        Ok(())
+    }
+}
+
+/// A MemoryReplica watched by a [`Spy`].
+struct Observed<S> {
+    inner: MemoryReplica,
+    spy: S,
+}
+
+impl<S: Spy> sync_engine::local::LocalStore for Observed<S> {
+    fn answer(&mut self, q: &sync_engine::Query) -> sync_engine::Answer {
+        self.spy.query(q);
+        self.inner.answer(q)
+    }
+    fn apply(&mut self, a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
+        self.spy.action(a)?;
+        self.inner.apply(a)
+    }
+    fn read_body(&self, r: &sync_engine::BodyRef) -> Option<Vec<u8>> {
+        self.inner.body(r).map(|b| b.to_vec())
+    }
+    fn set_incoming_body(&mut self, body: Vec<u8>) {
+        self.inner.set_incoming_body(body)
+    }
 }
 
 #[test]
@@ -261,30 +300,18 @@ fn renames_at_the_same_second_agree_on_one_name() {
     }
 }
 
-/// A replica whose first save fails as if another process had taken the UID.
-struct Interfered {
-    inner: MemoryReplica,
-    fail_next_save: bool,
-}
+/// Fails the first save (while set) as if another process had taken the UID.
+struct FailNextSave(bool);
 
-impl sync_engine::local::LocalStore for Interfered {
-    fn answer(&mut self, q: &sync_engine::Query) -> sync_engine::Answer {
-        self.inner.answer(q)
-    }
-    fn apply(&mut self, a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
-        if self.fail_next_save && matches!(a, sync_engine::Action::SaveMail { .. }) {
-            self.fail_next_save = false;
+impl Spy for FailNextSave {
+    fn action(&mut self, a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
+        if self.0 && matches!(a, sync_engine::Action::SaveMail { .. }) {
+            self.0 = false;
             return Err(sync_engine::StorageError::Exists(
                 "UID taken by a concurrent save".into(),
             ));
         }
-        self.inner.apply(a)
-    }
-    fn read_body(&self, r: &sync_engine::BodyRef) -> Option<Vec<u8>> {
-        self.inner.body(r).map(|b| b.to_vec())
-    }
-    fn set_incoming_body(&mut self, body: Vec<u8>) {
-        self.inner.set_incoming_body(body)
+        Ok(())
     }
 }
 
@@ -292,9 +319,9 @@ impl sync_engine::local::LocalStore for Interfered {
 fn concurrent_change_during_sync_reports_and_repairs() {
     let (mut a, b) = base();
     a.deliver("INBOX", "g03-m3", b"m3", 0).unwrap();
-    let mut b = Interfered {
+    let mut b = Observed {
         inner: b,
-        fail_next_save: true,
+        spy: FailNextSave(true),
     };
     let s = SyncSettings {
         sync_type: SyncType::State,
@@ -325,16 +352,7 @@ fn concurrent_change_during_sync_reports_and_repairs() {
 fn skipped_mailbox_is_named_in_the_state_and_the_chain_turns_incremental() {
     // Identical replicas: a stateless run with a state wanted skips INBOX
     // (six equal numbers) but must still name it in the printed state.
-    let replica = || {
-        let mut r = MemoryReplica::new();
-        r.create_mailbox("INBOX", g(1), 1000).unwrap();
-        r.deliver("INBOX", "g01-m1", b"Subject: m1\n\nbody1\n", 0)
-            .unwrap();
-        r.deliver("INBOX", "g02-m2", b"Subject: m2\n\nbody2\n", 0)
-            .unwrap();
-        r
-    };
-    let (mut a, mut b) = (replica(), replica());
+    let (mut a, mut b) = (two_mails(), two_mails());
     let r = checked(&mut a, &mut b, SyncSettings::default(), 1_700_000_200);
     assert_eq!(r.exit_code(), 0, "{r:?}");
     assert_eq!(a.view(), b.view());
@@ -366,29 +384,17 @@ fn skipped_mailbox_is_named_in_the_state_and_the_chain_turns_incremental() {
 }
 
 /// Counts the flag actions a replica is given.
-struct FlagCounter {
-    inner: MemoryReplica,
-    flag_actions: usize,
-}
+struct FlagActions(usize);
 
-impl sync_engine::local::LocalStore for FlagCounter {
-    fn answer(&mut self, q: &sync_engine::Query) -> sync_engine::Answer {
-        self.inner.answer(q)
-    }
-    fn apply(&mut self, a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
+impl Spy for FlagActions {
+    fn action(&mut self, a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
         if matches!(
             a,
             sync_engine::Action::UpdateFlags { .. } | sync_engine::Action::ReplaceFlags { .. }
         ) {
-            self.flag_actions += 1;
+            self.0 += 1;
         }
-        self.inner.apply(a)
-    }
-    fn read_body(&self, r: &sync_engine::BodyRef) -> Option<Vec<u8>> {
-        self.inner.body(r).map(|b| b.to_vec())
-    }
-    fn set_incoming_body(&mut self, body: Vec<u8>) {
-        self.inner.set_incoming_body(body)
+        Ok(())
     }
 }
 
@@ -415,9 +421,9 @@ fn full_comparison_of_equal_flags_emits_no_flag_action() {
                 r.add_flags("INBOX", i, MailFlags::SEEN, &["work"]);
             }
         }
-        FlagCounter {
+        Observed {
             inner: r,
-            flag_actions: 0,
+            spy: FlagActions(0),
         }
     };
     let (mut a, mut b) = (replica(false), replica(true));
@@ -428,40 +434,30 @@ fn full_comparison_of_equal_flags_emits_no_flag_action() {
         };
         let r = checked(&mut a, &mut b, s, 1_700_000_200);
         assert_eq!(r.exit_code(), 0, "{r:?}");
-        assert_eq!((a.flag_actions, b.flag_actions), (0, 0), "backup {backup}");
+        assert_eq!((a.spy.0, b.spy.0), (0, 0), "backup {backup}");
     }
     // A real difference is still written, on the side that lacks it.
     a.inner.add_flags("INBOX", 7, MailFlags::ANSWERED, &[]);
     let r = checked(&mut a, &mut b, full(), 1_700_000_300);
     assert_eq!(r.exit_code(), 0, "{r:?}");
-    assert_eq!((a.flag_actions, b.flag_actions), (0, 1));
+    assert_eq!((a.spy.0, b.spy.0), (0, 1));
     assert_eq!(a.inner.view(), b.inner.view());
 }
 
-/// Counts the whole-mailbox snapshots a replica is asked for.
-struct QueryCounter {
-    inner: MemoryReplica,
+/// Counts the whole-mailbox snapshots and the statuses a replica is asked for.
+#[derive(Default)]
+struct Queries {
     snapshots: usize,
     statuses: usize,
 }
 
-impl sync_engine::local::LocalStore for QueryCounter {
-    fn answer(&mut self, q: &sync_engine::Query) -> sync_engine::Answer {
+impl Spy for Queries {
+    fn query(&mut self, q: &sync_engine::Query) {
         match q {
             sync_engine::Query::Mailbox(_) => self.snapshots += 1,
             sync_engine::Query::MailboxStatus(_) => self.statuses += 1,
             sync_engine::Query::Tree => {}
         }
-        self.inner.answer(q)
-    }
-    fn apply(&mut self, a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
-        self.inner.apply(a)
-    }
-    fn read_body(&self, r: &sync_engine::BodyRef) -> Option<Vec<u8>> {
-        self.inner.body(r).map(|b| b.to_vec())
-    }
-    fn set_incoming_body(&mut self, body: Vec<u8>) {
-        self.inner.set_incoming_body(body)
     }
 }
 
@@ -492,21 +488,20 @@ fn stateful_run_reads_only_the_status_of_unchanged_mailboxes() {
         st = next;
     }
     assert_eq!(st.len(), 2, "{st:?}");
-    let mut a = QueryCounter {
+    let mut a = Observed {
         inner: a,
-        snapshots: 0,
-        statuses: 0,
+        spy: Queries::default(),
     };
     // Nothing changed: two status reads, no snapshot.
     let r = checked(&mut a, &mut b, state(st.clone()), 1_700_000_200);
     assert_eq!(r.exit_code(), 0, "{r:?}");
-    assert_eq!((a.statuses, a.snapshots), (2, 0));
+    assert_eq!((a.spy.statuses, a.spy.snapshots), (2, 0));
     assert_eq!(r.master.state.as_ref(), Some(&st));
     // One mailbox changed: only that one is read whole, and synced.
     a.inner.deliver("Work", "g03-m3", b"m3", 0).unwrap();
     let r = checked(&mut a, &mut b, state(st), 1_700_000_300);
     assert_eq!(r.exit_code(), 0, "{r:?}");
-    assert_eq!((a.statuses, a.snapshots), (4, 1));
+    assert_eq!((a.spy.statuses, a.spy.snapshots), (4, 1));
     assert_eq!(a.inner.view(), b.view());
 }
 

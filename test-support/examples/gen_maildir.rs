@@ -18,6 +18,8 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
+use test_support::rfc2822_date;
+
 const KEYWORDS: [(&str, u64); 8] = [
     ("$Forwarded", 50),
     ("$MDNSent", 10),
@@ -114,33 +116,6 @@ fn base64_lines(r: &mut Rng, out: &mut String, bytes: usize) {
     }
 }
 
-fn rfc2822(t: u64) -> String {
-    let days = t / 86_400;
-    let secs = t % 86_400;
-    // Civil date from days since 1970-01-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    const MON: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    const DAY: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    format!(
-        "{}, {d} {} {y} {:02}:{:02}:{:02} +0000",
-        DAY[(days % 7) as usize],
-        MON[(m - 1) as usize],
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
@@ -186,7 +161,7 @@ fn main() {
              From: Sender {a} <sender{a}@example.org>\nTo: bob@example.com\n\
              Subject: {re}{w1} {w2} {i}\nMIME-Version: 1.0\n",
             a = r.next() % 500,
-            date = rfc2822(received),
+            date = rfc2822_date(received),
             re = if r.permille(250) { "Re: " } else { "" },
             w1 = r.word(),
             w2 = r.word(),

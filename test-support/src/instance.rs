@@ -585,6 +585,27 @@ impl DovecotInstance {
     pub fn mail_location(&self) -> &str {
         &self.mail_location
     }
+    /// Creates `user`'s mail root directory (see [`mail_dir`](Self::mail_dir))
+    /// and gives it and every directory between it and the home to the mail
+    /// user, so that files another program writes there belong to it too;
+    /// returns the mail root.
+    pub fn create_mail_dir(&self, user: &str) -> Result<PathBuf, HarnessError> {
+        let dir = self.mail_dir(user);
+        fs::create_dir_all(&dir)
+            .map_err(|e| HarnessError::io(format!("creating {}", dir.display()), e))?;
+        let (uid, gid) = self.vmail_ids();
+        let home = self.home(user);
+        let mut p = dir.as_path();
+        while p.starts_with(&home) {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                .map_err(|e| HarnessError::io(format!("chown {}", p.display()), e))?;
+            match p.parent() {
+                Some(q) => p = q,
+                None => break,
+            }
+        }
+        Ok(dir)
+    }
     /// The mail root directory of `user` (`~` of the location expanded; options dropped).
     pub fn mail_dir(&self, user: &str) -> PathBuf {
         let path = self

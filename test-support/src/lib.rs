@@ -24,6 +24,7 @@ mod instance;
 mod mail;
 mod ports;
 mod process;
+pub mod scenarios;
 mod snapshot;
 mod tls;
 
@@ -32,9 +33,9 @@ pub use instance::{
     dovecot_unavailable_reason, require_dovecot, DoveadmOutput, DovecotInstance, InstanceOptions,
     MailFormat, DOVEADM, DOVECOT,
 };
-pub use mail::{generate_mails, NewMail};
+pub use mail::{generate_mails, maildir_file_counts, rfc2822_date, small_message, NewMail};
 pub use ports::free_port;
-pub use snapshot::{MailState, MailboxState, Snapshot, SnapshotOptions};
+pub use snapshot::{MailRow, MailState, MailboxState, Snapshot, SnapshotOptions};
 pub use tls::{IssuedCert, TestCa};
 
 /// Starts a [`DovecotInstance`] with the given [`InstanceOptions`], or returns

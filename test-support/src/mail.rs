@@ -24,6 +24,36 @@ pub struct NewMail {
     pub body: Vec<u8>,
 }
 
+/// A small message whose Subject is `id`, Message-ID `<id@test>` and body
+/// `body of id`: distinct for each `id`, easy to recognise in a fetch.
+pub fn small_message(id: &str) -> Vec<u8> {
+    format!("From: a@example.org\nSubject: {id}\nMessage-ID: <{id}@test>\n\nbody of {id}\n")
+        .into_bytes()
+}
+
+/// Mail files (in `cur/` and `new/`) of each mailbox directory of the
+/// Maildir++ root `root` (`INBOX` for the root itself, `.Name` for the
+/// others), sorted by name: a quick comparison of a replica with its source.
+pub fn maildir_file_counts(root: &Path) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![(String::from("INBOX"), root.to_path_buf())];
+    for e in fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && e.path().is_dir() {
+            dirs.push((name, e.path()));
+        }
+    }
+    for (name, dir) in dirs {
+        let n: usize = ["cur", "new"]
+            .iter()
+            .map(|s| fs::read_dir(dir.join(s)).map(|r| r.count()).unwrap_or(0))
+            .sum();
+        out.push((name, n));
+    }
+    out.sort();
+    out
+}
+
 /// splitmix64: small, fast and good enough to vary test mail deterministically.
 struct Rng(u64);
 
@@ -151,7 +181,7 @@ pub fn generate_mails(seed: u64, user: &str, count: usize, mailboxes: &[&str]) -
                  MIME-Version: 1.0\n\
                  Content-Type: text/plain; charset=utf-8\n\n",
                 n = r.below(50),
-                date = rfc2822(received.saturating_sub(r.below(300))),
+                date = rfc2822_date(received.saturating_sub(r.below(300))),
                 subj = WORDS[r.below(WORDS.len() as u64) as usize],
             );
             let target = 300 + r.below(12_000) as usize;
@@ -180,7 +210,7 @@ pub fn generate_mails(seed: u64, user: &str, count: usize, mailboxes: &[&str]) -
 }
 
 /// RFC 2822 date in UTC for a unix time (civil-from-days; no time crate needed).
-fn rfc2822(t: u64) -> String {
+pub fn rfc2822_date(t: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -367,10 +397,13 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(rfc2822(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc2822(1_577_836_800), "Wed, 1 Jan 2020 00:00:00 +0000");
+        assert_eq!(rfc2822_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
         assert_eq!(
-            rfc2822(951_782_400 + 3661),
+            rfc2822_date(1_577_836_800),
+            "Wed, 1 Jan 2020 00:00:00 +0000"
+        );
+        assert_eq!(
+            rfc2822_date(951_782_400 + 3661),
             "Tue, 29 Feb 2000 01:01:01 +0000"
         );
     }

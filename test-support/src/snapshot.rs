@@ -119,7 +119,51 @@ impl fmt::Display for Snapshot {
     }
 }
 
+/// One mail as replicas must agree on it: (mailbox, UID, GUID, system flags
+/// and keywords together, sorted).
+pub type MailRow = (String, u32, String, Vec<String>);
+
+impl MailState {
+    /// System flags and keywords in one sorted list, without `\Recent`.
+    pub fn flags_and_keywords(&self) -> Vec<String> {
+        let mut f = self.flags.clone();
+        f.extend(self.keywords.iter().cloned());
+        f.retain(|x| x != "\\Recent");
+        f.sort();
+        f
+    }
+}
+
 impl Snapshot {
+    /// Every mail as a [`MailRow`], sorted.
+    pub fn mail_rows(&self) -> Vec<MailRow> {
+        let mut v: Vec<MailRow> = self
+            .mails
+            .iter()
+            .map(|m| {
+                (
+                    m.mailbox.clone(),
+                    m.uid,
+                    m.guid.clone(),
+                    m.flags_and_keywords(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every mailbox as (name, mailbox GUID, UIDVALIDITY), sorted.
+    pub fn mailbox_rows(&self) -> Vec<(String, String, u32)> {
+        let mut v: Vec<_> = self
+            .mailboxes
+            .iter()
+            .map(|m| (m.name.clone(), m.guid.clone(), m.uidvalidity))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Total number of messages.
     pub fn message_count(&self) -> usize {
         self.mails.len()

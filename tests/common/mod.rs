@@ -1,0 +1,56 @@
+//! Helpers shared by the Maildir session tests (`mod common;`).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use homing::storage::maildir::{MaildirOptions, MaildirStore};
+use homing::storage::{MailStore, NewMessage};
+
+/// A Maildir at `dir` whose INBOX (with the given GUID and UIDVALIDITY)
+/// holds `mails` as (uid, mail GUID), each with `body(guid)`, received and
+/// saved at 1_700_000_000 + uid.
+pub fn inbox_store(
+    dir: &Path,
+    mailbox_guid: [u8; 16],
+    uid_validity: u32,
+    mails: &[(u32, impl AsRef<str>)],
+    body: impl Fn(&str) -> String,
+) -> MaildirStore {
+    let st = MaildirStore::open(dir, MaildirOptions::default()).unwrap();
+    st.create_mailbox("INBOX", Some(mailbox_guid), Some(uid_validity))
+        .unwrap();
+    let mut t = st.begin("INBOX").unwrap();
+    for (uid, guid) in mails {
+        let guid = guid.as_ref();
+        t.save(
+            NewMessage {
+                uid: Some(*uid),
+                guid: Some(guid.to_string()),
+                received: Some(1_700_000_000 + i64::from(*uid)),
+                saved: Some(1_700_000_000 + i64::from(*uid)),
+                ..Default::default()
+            },
+            &mut body(guid).as_bytes(),
+        )
+        .unwrap();
+    }
+    t.commit().unwrap();
+    st
+}
+
+/// uid -> (guid, body) of the INBOX.
+pub fn inbox_contents(st: &MaildirStore) -> BTreeMap<u32, (String, String)> {
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let mut out = BTreeMap::new();
+    for m in mb.messages() {
+        let m = m.unwrap();
+        let mut body = String::new();
+        mb.open_body(m.uid)
+            .unwrap()
+            .read_to_string(&mut body)
+            .unwrap();
+        out.insert(m.uid, (m.guid, body));
+    }
+    out
+}
