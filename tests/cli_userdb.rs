@@ -278,16 +278,21 @@ fn all_users_and_user_file_sync_one_after_another() {
     assert_eq!(c, 0, "{err}");
     assert_eq!(message_ids(&b, "alice"), ["<al1@test>", "<al2@test>"]);
 
-    // -S stays refused.
+    // -S with -A: the users are listed here, each sent to the server; with
+    // no server at the socket the run stops at the first user.
     let (c, _, err) = run(homing().arg("-c").arg(a.config_path()).args([
         "sync",
         "-A",
         "-S",
-        "/x",
+        "/nonexistent/doveadm-server",
         "remote:peer",
     ]));
     assert_eq!(c, 75);
-    assert!(err.contains("-S"), "{err}");
+    assert!(
+        err.contains("connect(/nonexistent/doveadm-server)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("Command sync failed").count(), 1, "{err}");
     a.assert_log_clean();
     b.assert_log_clean();
 }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod options;
 pub mod sync;
+pub mod via_server;
 
 use std::path::PathBuf;
 
@@ -85,13 +86,15 @@ pub struct SyncArgs {
     /// The user.
     #[arg(short = 'u', value_name = "USER")]
     pub user: Option<String>,
-    /// All users of the userdb (not supported).
+    /// All users of the userdb.
     #[arg(short = 'A')]
     pub all_users: bool,
-    /// Users listed in a file, one per line (not supported).
+    /// Users listed in a file, one per line.
     #[arg(short = 'F', value_name = "FILE")]
     pub user_file: Option<PathBuf>,
-    /// Run through a doveadm server (not supported).
+    /// Run the command on a doveadm server instead of here: its unix socket
+    /// (a path, e.g. `/run/dovecot/doveadm-server`) or `host[:port]` (TCP,
+    /// authenticated with `doveadm_password`; default port `doveadm_port`).
     #[arg(short = 'S', value_name = "SOCKET")]
     pub socket: Option<String>,
     /// Full sync: every mailbox, every message.

@@ -478,13 +478,17 @@ struct Prepared<'a> {
     many: bool,
 }
 
-fn usage(mode: Mode) -> Failure {
-    let usage = if mode == Mode::Backup {
+/// The usage line of `sync` or `backup`.
+pub(crate) fn usage_line(mode: Mode) -> String {
+    if mode == Mode::Backup {
         SYNC_USAGE.replace("sync [-1fPRU]", "backup [-fPRU]")
     } else {
         SYNC_USAGE.to_string()
-    };
-    fatal(EX_USAGE, format!("doveadm: Usage: {usage}"))
+    }
+}
+
+fn usage(mode: Mode) -> Failure {
+    fatal(EX_USAGE, format!("doveadm: Usage: {}", usage_line(mode)))
 }
 
 /// The users of `-A`, `-F`, a `-u` mask, or the one user.
@@ -546,13 +550,6 @@ pub async fn run_sync(globals: &Globals, mode: Mode, a: &SyncArgs) -> i32 {
     if let Some(f) = invalid_option(mode, a) {
         return report(f);
     }
-    // doveadm: the user selection is checked before the arguments.
-    if a.socket.is_some() {
-        return report(fatal(
-            EX_TEMPFAIL,
-            "Fatal: -S (run through a doveadm server) is not supported; run homing on that server instead",
-        ));
-    }
     let single = !a.all_users
         && a.user_file.is_none()
         && !a.user.as_deref().is_some_and(|u| u.contains(['*', '?']));
@@ -561,6 +558,17 @@ pub async fn run_sync(globals: &Globals, mode: Mode, a: &SyncArgs) -> i32 {
             EX_USAGE,
             "Fatal: USER environment is missing and -u option not used",
         ));
+    }
+    if let Some(socket) = a.socket.as_deref() {
+        if let Err((code, message)) = super::via_server::check_locally(mode, a) {
+            return report(fatal(code, message));
+        }
+        let (users, many) = match select_users(globals, a) {
+            Ok(Users::One(u)) => (vec![u], false),
+            Ok(Users::Many(v)) => (v, true),
+            Err(f) => return report(f),
+        };
+        return super::via_server::run(globals, mode, a, socket, &users, many).await;
     }
     let prepared = match prepare(globals, mode, a, !single) {
         Ok(p) => p,

@@ -106,7 +106,7 @@ impl Destination {
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
-fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
+pub fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
     let parse_port = |p: &str| p.parse::<u16>().map_err(|_| format!("invalid port {p:?}"));
     if let Some(rest) = s.strip_prefix('[') {
         let (host, after) = rest

@@ -23,6 +23,22 @@ pub const EX_NOPERM: i32 = 77;
 /// exit status it is its low byte, 233.
 pub const EX_NOREPLICATE: i32 = 1001;
 
+/// The exit code `doveadm` gives for a doveadm server's failure reply
+/// `-CODE`: the named codes map back to their exit codes, anything else
+/// (`UNKNOWN`, an empty code, codes it does not know) is a temporary failure.
+pub fn reply_exit_code(code: &str) -> i32 {
+    match code {
+        "USAGE" => EX_USAGE,
+        "DATAERR" => EX_DATAERR,
+        "NOUSER" => EX_NOUSER,
+        "NOTFOUND" => EX_NOHOST,
+        "PROTOCOL" => EX_PROTOCOL,
+        "NOPERM" => EX_NOPERM,
+        "NOREPLICATE" => EX_NOREPLICATE,
+        _ => EX_TEMPFAIL,
+    }
+}
+
 /// Why a transport to a dsync peer failed, with where it happened.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -116,14 +132,7 @@ impl TransportError {
             TransportError::BadDestination { .. } => EX_USAGE,
             TransportError::UnknownUser { .. } => EX_NOUSER,
             TransportError::NoReplicate { .. } => EX_NOREPLICATE,
-            TransportError::RemoteCommandRefused { code, .. } => match code.as_str() {
-                "USAGE" => EX_USAGE,
-                "DATAERR" => EX_DATAERR,
-                "NOTFOUND" => EX_NOHOST,
-                "PROTOCOL" => EX_PROTOCOL,
-                "NOPERM" => EX_NOPERM,
-                _ => EX_TEMPFAIL,
-            },
+            TransportError::RemoteCommandRefused { code, .. } => reply_exit_code(code),
             // Everything else is what doveadm reports as a temporary failure:
             // connection, TLS and authentication problems, timeouts, EOF.
             _ => EX_TEMPFAIL,
@@ -209,6 +218,26 @@ mod tests {
             .exit_code(),
             75
         );
+    }
+
+    #[test]
+    fn reply_codes_map_back_to_doveadm_exit_codes() {
+        // Observed with `doveadm sync -S` against a server answering each code.
+        for (code, exit) in [
+            ("NOUSER", 67),
+            ("TEMPFAIL", 75),
+            ("UNKNOWN", 75),
+            ("", 75),
+            ("NOREPLICATE", 1001),
+            ("NOTFOUND", 68),
+            ("USAGE", 64),
+            ("DATAERR", 65),
+            ("NOPERM", 77),
+            ("PROTOCOL", 76),
+            ("FOO", 75),
+        ] {
+            assert_eq!(reply_exit_code(code), exit, "-{code}");
+        }
     }
 
     #[test]

@@ -24,12 +24,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 pub use child::{spawn_command, CommandOptions};
-pub use destination::{expand_remote_cmd, Destination, DEFAULT_REMOTE_CMD};
+pub use destination::{expand_remote_cmd, split_host_port, Destination, DEFAULT_REMOTE_CMD};
 pub use error::{
-    TransportError, EX_DATAERR, EX_NOHOST, EX_NOPERM, EX_NOREPLICATE, EX_NOUSER, EX_PROTOCOL,
-    EX_TEMPFAIL, EX_USAGE,
+    reply_exit_code, TransportError, EX_DATAERR, EX_NOHOST, EX_NOPERM, EX_NOREPLICATE, EX_NOUSER,
+    EX_PROTOCOL, EX_TEMPFAIL, EX_USAGE,
 };
-pub use tcp::{connect_dsync, run_command, TcpOptions, TlsOptions};
+pub use tcp::{connect_dsync, run_command, run_command_line, LogSink, TcpOptions, TlsOptions};
 pub use wire::CommandFlags;
 
 /// The reading half: bytes of the peer's dsync stream.

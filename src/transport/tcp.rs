@@ -1,4 +1,5 @@
-//! The doveadm-server protocol over TCP (`tcp:`) or TLS (`tcps:`), client side.
+//! The doveadm-server protocol over TCP (`tcp:`), TLS (`tcps:`) or a unix
+//! socket (`doveadm -S PATH`), client side.
 
 use std::io;
 use std::path::PathBuf;
@@ -35,6 +36,8 @@ pub struct TlsOptions {
 pub struct TcpOptions {
     pub host: String,
     pub port: u16,
+    /// Connect to this unix socket instead of `host:port` (no TLS there).
+    pub unix_socket: Option<PathBuf>,
     /// `Some` for `tcps:`.
     pub tls: Option<TlsOptions>,
     /// PLAIN authentication id; Dovecot requires `doveadm`.
@@ -53,6 +56,7 @@ impl TcpOptions {
         TcpOptions {
             host: host.into(),
             port,
+            unix_socket: None,
             tls: None,
             doveadm_username: wire::DEFAULT_USERNAME.to_string(),
             doveadm_password: None,
@@ -62,9 +66,21 @@ impl TcpOptions {
         }
     }
 
-    /// `host:port` (IPv6 in brackets), for messages.
+    /// A doveadm server listening on the unix socket at `path` (Dovecot's
+    /// `<base_dir>/doveadm-server`; a 0600 socket needs no password).
+    pub fn unix(path: impl Into<PathBuf>) -> TcpOptions {
+        let path = path.into();
+        TcpOptions {
+            unix_socket: Some(path.clone()),
+            ..TcpOptions::new(path.display().to_string(), 0)
+        }
+    }
+
+    /// `host:port` (IPv6 in brackets) or the socket path, for messages.
     pub fn peer(&self) -> String {
-        if self.host.contains(':') {
+        if let Some(p) = &self.unix_socket {
+            p.display().to_string()
+        } else if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
@@ -77,6 +93,19 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 async fn open_stream(opts: &TcpOptions) -> Result<Box<dyn Stream>, TransportError> {
     let peer = opts.peer();
+    if let Some(path) = &opts.unix_socket {
+        let s = tokio::time::timeout(opts.connect_timeout, tokio::net::UnixStream::connect(path))
+            .await
+            .map_err(|_| TransportError::ConnectTimeout {
+                addr: peer.clone(),
+                after: opts.connect_timeout,
+            })?
+            .map_err(|source| TransportError::Connect {
+                addr: peer.clone(),
+                source,
+            })?;
+        return Ok(Box::new(s));
+    }
     let addrs: Vec<std::net::SocketAddr> = tokio::time::timeout(
         opts.connect_timeout,
         tokio::net::lookup_host((opts.host.as_str(), opts.port)),
@@ -139,12 +168,16 @@ async fn open_stream(opts: &TcpOptions) -> Result<Box<dyn Stream>, TransportErro
 type BoxRead = IdleTimeout<tokio::io::ReadHalf<Box<dyn Stream>>>;
 type BoxWrite = IdleTimeout<tokio::io::WriteHalf<Box<dyn Stream>>>;
 
-/// Connects, authenticates, sends `command` and reads the command reply.
-/// Returns the reply and a reader positioned after it (channel 0 only).
-async fn connect_and_send(
+/// Receives the log lines (channel `L`) of a doveadm server's output.
+pub type LogSink = Box<dyn FnMut(LogLevel, &str) + Send>;
+
+/// Connects, authenticates, sends `command` and reads the command reply,
+/// whatever its status. Returns the reply and a reader positioned after it
+/// (channel 0 only). Log lines go to `log`, else to `tracing`.
+async fn exchange(
     opts: &TcpOptions,
-    user: &str,
     command: Vec<u8>,
+    log: Option<LogSink>,
 ) -> Result<(Reply, DemuxReader<BoxRead>, BoxWrite), TransportError> {
     let peer = opts.peer();
     let stream = open_stream(opts).await?;
@@ -207,8 +240,21 @@ async fn connect_and_send(
     w.flush().await.map_err(io_err)?;
 
     let mut reader = DemuxReader::new(r, &peer, multiplexed, buf.split_off(pos));
+    reader.sink = log;
     let reply = reader.read_reply().await?;
+    Ok((reply, reader, w))
+}
+
+/// [`exchange`], with a failure reply turned into the error `doveadm sync`
+/// reports for a refused `dsync-server`.
+async fn connect_and_send(
+    opts: &TcpOptions,
+    user: &str,
+    command: Vec<u8>,
+) -> Result<(Reply, DemuxReader<BoxRead>, BoxWrite), TransportError> {
+    let (reply, reader, w) = exchange(opts, command, None).await?;
     if let ReplyStatus::Failure(code) = &reply.status {
+        let peer = opts.peer();
         let detail = reader.last_error.clone();
         return Err(match code.as_str() {
             "NOUSER" => TransportError::UnknownUser {
@@ -262,6 +308,19 @@ pub async fn run_command(
     Ok(reply)
 }
 
+/// Sends one complete command line (see [`wire::command_line`]) to a
+/// doveadm server and returns its reply as it is: a failure status is a
+/// reply, not an error. The server's log lines go to `log` as they arrive
+/// (else to `tracing`). This is what `doveadm -S` does with a command.
+pub async fn run_command_line(
+    opts: &TcpOptions,
+    command: Vec<u8>,
+    log: Option<LogSink>,
+) -> Result<Reply, TransportError> {
+    let (reply, _r, _w) = exchange(opts, command, log).await?;
+    Ok(reply)
+}
+
 /// Channel-0 reader over the server's multiplexed output; log lines are
 /// forwarded to `tracing` as they pass.
 pub struct DemuxReader<R> {
@@ -276,6 +335,8 @@ pub struct DemuxReader<R> {
     pending_pos: usize,
     /// The last error-or-worse log line, for error messages.
     last_error: Option<String>,
+    /// Where log lines go instead of `tracing`.
+    sink: Option<LogSink>,
 }
 
 impl<R: AsyncRead + Unpin> DemuxReader<R> {
@@ -290,10 +351,15 @@ impl<R: AsyncRead + Unpin> DemuxReader<R> {
             pending: Vec::new(),
             pending_pos: 0,
             last_error: None,
+            sink: None,
         }
     }
 
     fn log(&mut self, level: LogLevel, text: &str) {
+        if let Some(sink) = &mut self.sink {
+            sink(level, text);
+            return;
+        }
         let peer = &self.peer;
         match level {
             LogLevel::Debug => tracing::debug!("remote({peer}): {text}"),

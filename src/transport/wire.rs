@@ -515,12 +515,13 @@ impl ReplyParser {
                 ))
             }
         };
-        let fields = self
-            .fields_part
-            .split(|b| *b == b'\t')
-            .filter(|f| !f.is_empty())
-            .map(unescape_field)
-            .collect();
+        // Each field ends with a TAB, so an empty field is a lone TAB
+        // (`sync -s` prints an empty state that way).
+        let mut parts: Vec<&[u8]> = self.fields_part.split(|b| *b == b'\t').collect();
+        if parts.last().is_some_and(|p| p.is_empty()) {
+            parts.pop();
+        }
+        let fields = parts.into_iter().map(unescape_field).collect();
         Ok((pos, Some(Reply { fields, status })))
     }
 }
@@ -872,6 +873,14 @@ mod tests {
         }
         assert_eq!(err, Some(WireError::ReplyTooLong));
         let (_, r) = ReplyParser::new().push(b"\t\n-\n").unwrap();
-        assert_eq!(r.unwrap().status, ReplyStatus::Failure(String::new()));
+        let r = r.unwrap();
+        assert_eq!(r.status, ReplyStatus::Failure(String::new()));
+        assert_eq!(r.fields, [Vec::<u8>::new()], "one empty field");
+        let (_, r) = ReplyParser::new().push(b"\n+\n").unwrap();
+        assert!(r.unwrap().fields.is_empty());
+        let (_, r) = ReplyParser::new()
+            .push(b"a\x01tb\tc\t\n-UNKNOWN\n")
+            .unwrap();
+        assert_eq!(r.unwrap().fields, [b"a\tb".to_vec(), b"c".to_vec()]);
     }
 }
