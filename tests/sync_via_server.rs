@@ -3,10 +3,13 @@
 //! server's log lines on stderr, its output fields on stdout and its reply
 //! code as the exit code.
 
+mod common;
+use common::show;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::thread::JoinHandle;
 
 fn homing() -> Command {
@@ -75,15 +78,6 @@ fn unix_server(dir: &std::path::Path, reply: &'static [u8]) -> (String, JoinHand
         serve(s, false, reply)
     });
     (path.display().to_string(), t)
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! `doveadm_password`), the destination gets the mail, and failures give
 //! the exit code `doveadm sync -S` gives for the same case.
 
+mod common;
+use common::show;
+
 use std::process::{Command, Output};
 
 use test_support::{
@@ -21,15 +24,6 @@ fn homing(inst: &DovecotInstance) -> Command {
 
 fn run(mut c: Command) -> Output {
     c.output().expect("run command")
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn socket(inst: &DovecotInstance) -> String {

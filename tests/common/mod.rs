@@ -1,8 +1,10 @@
-//! Helpers shared by the Maildir session tests (`mod common;`).
+//! Helpers shared by tests (`mod common;`); each test binary uses some.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
+use std::process::Output;
 
 use homing::storage::maildir::{MaildirOptions, MaildirStore};
 use homing::storage::{MailStore, NewMessage};
@@ -53,4 +55,14 @@ pub fn inbox_contents(st: &MaildirStore) -> BTreeMap<u32, (String, String)> {
         out.insert(m.uid, (m.guid, body));
     }
     out
+}
+
+/// A finished command's exit code, stdout and stderr, for assertion messages.
+pub fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
