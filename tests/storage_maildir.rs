@@ -1272,3 +1272,68 @@ fn mailbox_guid_change() {
     assert_owned_by(&root, vuid);
     inst.assert_log_clean();
 }
+
+/// A commit finds what other writers left: a file delivered into `new/`
+/// without a uidlist line gets the next UID after the commit's saves, and a
+/// uidlist line the index lacks (a writer that died before its log write)
+/// is added to the index before them. The commit lists the directories
+/// once and keeps only those files and the ones it renames or removes.
+#[test]
+fn commit_takes_in_deliveries_and_catches_the_index_up() {
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 0..3);
+    let root = inst.mail_dir(USER);
+    let owner = std::fs::metadata(&root).unwrap();
+    let put = |path: &Path, data: &[u8]| {
+        std::fs::write(path, data).unwrap();
+        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).unwrap();
+    };
+    // A uidlist line for UID 4 whose index record was never written.
+    let body = mail(40);
+    let lines = body.iter().filter(|&&b| b == b'\n').count();
+    let behind = format!(
+        "1700000001.M1P1.behind,S={},W={}",
+        body.len(),
+        body.len() + lines
+    );
+    put(&root.join("cur").join(format!("{behind}:2,S")), &body);
+    let uidlist = root.join("dovecot-uidlist");
+    let mut text = std::fs::read_to_string(&uidlist).unwrap();
+    text.push_str(&format!("4 :{behind}\n"));
+    put(&uidlist, text.as_bytes());
+    // A delivery straight into new/.
+    put(&root.join("new").join("1700000002.M2P2.deliv"), &mail(50));
+
+    let st = store(&inst);
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.save(NewMessage::default(), &mut &mail(60)[..]).unwrap();
+    tx.update_flags(
+        1,
+        FlagChange {
+            add: flags::FLAGGED,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    tx.expunge(2, None).unwrap();
+    tx.commit().unwrap();
+
+    let rows = fetch(&inst, "INBOX", "uid flags hdr.subject");
+    let got: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r["uid"].clone(), r["hdr.subject"].clone()))
+        .collect();
+    let want: Vec<(String, String)> = [(1, 0), (3, 2), (4, 40), (5, 60), (6, 50)]
+        .iter()
+        .map(|(u, n)| (u.to_string(), format!("message {n}")))
+        .collect();
+    assert_eq!(got, want);
+    assert!(rows[0]["flags"].contains("\\Flagged"), "{rows:?}");
+    assert!(rows[2]["flags"].contains("\\Seen"), "{rows:?}");
+    // homing's reader agrees with Dovecot.
+    let st = store(&inst);
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
+    assert_same_messages(&ours, &fetch(&inst, "INBOX", "uid guid flags"));
+    inst.assert_log_clean();
+}

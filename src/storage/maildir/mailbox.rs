@@ -79,7 +79,6 @@ pub(crate) struct UidlistState {
     pub uid_validity: u32,
     pub next_uid: u32,
     pub guid: Option<MailboxGuid>,
-    pub header_ext: Vec<(char, String)>,
     pub entries: Vec<UidEntry>,
     /// The file ends without LF (a writer died mid-line).
     pub partial_tail: bool,
@@ -98,11 +97,6 @@ impl UidlistState {
             uid_validity: u.uid_validity,
             next_uid: u.next_uid(),
             guid: u.mailbox_guid,
-            header_ext: u
-                .header_extensions
-                .iter()
-                .map(|(k, v)| (*k, v.to_string()))
-                .collect(),
             partial_tail: u.partial_tail,
             entries: u
                 .records
@@ -124,6 +118,20 @@ impl UidlistState {
 /// Lists `new/` and `cur/`: base name → location.
 pub(crate) fn scan_files(dir: &Path) -> Result<HashMap<String, FileLoc>> {
     let mut out = HashMap::new();
+    for_each_file(dir, |base, loc| {
+        out.insert(base.to_string(), loc());
+    })?;
+    Ok(out)
+}
+
+/// Calls `f(base name, location)` for every mail file in `new/`, then
+/// `cur/` (a base in both: the `cur/` one comes last and wins). The
+/// location is made only when asked for: a caller that keeps a few files
+/// of a large mailbox copies no other name.
+pub(crate) fn for_each_file(
+    dir: &Path,
+    mut f: impl FnMut(&str, &dyn Fn() -> FileLoc),
+) -> Result<()> {
     for (sub, new_dir) in [("new", true), ("cur", false)] {
         let d = dir.join(sub);
         let rd = match fs::read_dir(&d) {
@@ -139,16 +147,13 @@ pub(crate) fn scan_files(dir: &Path) -> Result<HashMap<String, FileLoc>> {
                 continue;
             }
             let base = name.split_once(':').map(|(b, _)| b).unwrap_or(name);
-            out.insert(
-                base.to_string(),
-                FileLoc {
-                    new_dir,
-                    name: name.to_string(),
-                },
-            );
+            f(base, &|| FileLoc {
+                new_dir,
+                name: name.to_string(),
+            });
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Dovecot's order for files that get new UIDs: by the time stamp at the

@@ -303,7 +303,7 @@ impl MaildirStore {
     }
 
     /// Reads a mailbox's uidlist header (GUID, uidvalidity, next uid).
-    fn uidlist_header(dir: &Path) -> Result<Option<(Option<MailboxGuid>, u32, u32)>> {
+    pub(crate) fn uidlist_header(dir: &Path) -> Result<Option<(Option<MailboxGuid>, u32, u32)>> {
         let path = dir.join(UIDLIST);
         let data = match fs::read(&path) {
             Ok(d) => d,

@@ -19,7 +19,7 @@
 //! without uidlist line gets a UID; a uidlist line without index record is
 //! added to the index; no step removes mail that a later step still needs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -27,11 +27,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use index_format::log::{LogFile, RecordBody};
-use index_format::maildir::{guid_128_from_string, parse_filename, MaildirFlags, MAX_KEYWORDS};
+use index_format::maildir::{
+    guid_128_from_string, parse_filename, MaildirFlags, Uidlist, MAX_KEYWORDS,
+};
 use index_format::write::{header_offsets, uidlist_line, TransactionBuilder, UidlistExt};
 
 use super::attributes::AttributeSet;
-use super::mailbox::{maildir_order, open_view, read_keywords, scan_files, FileLoc, UidlistState};
+use super::mailbox::{for_each_file, maildir_order, open_view, read_keywords, scan_files, FileLoc};
 use super::{log_gate, MaildirStore, UIDLIST};
 use crate::storage::lock::{Dotlock, DotlockSettings, FcntlLock, Owner};
 use crate::storage::{
@@ -198,15 +200,28 @@ impl<'s> MaildirTransaction<'s> {
         let dir = me.dir.clone();
         let fsync = store.options().fsync;
         let uidlist_path = dir.join(UIDLIST);
-        if UidlistState::read(&dir)?.and_then(|u| u.guid).is_none() {
+        if MaildirStore::uidlist_header(&dir)?
+            .and_then(|h| h.0)
+            .is_none()
+        {
             store.ensure_uidlist(&dir, None, None)?;
         }
         let _uidlist_lock =
             Dotlock::acquire(&uidlist_path, DotlockSettings::UIDLIST, store.owner())?;
-        let uidlist = UidlistState::read(&dir)?.ok_or_else(|| StorageError::Inconsistent {
-            path: uidlist_path.clone(),
-            why: "uidlist vanished".into(),
-        })?;
+        // The uidlist's records borrow its bytes: no copy per mail (a
+        // commit of a large mailbox held several of them).
+        let uidlist_data = match fs::read(&uidlist_path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::Inconsistent {
+                    path: uidlist_path.clone(),
+                    why: "uidlist vanished".into(),
+                })
+            }
+            Err(e) => return Err(io_err(&uidlist_path)(e)),
+        };
+        let uidlist = Uidlist::parse(&uidlist_data).map_err(|e| e.with_path(&uidlist_path))?;
+        let uidlist_next = uidlist.next_uid();
         // Attribute values go to the dict before the log records that date
         // them, as Dovecot commits its dict transaction first.
         let mut attr_tx = TransactionBuilder::new(false);
@@ -219,10 +234,12 @@ impl<'s> MaildirTransaction<'s> {
                 .ok_or(StorageError::Unsupported(
                     "mailbox attributes are not enabled (no mail_attribute_dict)",
                 ))?;
-            let guid = uidlist.guid.ok_or_else(|| StorageError::Inconsistent {
-                path: uidlist_path.clone(),
-                why: "mailbox has no GUID for its attributes".into(),
-            })?;
+            let guid = uidlist
+                .mailbox_guid
+                .ok_or_else(|| StorageError::Inconsistent {
+                    path: uidlist_path.clone(),
+                    why: "mailbox has no GUID for its attributes".into(),
+                })?;
             super::attributes::update(&dict, store.owner(), &guid, &me.attributes)?;
             let now = super::unix_now();
             for a in &me.attributes {
@@ -241,13 +258,31 @@ impl<'s> MaildirTransaction<'s> {
                 )?;
             }
         }
-        let mut files = scan_files(&dir)?;
         let by_uid: HashMap<u32, usize> = uidlist
-            .entries
+            .records
             .iter()
             .enumerate()
             .map(|(i, e)| (e.uid, i))
             .collect();
+        // One listing of `new/` and `cur/`, keeping only the files this
+        // commit needs: those the uidlist does not list (deliveries that
+        // get UIDs now) and those of mails it renames or removes.
+        let listed: HashSet<&str> = uidlist.records.iter().map(|e| e.filename).collect();
+        let wanted: HashSet<&str> = me
+            .flag_changes
+            .keys()
+            .chain(me.expunges.keys())
+            .filter_map(|uid| by_uid.get(uid).map(|&i| uidlist.records[i].filename))
+            .collect();
+        let mut files: HashMap<String, FileLoc> = HashMap::new();
+        let mut unlisted: HashMap<String, FileLoc> = HashMap::new();
+        for_each_file(&dir, |base, loc| {
+            if !listed.contains(base) {
+                unlisted.insert(base.to_string(), loc());
+            } else if wanted.contains(base) {
+                files.insert(base.to_string(), loc());
+            }
+        })?;
 
         // The index, mapped before the log lock is taken (mapping opens and
         // closes a descriptor of the log, which would drop our fcntl lock).
@@ -319,17 +354,29 @@ impl<'s> MaildirTransaction<'s> {
         let mut tx = TransactionBuilder::new(true);
         tx.set_sync(me.sync);
         let mut new_lines = String::new();
-        let mut next = uidlist.next_uid.max(1);
+        let mut next = uidlist_next.max(1);
 
         // Uidlist records the index does not have yet (Dovecot's sync would
         // add them): they must precede our appends in the log.
         let mut catch_up: Vec<(u32, String)> = Vec::new();
         if view.is_some() {
-            for e in &uidlist.entries {
-                if e.uid >= index_next {
-                    if let Some(loc) = files.get(&e.base) {
-                        catch_up.push((e.uid, loc.name.clone()));
+            let behind: Vec<_> = uidlist
+                .records
+                .iter()
+                .filter(|e| e.uid >= index_next)
+                .collect();
+            if behind.iter().any(|e| !files.contains_key(e.filename)) {
+                // Rare (a writer died between uidlist and log): these files
+                // were not kept by the listing above.
+                for (base, loc) in scan_files(&dir)? {
+                    if listed.contains(base.as_str()) {
+                        files.entry(base).or_insert(loc);
                     }
+                }
+            }
+            for e in behind {
+                if let Some(loc) = files.get(e.filename) {
+                    catch_up.push((e.uid, loc.name.clone()));
                 }
             }
         }
@@ -355,13 +402,7 @@ impl<'s> MaildirTransaction<'s> {
                 .ok_or(StorageError::UidTooLow { uid, next_uid: n })?;
         }
         // Deliveries that are not in the uidlist yet get UIDs after ours.
-        let listed: std::collections::HashSet<&str> =
-            uidlist.entries.iter().map(|e| e.base.as_str()).collect();
-        let mut unlisted: Vec<(String, FileLoc)> = files
-            .iter()
-            .filter(|(b, _)| !listed.contains(b.as_str()))
-            .map(|(b, l)| (b.clone(), l.clone()))
-            .collect();
+        let mut unlisted: Vec<(String, FileLoc)> = unlisted.into_iter().collect();
         unlisted.sort_by(|a, b| maildir_order(&a.0, &b.0));
 
         // Keyword letters for everything this commit sets.
@@ -480,7 +521,7 @@ impl<'s> MaildirTransaction<'s> {
                 result.missing_for_flags.push(uid);
                 continue;
             };
-            let base = &uidlist.entries[i].base;
+            let base = uidlist.records[i].filename;
             let Some(loc) = files.get(base).cloned() else {
                 result.missing_for_flags.push(uid);
                 continue;
@@ -523,7 +564,7 @@ impl<'s> MaildirTransaction<'s> {
                     dirs_touched.0 = true;
                 }
                 files.insert(
-                    base.clone(),
+                    base.to_string(),
                     FileLoc {
                         new_dir: false,
                         name: new_name,
@@ -550,15 +591,15 @@ impl<'s> MaildirTransaction<'s> {
                 result.already_expunged.push(uid);
                 continue;
             };
-            let e = &uidlist.entries[i];
-            let have = e.guid.as_deref().unwrap_or(&e.base);
+            let e = &uidlist.records[i];
+            let have = e.extension('G').unwrap_or(e.filename);
             if let Some(g) = &want_guid {
                 if have != g {
                     result.guid_mismatch.push(uid);
                     continue;
                 }
             }
-            let Some(loc) = files.get(&e.base) else {
+            let Some(loc) = files.get(e.filename) else {
                 result.already_expunged.push(uid);
                 continue;
             };
@@ -598,7 +639,7 @@ impl<'s> MaildirTransaction<'s> {
 
         // 4. Uidlist.
         let uv = me.new_uid_validity.unwrap_or(uidlist.uid_validity);
-        let guid_changes = me.new_guid.is_some_and(|g| Some(g) != uidlist.guid);
+        let guid_changes = me.new_guid.is_some_and(|g| Some(g) != uidlist.mailbox_guid);
         let header_next = if me.min_uid_next > next {
             me.min_uid_next
         } else {
@@ -623,15 +664,11 @@ impl<'s> MaildirTransaction<'s> {
                 .map(|p| p + 1)
                 .unwrap_or(0)
                 .max(body_start);
-            let other: Vec<(char, &str)> = uidlist
-                .header_ext
-                .iter()
-                .map(|(k, v)| (*k, v.as_str()))
-                .collect();
+            let other: Vec<(char, &str)> = uidlist.header_extensions.clone();
             let mut content = index_format::write::uidlist_header(
                 uv,
-                header_next.max(next).max(uidlist.next_uid),
-                &me.new_guid.or(uidlist.guid).unwrap_or_default(),
+                header_next.max(next).max(uidlist_next),
+                &me.new_guid.or(uidlist.mailbox_guid).unwrap_or_default(),
                 &other,
             )
             .into_bytes();
@@ -672,7 +709,7 @@ impl<'s> MaildirTransaction<'s> {
                 // A log we just started: the index learns the uidlist's values.
                 pre.header_update(header_offsets::UID_VALIDITY, &uv.to_le_bytes())?;
                 let appended = tx.max_appended_uid().map_or(1, |u| u.saturating_add(1));
-                let nu = next.max(uidlist.next_uid).max(header_next);
+                let nu = next.max(uidlist_next).max(header_next);
                 if header_next == 0 && nu > appended.max(index_next) {
                     post.header_update(header_offsets::NEXT_UID, &nu.to_le_bytes())?;
                 }
