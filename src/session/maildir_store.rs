@@ -696,7 +696,17 @@ impl MaildirReplica {
             return Ok(());
         }
         saves.sort_by_key(|s| s.msg.uid);
-        let src = self.store.open_mailbox(name).map_err(map_err)?;
+        // Opened only for copies and moves: opening reads the uidlist and
+        // lists the mailbox, which for a batch of received mails would be
+        // as large as the mailbox, once per batch.
+        let src = if saves
+            .iter()
+            .any(|s| matches!(s.source, SaveSource::Local { .. }))
+        {
+            Some(self.store.open_mailbox(name).map_err(map_err)?)
+        } else {
+            None
+        };
         let mut t = self.store.begin(name).map_err(map_err)?;
         t.set_sync_origin(true);
         let mut expunges = Vec::new();
@@ -707,6 +717,9 @@ impl MaildirReplica {
                     if expunge {
                         expunges.push(uid);
                     }
+                    let src = src.as_ref().ok_or_else(|| {
+                        StorageError::NotPossible(format!("no source mailbox for uid {uid}"))
+                    })?;
                     src.open_body(uid).map_err(map_err)?
                 }
             };
