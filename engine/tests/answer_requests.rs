@@ -60,3 +60,11 @@ fn indexed_answers_equal_one_by_one_answers() {
     let (_, body) = &answer_requests(&snap, &dups)[0];
     assert_eq!(body.as_ref().map(|b| b.uid), Some(1));
 }
+
+/// The receiving side keeps one `PendingMail` per mail it still waits for:
+/// a full sync into an empty replica holds one for every mail at once, so
+/// its size is part of the per-mail memory (ARCHITECTURE.md invariant 6).
+#[test]
+fn a_pending_mail_is_an_index_not_a_copy() {
+    assert!(std::mem::size_of::<sync_engine::mailbox::PendingMail>() <= 32);
+}
