@@ -440,29 +440,46 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-/// The send buffer is written out once it holds `chunk_size` bytes; the
-/// last append may add a stuffed chunk (dots can double its size) or an
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    peer: String,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    spare: std::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<(), SessionError> {
+    let werr = |e: std::io::Error| SessionError::Write {
+        peer: peer.clone(),
+        reason: TransportError::from_io(&peer, e).to_string(),
+    };
+    while let Some(mut buf) = rx.recv().await {
+        writer.write_all(&buf).await.map_err(werr)?;
+        // Back to the encoder: no allocation (and no growth) per buffer.
+        buf.clear();
+        let _ = spare.send(buf);
+        if rx.is_empty() {
+            writer.flush().await.map_err(werr)?;
+        }
+    }
+    writer.flush().await.map_err(werr)?;
+    // The peer sees EOF: that is how a dsync session ends.
+    let _ = writer.shutdown().await;
+    Ok(())
+}
+
+/// A send buffer is handed to the writer once it holds `chunk_size` bytes;
+/// the last append may add a stuffed chunk (dots can double its size) or an
 /// item line.
 fn send_buffer_capacity(chunk_size: usize) -> usize {
     3 * chunk_size + 4096
 }
-
-/// The writing half of the peer's stream, written from the brain's thread.
-type PeerWriter = std::pin::Pin<Box<dyn AsyncWrite + Send>>;
 
 struct Driver<S> {
     brain: Brain,
     store: S,
     enc: Encoder,
     buf: Vec<u8>,
-    /// Written synchronously from this thread (through the runtime's I/O
-    /// driver): the bytes just encoded are still in this core's cache, and
-    /// no hand-off to another thread is needed per buffer. The reader task
-    /// keeps reading meanwhile, so a peer that writes never blocks on us.
-    out: PeerWriter,
-    rt: tokio::runtime::Handle,
-    /// The first write failure (the session's error if nothing else failed).
-    write_error: Option<SessionError>,
+    out: mpsc::Sender<Vec<u8>>,
+    /// Buffers the writer has sent, for reuse.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
     chunk_size: usize,
     /// Outgoing bodies are read into this, one chunk at a time.
     chunk: Vec<u8>,
@@ -482,34 +499,15 @@ impl<S: SessionStore> Driver<S> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if !self.write_closed {
-            let out = &mut self.out;
-            let data = &self.buf;
-            let r = self.rt.block_on(async {
-                out.write_all(data).await?;
-                out.flush().await
-            });
-            if let Err(e) = r {
-                self.write_closed = true;
-                self.write_error = Some(SessionError::Write {
-                    peer: self.peer.clone(),
-                    reason: TransportError::from_io(&self.peer, e).to_string(),
-                });
-            }
-        }
-        self.buf.clear();
-        Ok(())
-    }
-
-    /// Sends what is left and closes the stream: the peer sees EOF, which
-    /// is how a dsync session ends.
-    fn close(&mut self) {
-        let _ = self.flush();
-        if !self.write_closed {
-            let out = &mut self.out;
-            let _ = self.rt.block_on(out.shutdown());
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(send_buffer_capacity(self.chunk_size)));
+        let data = std::mem::replace(&mut self.buf, next);
+        if !self.write_closed && self.out.blocking_send(data).is_err() {
             self.write_closed = true;
         }
+        Ok(())
     }
 
     fn encode_err(&self, e: impl std::fmt::Display) -> SessionError {
@@ -692,6 +690,8 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (in_tx, mut in_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(8);
+    let (spare_tx, spare_rx) = std::sync::mpsc::channel();
     let backlog = Arc::new(AtomicU64::new(0));
     let spooler = Spooler {
         threshold: opts.spool_threshold,
@@ -707,15 +707,15 @@ where
         spooler,
         in_tx,
     ));
+    let writer_task = tokio::spawn(write_loop(writer, peer.to_string(), out_rx, spare_tx));
     let chunk_size = opts.chunk_size.max(512);
     let mut driver = Driver {
         brain,
         store,
         enc: Encoder::new(),
         buf: Vec::with_capacity(send_buffer_capacity(chunk_size)),
-        out: Box::pin(writer),
-        rt: tokio::runtime::Handle::current(),
-        write_error: None,
+        out: out_tx,
+        spare: spare_rx,
         chunk_size,
         chunk: Vec::new(),
         stats: SessionStats::default(),
@@ -729,16 +729,23 @@ where
         if let Err(e) = driver.store.finish() {
             r = r.and(Err(SessionError::Storage(e.to_string())));
         }
-        driver.close();
+        // Closing the queue lets the writer finish and send EOF.
+        let (tx, _) = mpsc::channel(1);
+        driver.out = tx;
         (driver, r)
     });
     let (driver, run_result) = match worker.await {
         Ok(x) => x,
         Err(_) => {
             reader_task.abort();
+            writer_task.abort();
             // The store went down with the thread; nothing to hand back.
             panic!("the session worker thread panicked");
         }
+    };
+    let write_result = match writer_task.await {
+        Ok(r) => r,
+        Err(_) => Err(SessionError::Worker),
     };
     // Let the peer finish its side, then stop listening.
     let grace = opts.close_grace;
@@ -750,10 +757,9 @@ where
         brain,
         store,
         stats,
-        write_error,
         ..
     } = driver;
-    let error = run_result.err().or(write_error);
+    let error = run_result.err().or(write_result.err());
     let outcome = match (brain.outcome(), &error) {
         (Some(o), _) => o.clone(),
         (None, Some(e)) => failed_outcome(e.to_string()),
