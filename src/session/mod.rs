@@ -447,13 +447,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     peer: String,
     mut rx: mpsc::Receiver<Vec<u8>>,
+    spare: std::sync::mpsc::Sender<Vec<u8>>,
 ) -> Result<(), SessionError> {
     let werr = |e: std::io::Error| SessionError::Write {
         peer: peer.clone(),
         reason: TransportError::from_io(&peer, e).to_string(),
     };
-    while let Some(buf) = rx.recv().await {
+    while let Some(mut buf) = rx.recv().await {
         writer.write_all(&buf).await.map_err(werr)?;
+        // Back to the encoder: no allocation (and no growth) per buffer.
+        buf.clear();
+        let _ = spare.send(buf);
         if rx.is_empty() {
             writer.flush().await.map_err(werr)?;
         }
@@ -464,13 +468,24 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// A send buffer is handed to the writer once it holds `chunk_size` bytes;
+/// the last append may add a stuffed chunk (dots can double its size) or an
+/// item line.
+fn send_buffer_capacity(chunk_size: usize) -> usize {
+    3 * chunk_size + 4096
+}
+
 struct Driver<S> {
     brain: Brain,
     store: S,
     enc: Encoder,
     buf: Vec<u8>,
     out: mpsc::Sender<Vec<u8>>,
+    /// Buffers the writer has sent, for reuse.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
     chunk_size: usize,
+    /// Outgoing bodies are read into this, one chunk at a time.
+    chunk: Vec<u8>,
     stats: SessionStats,
     peer: String,
     progress: Option<Arc<Progress>>,
@@ -487,7 +502,11 @@ impl<S: SessionStore> Driver<S> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let data = std::mem::take(&mut self.buf);
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(send_buffer_capacity(self.chunk_size)));
+        let data = std::mem::replace(&mut self.buf, next);
         if !self.write_closed && self.out.blocking_send(data).is_err() {
             self.write_closed = true;
         }
@@ -549,9 +568,20 @@ impl<S: SessionStore> Driver<S> {
     }
 
     fn send_body(&mut self, rd: &mut Box<dyn Read + Send>) -> Result<(), SessionError> {
-        let mut chunk = vec![0u8; self.chunk_size];
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.resize(self.chunk_size, 0);
+        let r = self.send_chunks(rd, &mut chunk);
+        self.chunk = chunk;
+        r
+    }
+
+    fn send_chunks(
+        &mut self,
+        rd: &mut Box<dyn Read + Send>,
+        chunk: &mut [u8],
+    ) -> Result<(), SessionError> {
         loop {
-            let n = match rd.read(&mut chunk) {
+            let n = match rd.read(chunk) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -664,6 +694,7 @@ where
 {
     let (in_tx, mut in_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(8);
+    let (spare_tx, spare_rx) = std::sync::mpsc::channel();
     let backlog = Arc::new(AtomicU64::new(0));
     let spooler = Spooler {
         threshold: opts.spool_threshold,
@@ -679,14 +710,17 @@ where
         spooler,
         in_tx,
     ));
-    let writer_task = tokio::spawn(write_loop(writer, peer.to_string(), out_rx));
+    let writer_task = tokio::spawn(write_loop(writer, peer.to_string(), out_rx, spare_tx));
+    let chunk_size = opts.chunk_size.max(512);
     let mut driver = Driver {
         brain,
         store,
         enc: Encoder::new(),
-        buf: Vec::new(),
+        buf: Vec::with_capacity(send_buffer_capacity(chunk_size)),
         out: out_tx,
-        chunk_size: opts.chunk_size.max(512),
+        spare: spare_rx,
+        chunk_size,
+        chunk: Vec::new(),
         stats: SessionStats::default(),
         peer: peer.to_string(),
         progress: opts.progress.clone(),

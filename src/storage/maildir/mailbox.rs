@@ -4,11 +4,15 @@
 //! Dovecot's maildir sync gives them (under the uidlist lock) when the
 //! mailbox is opened.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use index_format::log::RecordBody;
 use index_format::maildir::{parse_filename, Keywords, Uidlist};
@@ -156,6 +160,44 @@ pub(crate) fn for_each_file(
     Ok(())
 }
 
+/// Pairs the uidlist entries with the listed files (moved out of `files`).
+/// Also says whether a listed file has no entry (a new delivery).
+fn locate(
+    mut files: HashMap<String, FileLoc>,
+    entries: &[UidEntry],
+) -> (Vec<Option<FileLoc>>, bool) {
+    let mut missing = Vec::new();
+    let mut locs: Vec<Option<FileLoc>> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let l = files.remove(e.base.as_str());
+            if l.is_none() {
+                missing.push(i);
+            }
+            l
+        })
+        .collect();
+    let unlisted = !files.is_empty();
+    if !missing.is_empty() {
+        // Usually an expunged mail; but a base listed twice (a damaged
+        // uidlist) names the same file each time.
+        let want: HashSet<&str> = missing.iter().map(|&i| entries[i].base.as_str()).collect();
+        let found: HashMap<&str, usize> = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| locs[*i].is_some() && want.contains(e.base.as_str()))
+            .map(|(i, e)| (e.base.as_str(), i))
+            .collect();
+        for i in missing {
+            if let Some(&j) = found.get(entries[i].base.as_str()) {
+                locs[i] = locs[j].clone();
+            }
+        }
+    }
+    (locs, unlisted)
+}
+
 /// Dovecot's order for files that get new UIDs: by the time stamp at the
 /// start of the name (seconds, then the `.M<usecs>` part), then by name.
 pub(crate) fn maildir_order(a: &str, b: &str) -> std::cmp::Ordering {
@@ -180,7 +222,19 @@ pub struct MaildirMailbox {
     name: String,
     dir: PathBuf,
     uidlist: UidlistState,
-    files: HashMap<String, FileLoc>,
+    /// Where each uidlist entry's file is (same order as the entries;
+    /// `None` for a mail whose file is gone).
+    locs: Vec<Option<FileLoc>>,
+    /// The entries' UIDs, ascending: a compact search key (a per-mail
+    /// lookup touches little memory).
+    uids: Vec<u32>,
+    /// Where the next UID is expected: bodies and messages are asked for
+    /// in UID order, so the search is mostly skipped.
+    cursor: AtomicUsize,
+    /// `new/` and `cur/`, opened once: files are opened and stat'ed
+    /// relative to them instead of walking the whole path per mail.
+    new_fd: Option<OwnedFd>,
+    cur_fd: Option<OwnedFd>,
     keywords: Vec<(u8, String)>,
     view: Option<MailboxView>,
     modseq_handle: Option<index_format::view::ExtHandle>,
@@ -286,19 +340,27 @@ impl MaildirMailbox {
                 })?
             }
         };
-        let mut files = scan_files(&dir)?;
-        let listed: std::collections::HashSet<&str> =
-            uidlist.entries.iter().map(|e| e.base.as_str()).collect();
-        if files.keys().any(|b| !listed.contains(b.as_str())) {
+        let (mut locs, unlisted) = locate(scan_files(&dir)?, &uidlist.entries);
+        if unlisted {
             // New deliveries: give them UIDs now, as Dovecot's sync does.
             // An empty commit only gives UIDs to unlisted files.
             super::txn::MaildirTransaction::new(store, dir.clone())?.commit_inner()?;
-            files = scan_files(&dir)?;
             uidlist = UidlistState::read(&dir)?.ok_or_else(|| StorageError::Inconsistent {
                 path: dir.join(UIDLIST),
                 why: "uidlist vanished".into(),
             })?;
+            locs = locate(scan_files(&dir)?, &uidlist.entries).0;
         }
+        let uids = uidlist.entries.iter().map(|e| e.uid).collect();
+        let open_dir = |sub: &str| {
+            rustix::fs::open(
+                dir.join(sub),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+        };
+        let (new_fd, cur_fd) = (open_dir("new"), open_dir("cur"));
         let keywords = read_keywords(&dir)?;
         let view = open_view(&dir)?;
         let modseq_handle = view
@@ -313,16 +375,68 @@ impl MaildirMailbox {
             name,
             dir,
             uidlist,
-            files,
+            locs,
+            uids,
+            cursor: AtomicUsize::new(0),
+            new_fd,
+            cur_fd,
             keywords,
             view,
         })
     }
 
+    /// The index of `uid` among the uidlist entries.
+    fn entry_index(&self, uid: u32) -> Option<usize> {
+        let hint = self.cursor.load(Ordering::Relaxed);
+        let i = if self.uids.get(hint) == Some(&uid) {
+            hint
+        } else {
+            self.uids.binary_search(&uid).ok()?
+        };
+        self.cursor.store(i + 1, Ordering::Relaxed);
+        Some(i)
+    }
+
+    fn dir_fd(&self, loc: &FileLoc) -> Option<&OwnedFd> {
+        if loc.new_dir {
+            self.new_fd.as_ref()
+        } else {
+            self.cur_fd.as_ref()
+        }
+    }
+
+    /// Opens a mail file (relative to its directory when that is open).
+    fn open_file(&self, loc: &FileLoc) -> std::io::Result<fs::File> {
+        match self.dir_fd(loc) {
+            Some(d) => rustix::fs::openat(
+                d,
+                loc.name.as_str(),
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map(fs::File::from)
+            .map_err(std::io::Error::from),
+            None => fs::File::open(self.file_path(loc)),
+        }
+    }
+
+    /// (size, mtime, ctime) of a mail file, following symlinks like
+    /// `fs::metadata`.
+    fn stat_file(&self, loc: &FileLoc) -> Option<(u64, i64, i64)> {
+        match self.dir_fd(loc) {
+            Some(d) => rustix::fs::statat(d, loc.name.as_str(), AtFlags::empty())
+                .ok()
+                .map(|st| (st.st_size as u64, st.st_mtime, st.st_ctime)),
+            None => fs::metadata(self.file_path(loc))
+                .ok()
+                .map(|m| (m.len(), m.mtime(), m.ctime())),
+        }
+    }
+
     /// `with_file`: also stat the file for the dates (and sizes missing from
     /// the name); listing all messages skips that (one syscall per mail).
-    fn info(&self, e: &UidEntry, with_file: bool) -> Result<Option<MessageInfo>> {
-        let Some(loc) = self.files.get(&e.base) else {
+    fn info(&self, i: usize, with_file: bool) -> Result<Option<MessageInfo>> {
+        let (Some(e), Some(Some(loc))) = (self.uidlist.entries.get(i), self.locs.get(i)) else {
             return Ok(None);
         };
         let parsed = parse_filename(&loc.name).map_err(|err| StorageError::BadMessage {
@@ -363,13 +477,11 @@ impl MaildirMailbox {
         let psize = e.psize.or(parsed.physical_size);
         let vsize = e.vsize.or(parsed.virtual_size);
         let need_file = with_file || psize.is_none() || vsize.is_none();
-        let path = need_file.then(|| self.file_path(loc));
-        let md = path.as_ref().and_then(|p| fs::metadata(p).ok());
-        let vsize = match (vsize, &path) {
-            (Some(v), _) => Some(v),
+        let md = if need_file { self.stat_file(loc) } else { None };
+        let vsize = match vsize {
+            Some(v) => Some(v),
             // Plain deliveries carry no W=: count line ends as Dovecot would.
-            (None, Some(p)) => virtual_size_of(p).ok(),
-            (None, None) => None,
+            None => self.open_file(loc).and_then(virtual_size_of).ok(),
         };
         Ok(Some(MessageInfo {
             uid: e.uid,
@@ -379,9 +491,9 @@ impl MaildirMailbox {
             modseq,
             pvt_modseq: pvt,
             virtual_size: vsize,
-            physical_size: psize.or(md.as_ref().map(|m| m.len())),
-            received: md.as_ref().filter(|_| with_file).map(|m| m.mtime()),
-            saved: md.as_ref().filter(|_| with_file).map(|m| m.ctime()),
+            physical_size: psize.or(md.map(|m| m.0)),
+            received: md.filter(|_| with_file).map(|m| m.1),
+            saved: md.filter(|_| with_file).map(|m| m.2),
             pop3_uidl: e.pop3_uidl.clone(),
             pop3_order: e.pop3_order,
         }))
@@ -417,10 +529,7 @@ impl MaildirMailbox {
     /// Every message with its dates (one stat per file), in UID order:
     /// [`Mailbox::messages`] leaves the dates out to save that stat.
     pub fn messages_with_dates(&self) -> impl Iterator<Item = Result<MessageInfo>> + '_ {
-        self.uidlist
-            .entries
-            .iter()
-            .filter_map(move |e| self.info(e, true).transpose())
+        (0..self.uidlist.entries.len()).filter_map(move |i| self.info(i, true).transpose())
     }
 
     /// The directory of the mailbox.
@@ -435,8 +544,7 @@ impl MaildirMailbox {
 }
 
 /// Size with CRLF line ends, streaming the file.
-fn virtual_size_of(path: &Path) -> std::io::Result<u64> {
-    let mut f = fs::File::open(path)?;
+fn virtual_size_of(mut f: fs::File) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
     let (mut size, mut prev_cr) = (0u64, false);
     loop {
@@ -461,12 +569,7 @@ impl Mailbox for MaildirMailbox {
     }
 
     fn status(&self) -> MailboxStatus {
-        let messages = self
-            .uidlist
-            .entries
-            .iter()
-            .filter(|e| self.files.contains_key(&e.base))
-            .count() as u32;
+        let messages = self.locs.iter().filter(|l| l.is_some()).count() as u32;
         let (hm, next_idx, first_recent) = match &self.view {
             Some(v) => (
                 v.highest_modseq().max(1),
@@ -488,17 +591,14 @@ impl Mailbox for MaildirMailbox {
 
     fn messages(&self) -> Box<dyn Iterator<Item = Result<MessageInfo>> + '_> {
         Box::new(
-            self.uidlist
-                .entries
-                .iter()
-                .filter_map(move |e| self.info(e, false).transpose()),
+            (0..self.uidlist.entries.len()).filter_map(move |i| self.info(i, false).transpose()),
         )
     }
 
     fn message(&self, uid: u32) -> Result<Option<MessageInfo>> {
-        match self.uidlist.entries.binary_search_by_key(&uid, |e| e.uid) {
-            Ok(i) => self.info(&self.uidlist.entries[i], true),
-            Err(_) => Ok(None),
+        match self.entry_index(uid) {
+            Some(i) => self.info(i, true),
+            None => Ok(None),
         }
     }
 
@@ -588,18 +688,11 @@ impl Mailbox for MaildirMailbox {
     }
 
     fn open_body(&self, uid: u32) -> Result<Box<dyn Read + Send>> {
-        let e = self
-            .uidlist
-            .entries
-            .binary_search_by_key(&uid, |e| e.uid)
-            .map(|i| &self.uidlist.entries[i])
-            .map_err(|_| StorageError::NoSuchUid(uid))?;
-        let loc = self
-            .files
-            .get(&e.base)
-            .ok_or(StorageError::NoSuchUid(uid))?;
-        let path = self.file_path(loc);
-        match fs::File::open(&path) {
+        let i = self.entry_index(uid).ok_or(StorageError::NoSuchUid(uid))?;
+        let (Some(e), Some(Some(loc))) = (self.uidlist.entries.get(i), self.locs.get(i)) else {
+            return Err(StorageError::NoSuchUid(uid));
+        };
+        match self.open_file(loc) {
             Ok(f) => Ok(Box::new(f)),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 // Renamed by a flag change since we listed: look again.
@@ -608,7 +701,7 @@ impl Mailbox for MaildirMailbox {
                 let path = self.file_path(loc);
                 Ok(Box::new(fs::File::open(&path).map_err(io_err(&path))?))
             }
-            Err(err) => Err(io_err(&path)(err)),
+            Err(err) => Err(io_err(&self.file_path(loc))(err)),
         }
     }
 }
