@@ -39,28 +39,49 @@ pub struct BodyFiles {
     dir: PathBuf,
     /// (UID, in `new/`, file name), sorted by UID.
     files: Vec<(u32, bool, Box<str>)>,
+    /// Where the next UID is expected: bodies are asked for mostly in UID
+    /// order, so the search is mostly skipped.
+    cursor: AtomicUsize,
+    new_fd: Option<OwnedFd>,
+    cur_fd: Option<OwnedFd>,
 }
 
 impl BodyFiles {
     /// Opens a mail's file. [`StorageError::NoSuchUid`] also when the file
     /// is gone since the listing (a flag change renames it): list again.
     pub fn open_body(&self, uid: u32) -> Result<Box<dyn std::io::Read + Send>> {
-        let i = self
-            .files
-            .binary_search_by_key(&uid, |f| f.0)
-            .map_err(|_| StorageError::NoSuchUid(uid))?;
+        let hint = self.cursor.load(Ordering::Relaxed);
+        let i = if self.files.get(hint).is_some_and(|f| f.0 == uid) {
+            hint
+        } else {
+            self.files
+                .binary_search_by_key(&uid, |f| f.0)
+                .map_err(|_| StorageError::NoSuchUid(uid))?
+        };
+        self.cursor.store(i + 1, Ordering::Relaxed);
         let (_, new_dir, name) = &self.files[i];
-        let path = self
-            .dir
-            .join(if *new_dir { "new" } else { "cur" })
-            .join(&**name);
-        match fs::File::open(&path) {
+        let fd = if *new_dir { &self.new_fd } else { &self.cur_fd };
+        let opened = match fd {
+            Some(d) => {
+                rustix::fs::openat(d, &**name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                    .map(fs::File::from)
+                    .map_err(std::io::Error::from)
+            }
+            None => fs::File::open(self.path(*new_dir, name)),
+        };
+        match opened {
             Ok(f) => Ok(Box::new(f)),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 Err(StorageError::NoSuchUid(uid))
             }
-            Err(err) => Err(io_err(&path)(err)),
+            Err(err) => Err(io_err(&self.path(*new_dir, name))(err)),
         }
+    }
+
+    fn path(&self, new_dir: bool, name: &str) -> PathBuf {
+        self.dir
+            .join(if new_dir { "new" } else { "cur" })
+            .join(name)
     }
 }
 
@@ -507,8 +528,9 @@ impl MaildirMailbox {
             .uidlist
             .entries
             .iter()
-            .filter_map(|e| {
-                let loc = self.files.get(&e.base)?;
+            .zip(&self.locs)
+            .filter_map(|(e, loc)| {
+                let loc = loc.as_ref()?;
                 Some((e.uid, loc.new_dir, loc.name.as_str().into()))
             })
             .collect();
@@ -517,6 +539,9 @@ impl MaildirMailbox {
         BodyFiles {
             dir: self.dir,
             files,
+            cursor: AtomicUsize::new(0),
+            new_fd: self.new_fd,
+            cur_fd: self.cur_fd,
         }
     }
 
