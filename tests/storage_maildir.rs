@@ -1337,3 +1337,38 @@ fn commit_takes_in_deliveries_and_catches_the_index_up() {
     assert_same_messages(&ours, &fetch(&inst, "INBOX", "uid guid flags"));
     inst.assert_log_clean();
 }
+
+/// The quick status (a stateful sync's first look at a mailbox) trusts
+/// Dovecot's record of its last directory scan: after Dovecot renamed a
+/// file in `cur/` for a flag change (the uidlist is older than `cur/` then),
+/// the status is read from the uidlist and the index, without a listing,
+/// once Dovecot has scanned `cur/` a while after that change; a later
+/// rename by another program makes it list again.
+#[test]
+fn quick_status_trusts_dovecots_last_scan() {
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 0..4);
+    add_flags(&inst, "INBOX", "\\Seen", "2");
+    let st = store(&inst);
+    // Scanned in the same second as the rename: not trusted.
+    let _ = status(&inst, "INBOX");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // Dovecot scans again (the rename is now more than a second old).
+    let _ = status(&inst, "INBOX");
+    let listed = st.open_mailbox("INBOX").unwrap().status();
+    let quick = st.quick_status("INBOX").unwrap();
+    assert_eq!(quick, Some(listed.clone()));
+    // Another program renames a file: the recorded scan no longer matches.
+    let root = inst.mail_dir(USER);
+    let f = ["cur", "new"]
+        .iter()
+        .flat_map(|s| std::fs::read_dir(root.join(s)).unwrap())
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let mut renamed = f.clone().into_os_string();
+    renamed.push("F");
+    std::fs::rename(&f, &renamed).unwrap();
+    assert_eq!(st.quick_status("INBOX").unwrap(), None);
+    inst.assert_log_clean();
+}

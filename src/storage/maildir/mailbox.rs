@@ -305,11 +305,37 @@ impl MaildirMailbox {
         let Some(listed) = stamp(dir.join(UIDLIST)) else {
             return Ok(None);
         };
+        let view = open_view(dir)?;
+        // What the index's last sync of the directories saw (Dovecot records
+        // it in the `maildir` header after each scan).
+        let synced = view
+            .as_ref()
+            .and_then(|v| v.extension(index_format::ext::MAILDIR))
+            .map(|e| index_format::ext::MaildirHeader::decode(&e.header));
         for sub in ["cur", "new"] {
-            match stamp(dir.join(sub)) {
-                // Equal stamps are ambiguous (coarse clocks): list then.
-                Some(changed) if changed < listed => {}
-                _ => return Ok(None),
+            let Some(changed) = stamp(dir.join(sub)) else {
+                return Ok(None);
+            };
+            // Not changed since the uidlist was written. Equal stamps are
+            // ambiguous (coarse clocks): list then.
+            if changed < listed {
+                continue;
+            }
+            // Or unchanged since the index's last scan of it, and that scan
+            // came more than a second after the change (one within the same
+            // second may have missed a later change in that second: Dovecot
+            // scans again then, and so does this).
+            let scanned = synced.is_some_and(|h| {
+                let (mtime, nsecs, checked) = if sub == "cur" {
+                    (h.cur_mtime, h.cur_mtime_nsecs, h.cur_check_time)
+                } else {
+                    (h.new_mtime, h.new_mtime_nsecs, h.new_check_time)
+                };
+                (i64::from(mtime), i64::from(nsecs)) == changed
+                    && i64::from(checked) > changed.0.saturating_add(1)
+            });
+            if !scanned {
+                return Ok(None);
             }
         }
         let Some(uidlist) = UidlistState::read(dir)? else {
@@ -321,7 +347,6 @@ impl MaildirMailbox {
         if uidlist.partial_tail {
             return Ok(None);
         }
-        let view = open_view(dir)?;
         let messages = u32::try_from(uidlist.entries.len()).unwrap_or(u32::MAX);
         // A uidlist may still list mails expunged since it was last
         // rewritten; the index knows. When they disagree, list.
