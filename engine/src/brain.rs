@@ -590,6 +590,17 @@ impl Brain {
             .push_back(Queued::Ready(Output::Send { item, body: None }));
     }
 
+    /// The snapshot query of a sync run: undated unless a filter compares
+    /// every mail's dates or size.
+    fn sync_snapshot_query(&self, guid: Guid128) -> Query {
+        let f = &self.settings.filter;
+        if f.since > 0 || f.until > 0 || f.max_size > 0 {
+            Query::Mailbox(guid)
+        } else {
+            Query::MailboxUndated(guid)
+        }
+    }
+
     fn query(&mut self, q: Query) {
         self.out.push_back(Queued::Ready(Output::Query(q)));
     }
@@ -771,7 +782,7 @@ impl Brain {
                                 self.query(Query::MailboxStatus(g));
                                 self.phase = Phase::MailboxStatusQuery;
                             } else {
-                                self.query(Query::Mailbox(g));
+                                self.query(self.sync_snapshot_query(g));
                                 self.phase = Phase::MailboxQuery;
                             }
                         }
@@ -793,7 +804,7 @@ impl Brain {
                         self.finish();
                     }
                     Item::Mailbox(b) => {
-                        self.query(Query::Mailbox(b.mailbox_guid));
+                        self.query(self.sync_snapshot_query(b.mailbox_guid));
                         self.slave_b = Some(b);
                         self.phase = Phase::MailboxQuery;
                     }
@@ -815,7 +826,7 @@ impl Brain {
                     None => self.phase = Phase::MailboxNext,
                     Some(st) if self.unchanged_since_state(&st) => self.phase = Phase::MailboxNext,
                     Some(st) => {
-                        self.query(Query::Mailbox(st.guid));
+                        self.query(self.sync_snapshot_query(st.guid));
                         self.phase = Phase::MailboxQuery;
                     }
                 }

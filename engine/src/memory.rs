@@ -555,16 +555,18 @@ impl MemoryReplica {
                     _ => None,
                 }))
             }
-            Query::Mailbox(guid) => Answer::Mailbox(self.nodes.values().find_map(|n| match n {
-                MemNode::Mailbox(m) if m.guid == *guid => Some(Box::new(MailboxSnapshot {
-                    status: m.status(),
-                    mails: m.mails.values().map(|x| x.meta.clone()).collect(),
-                    log: m.log.clone(),
-                    log_first_modseq: m.log_first_modseq,
-                    attributes: m.attributes.values().cloned().collect(),
-                })),
-                _ => None,
-            })),
+            Query::Mailbox(guid) | Query::MailboxUndated(guid) => {
+                Answer::Mailbox(self.nodes.values().find_map(|n| match n {
+                    MemNode::Mailbox(m) if m.guid == *guid => Some(Box::new(MailboxSnapshot {
+                        status: m.status(),
+                        mails: m.mails.values().map(|x| x.meta.clone()).collect(),
+                        log: m.log.clone(),
+                        log_first_modseq: m.log_first_modseq,
+                        attributes: m.attributes.values().cloned().collect(),
+                    })),
+                    _ => None,
+                }))
+            }
         }
     }
 

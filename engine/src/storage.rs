@@ -32,6 +32,14 @@ pub enum Query {
     Tree,
     /// Status, mails, change log and attributes of one mailbox, found by GUID.
     Mailbox(Guid128),
+    /// [`Query::Mailbox`] for a sync run that needs no mail's dates or sizes
+    /// beyond what the replica has at hand: it may leave `received_date`,
+    /// `saved_date` (and a `virtual_size` it would have to read the file
+    /// for) at 0. The dates of a mail sent to the peer travel in its `M`
+    /// item; a driver whose replica left them out asks the replica for them
+    /// when it opens that mail's body. Asked unless a `-t`/`-e`/`-I` filter
+    /// needs the dates or sizes of every mail.
+    MailboxUndated(Guid128),
     /// Only the status numbers of one mailbox, found by GUID: asked first
     /// in a stateful run, so a mailbox whose status equals its saved state
     /// is skipped without reading its mails.

@@ -454,7 +454,9 @@ struct Queries {
 impl Spy for Queries {
     fn query(&mut self, q: &sync_engine::Query) {
         match q {
-            sync_engine::Query::Mailbox(_) => self.snapshots += 1,
+            sync_engine::Query::Mailbox(_) | sync_engine::Query::MailboxUndated(_) => {
+                self.snapshots += 1
+            }
             sync_engine::Query::MailboxStatus(_) => self.statuses += 1,
             sync_engine::Query::Tree => {}
         }

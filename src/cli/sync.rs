@@ -98,6 +98,12 @@ impl SessionStore for LocalReplica {
             LocalReplica::Maildir(m) => m.open_body(b),
         }
     }
+    fn body_dates(&mut self, b: &sync_engine::BodyRef) -> Option<(i64, i64)> {
+        match self {
+            LocalReplica::Memory(_) => None,
+            LocalReplica::Maildir(m) => m.body_dates(b),
+        }
+    }
     fn set_incoming_body(&mut self, body: crate::session::IncomingBody) -> std::io::Result<()> {
         match self {
             LocalReplica::Memory(m) => SessionStore::set_incoming_body(m, body),

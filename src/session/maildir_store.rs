@@ -346,6 +346,7 @@ impl MaildirReplica {
     fn mailbox(
         &self,
         guid: Guid128,
+        dated: bool,
     ) -> Result<Option<(MailboxSnapshot, String, BodyFiles)>, st::StorageError> {
         let Some(name) = self.store.find_mailbox(&guid.0)? else {
             return Ok(None);
@@ -353,8 +354,15 @@ impl MaildirReplica {
         let mb = self.store.open_maildir(&name)?;
         let s = mb.status();
         let mut mails = Vec::with_capacity(s.messages as usize);
-        // The dates travel in `M` items and feed the -t/-e filters.
-        for m in mb.messages_with_dates() {
+        // The dates travel in `M` items and feed the -t/-e filters; they
+        // cost a stat per mail, so an undated snapshot leaves them out
+        // (`body_dates` gives them for the mails actually sent).
+        let listing: Box<dyn Iterator<Item = st::Result<st::MessageInfo>> + '_> = if dated {
+            Box::new(mb.messages_with_dates())
+        } else {
+            mb.messages()
+        };
+        for m in listing {
             let m = m?;
             mails.push(MailRecord {
                 uid: m.uid,
@@ -1200,17 +1208,19 @@ impl SessionStore for MaildirReplica {
                     Answer::MailboxStatus(None)
                 }
             },
-            Query::Mailbox(guid) => match self.mailbox(*guid) {
-                Ok(Some((m, name, files))) => {
-                    self.body_source = Some((*guid, name, files));
-                    Answer::Mailbox(Some(Box::new(m)))
+            Query::Mailbox(guid) | Query::MailboxUndated(guid) => {
+                match self.mailbox(*guid, matches!(q, Query::Mailbox(_))) {
+                    Ok(Some((m, name, files))) => {
+                        self.body_source = Some((*guid, name, files));
+                        Answer::Mailbox(Some(Box::new(m)))
+                    }
+                    Ok(None) => Answer::Mailbox(None),
+                    Err(e) => {
+                        tracing::error!(%e, %guid, "reading a mailbox failed");
+                        Answer::Mailbox(None)
+                    }
                 }
-                Ok(None) => Answer::Mailbox(None),
-                Err(e) => {
-                    tracing::error!(%e, %guid, "reading a mailbox failed");
-                    Answer::Mailbox(None)
-                }
-            },
+            }
         }
     }
 
@@ -1292,6 +1302,31 @@ impl SessionStore for MaildirReplica {
             }
         }
         Ok(None)
+    }
+
+    fn body_dates(&mut self, r: &BodyRef) -> Option<(i64, i64)> {
+        let name = match &self.body_source {
+            Some((guid, name, _)) if *guid == r.mailbox => name.clone(),
+            _ => self.mailbox_name(r.mailbox).ok()?,
+        };
+        // As `open_body`: a mail of the pending batch is its source's.
+        let mut uid = r.uid;
+        if let Some((n, saves)) = &self.pending {
+            if *n == name {
+                if let Some(s) = saves.iter().find(|s| s.msg.uid == Some(r.uid)) {
+                    match &s.source {
+                        SaveSource::Local { uid: from, .. } => uid = *from,
+                        SaveSource::Incoming(_) => {
+                            return s.msg.received.zip(s.msg.saved.or(s.msg.received));
+                        }
+                    }
+                }
+            }
+        }
+        match &self.body_source {
+            Some((guid, _, files)) if *guid == r.mailbox => files.dates(uid),
+            _ => None,
+        }
     }
 
     fn set_incoming_body(&mut self, body: IncomingBody) -> io::Result<()> {

@@ -534,6 +534,14 @@ impl<S: SessionStore> Driver<S> {
                     };
                     if let Item::Mail(m) = &mut item {
                         m.stream = reader.is_some();
+                        // An undated snapshot left the dates out: the
+                        // mail's file gives them now.
+                        if let (Some(r), true) = (body, m.received_date == 0 && m.saved_date == 0) {
+                            if let Some((received, saved)) = self.store.body_dates(&r) {
+                                m.received_date = received;
+                                m.saved_date = saved;
+                            }
+                        }
                     }
                     self.enc
                         .encode_item(&item, &mut self.buf)

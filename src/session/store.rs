@@ -134,6 +134,13 @@ pub trait SessionStore: Send + 'static {
     /// when the mail is gone (it is then sent without a body).
     fn open_body(&mut self, body: &BodyRef) -> io::Result<Option<Box<dyn Read + Send>>>;
 
+    /// The (received, saved) dates of a local mail whose body was just
+    /// opened, for a replica that left them out of an undated snapshot
+    /// ([`sync_engine::Query::MailboxUndated`]); `None`: not known here.
+    fn body_dates(&mut self, _body: &BodyRef) -> Option<(i64, i64)> {
+        None
+    }
+
     /// Hands over the data block that followed the last received `M`.
     fn set_incoming_body(&mut self, body: IncomingBody) -> io::Result<()>;
 

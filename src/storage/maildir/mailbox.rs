@@ -78,6 +78,22 @@ impl BodyFiles {
         }
     }
 
+    /// (received, saved) dates of a mail's file as a full listing reads
+    /// them (modification and change time).
+    pub fn dates(&self, uid: u32) -> Option<(i64, i64)> {
+        let i = self.files.binary_search_by_key(&uid, |f| f.0).ok()?;
+        let (_, new_dir, name) = &self.files[i];
+        let fd = if *new_dir { &self.new_fd } else { &self.cur_fd };
+        match fd {
+            Some(d) => rustix::fs::statat(d, &**name, AtFlags::empty())
+                .ok()
+                .map(|st| (st.st_mtime, st.st_ctime)),
+            None => fs::metadata(self.path(*new_dir, name))
+                .ok()
+                .map(|m| (m.mtime(), m.ctime())),
+        }
+    }
+
     fn path(&self, new_dir: bool, name: &str) -> PathBuf {
         self.dir
             .join(if new_dir { "new" } else { "cur" })
