@@ -2,6 +2,8 @@
 //! what `doveadm` reports, and after each kind of homing write `doveadm`
 //! shows exactly the intended state with a clean Dovecot log.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -1359,16 +1361,7 @@ fn quick_status_trusts_dovecots_last_scan() {
     let quick = st.quick_status("INBOX").unwrap();
     assert_eq!(quick, Some(listed.clone()));
     // Another program renames a file: the recorded scan no longer matches.
-    let root = inst.mail_dir(USER);
-    let f = ["cur", "new"]
-        .iter()
-        .flat_map(|s| std::fs::read_dir(root.join(s)).unwrap())
-        .map(|e| e.unwrap().path())
-        .next()
-        .unwrap();
-    let mut renamed = f.clone().into_os_string();
-    renamed.push("F");
-    std::fs::rename(&f, &renamed).unwrap();
+    common::rename_a_mail_file(&inst.mail_dir(USER));
     assert_eq!(st.quick_status("INBOX").unwrap(), None);
     inst.assert_log_clean();
 }

@@ -1,6 +1,8 @@
 //! Two Maildirs written only by homing, synced both ways by the command line,
 //! changed on both sides through the storage, then synced again.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -309,14 +311,6 @@ fn quick_status_equals_the_listed_status_or_declines() {
     assert_eq!(a.quick_status("INBOX").unwrap(), Some(listed));
     // A rename of a mail file by another program (newer than the uidlist).
     std::thread::sleep(std::time::Duration::from_millis(20));
-    let f = ["cur", "new"]
-        .iter()
-        .flat_map(|s| std::fs::read_dir(dir.join(s)).unwrap())
-        .map(|e| e.unwrap().path())
-        .next()
-        .unwrap();
-    let mut renamed = f.clone().into_os_string();
-    renamed.push("F");
-    std::fs::rename(&f, &renamed).unwrap();
+    common::rename_a_mail_file(&dir);
     assert_eq!(a.quick_status("INBOX").unwrap(), None);
 }

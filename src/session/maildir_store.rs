@@ -329,15 +329,7 @@ impl MaildirReplica {
             Some(s) => s,
             None => self.store.open_maildir(&name)?.status(),
         };
-        Ok(Some(MailboxStatus {
-            guid,
-            uid_validity: s.uid_validity,
-            uid_next: s.uid_next,
-            messages: s.messages,
-            first_recent_uid: s.first_recent_uid,
-            highest_modseq: s.highest_modseq,
-            highest_pvt_modseq: s.highest_pvt_modseq,
-        }))
+        Ok(Some(engine_status(guid, &s)))
     }
 
     /// The engine's snapshot of a mailbox, with where its mails' files are
@@ -468,15 +460,7 @@ impl MaildirReplica {
         let attributes = Self::attribute_records(mb.attributes()?, attr_changes);
         let files = mb.into_body_files();
         let snapshot = MailboxSnapshot {
-            status: MailboxStatus {
-                guid,
-                uid_validity: s.uid_validity,
-                uid_next: s.uid_next,
-                messages: s.messages,
-                first_recent_uid: s.first_recent_uid,
-                highest_modseq: s.highest_modseq,
-                highest_pvt_modseq: s.highest_pvt_modseq,
-            },
+            status: engine_status(guid, &s),
             mails,
             log,
             log_first_modseq,
@@ -1158,6 +1142,19 @@ fn map_err(e: st::StorageError) -> StorageError {
         S::NoSuchUid(u) => StorageError::NotFound(format!("uid {u}")),
         e @ (S::Io { .. } | S::LockTimeout { .. }) => StorageError::Temp(e.to_string()),
         e => StorageError::NotPossible(e.to_string()),
+    }
+}
+
+/// A mailbox's status numbers as the engine sees them.
+fn engine_status(guid: Guid128, s: &st::MailboxStatus) -> MailboxStatus {
+    MailboxStatus {
+        guid,
+        uid_validity: s.uid_validity,
+        uid_next: s.uid_next,
+        messages: s.messages,
+        first_recent_uid: s.first_recent_uid,
+        highest_modseq: s.highest_modseq,
+        highest_pvt_modseq: s.highest_pvt_modseq,
     }
 }
 

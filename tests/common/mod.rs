@@ -66,3 +66,17 @@ pub fn show(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// Renames one mail file of the Maildir mailbox at `dir` (appends `F` to
+/// its name), as another program changing a flag would.
+pub fn rename_a_mail_file(dir: &Path) {
+    let f = ["cur", "new"]
+        .iter()
+        .flat_map(|s| std::fs::read_dir(dir.join(s)).unwrap())
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let mut renamed = f.clone().into_os_string();
+    renamed.push("F");
+    std::fs::rename(&f, &renamed).unwrap();
+}
