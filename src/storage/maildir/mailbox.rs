@@ -32,65 +32,38 @@ pub(crate) struct FileLoc {
     pub name: String,
 }
 
-/// The files of a listed mailbox by UID (see
-/// [`MaildirMailbox::into_body_files`]).
+/// A mailbox's `new/` and `cur/`, opened once: mail files are opened and
+/// stat'ed relative to them instead of walking the whole path per mail.
 #[derive(Debug)]
-pub struct BodyFiles {
+struct MailDirs {
     dir: PathBuf,
-    /// (UID, in `new/`, file name), sorted by UID.
-    files: Vec<(u32, bool, Box<str>)>,
-    /// Where the next UID is expected: bodies are asked for mostly in UID
-    /// order, so the search is mostly skipped.
-    cursor: AtomicUsize,
     new_fd: Option<OwnedFd>,
     cur_fd: Option<OwnedFd>,
 }
 
-impl BodyFiles {
-    /// Opens a mail's file. [`StorageError::NoSuchUid`] also when the file
-    /// is gone since the listing (a flag change renames it): list again.
-    pub fn open_body(&self, uid: u32) -> Result<Box<dyn std::io::Read + Send>> {
-        let hint = self.cursor.load(Ordering::Relaxed);
-        let i = if self.files.get(hint).is_some_and(|f| f.0 == uid) {
-            hint
-        } else {
-            self.files
-                .binary_search_by_key(&uid, |f| f.0)
-                .map_err(|_| StorageError::NoSuchUid(uid))?
+impl MailDirs {
+    fn open(dir: PathBuf) -> MailDirs {
+        let open_dir = |sub: &str| {
+            rustix::fs::open(
+                dir.join(sub),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
         };
-        self.cursor.store(i + 1, Ordering::Relaxed);
-        let (_, new_dir, name) = &self.files[i];
-        let fd = if *new_dir { &self.new_fd } else { &self.cur_fd };
-        let opened = match fd {
-            Some(d) => {
-                rustix::fs::openat(d, &**name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-                    .map(fs::File::from)
-                    .map_err(std::io::Error::from)
-            }
-            None => fs::File::open(self.path(*new_dir, name)),
-        };
-        match opened {
-            Ok(f) => Ok(Box::new(f)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                Err(StorageError::NoSuchUid(uid))
-            }
-            Err(err) => Err(io_err(&self.path(*new_dir, name))(err)),
+        let (new_fd, cur_fd) = (open_dir("new"), open_dir("cur"));
+        MailDirs {
+            dir,
+            new_fd,
+            cur_fd,
         }
     }
 
-    /// (received, saved) dates of a mail's file as a full listing reads
-    /// them (modification and change time).
-    pub fn dates(&self, uid: u32) -> Option<(i64, i64)> {
-        let i = self.files.binary_search_by_key(&uid, |f| f.0).ok()?;
-        let (_, new_dir, name) = &self.files[i];
-        let fd = if *new_dir { &self.new_fd } else { &self.cur_fd };
-        match fd {
-            Some(d) => rustix::fs::statat(d, &**name, AtFlags::empty())
-                .ok()
-                .map(|st| (st.st_mtime, st.st_ctime)),
-            None => fs::metadata(self.path(*new_dir, name))
-                .ok()
-                .map(|m| (m.mtime(), m.ctime())),
+    fn fd(&self, new_dir: bool) -> Option<&OwnedFd> {
+        if new_dir {
+            self.new_fd.as_ref()
+        } else {
+            self.cur_fd.as_ref()
         }
     }
 
@@ -98,6 +71,83 @@ impl BodyFiles {
         self.dir
             .join(if new_dir { "new" } else { "cur" })
             .join(name)
+    }
+
+    /// Opens a mail file (relative to its directory when that is open).
+    fn open_file(&self, new_dir: bool, name: &str) -> std::io::Result<fs::File> {
+        match self.fd(new_dir) {
+            Some(d) => rustix::fs::openat(d, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                .map(fs::File::from)
+                .map_err(std::io::Error::from),
+            None => fs::File::open(self.path(new_dir, name)),
+        }
+    }
+
+    /// (size, mtime, ctime) of a mail file, following symlinks like
+    /// `fs::metadata`.
+    fn stat(&self, new_dir: bool, name: &str) -> Option<(u64, i64, i64)> {
+        match self.fd(new_dir) {
+            Some(d) => rustix::fs::statat(d, name, AtFlags::empty())
+                .ok()
+                .map(|st| (st.st_size as u64, st.st_mtime, st.st_ctime)),
+            None => fs::metadata(self.path(new_dir, name))
+                .ok()
+                .map(|m| (m.len(), m.mtime(), m.ctime())),
+        }
+    }
+}
+
+/// The position of `uid` among `items` (ascending by `key`), trying the one
+/// after the last found first: mails are asked for in UID order, so the
+/// search is mostly skipped.
+fn find_from_hint<T>(
+    items: &[T],
+    key: impl Fn(&T) -> u32,
+    cursor: &AtomicUsize,
+    uid: u32,
+) -> Option<usize> {
+    let hint = cursor.load(Ordering::Relaxed);
+    let i = if items.get(hint).is_some_and(|t| key(t) == uid) {
+        hint
+    } else {
+        items.binary_search_by_key(&uid, key).ok()?
+    };
+    cursor.store(i + 1, Ordering::Relaxed);
+    Some(i)
+}
+
+/// The files of a listed mailbox by UID (see
+/// [`MaildirMailbox::into_body_files`]).
+#[derive(Debug)]
+pub struct BodyFiles {
+    /// (UID, in `new/`, file name), sorted by UID.
+    files: Vec<(u32, bool, Box<str>)>,
+    cursor: AtomicUsize,
+    dirs: MailDirs,
+}
+
+impl BodyFiles {
+    /// Opens a mail's file. [`StorageError::NoSuchUid`] also when the file
+    /// is gone since the listing (a flag change renames it): list again.
+    pub fn open_body(&self, uid: u32) -> Result<Box<dyn std::io::Read + Send>> {
+        let i = find_from_hint(&self.files, |f| f.0, &self.cursor, uid)
+            .ok_or(StorageError::NoSuchUid(uid))?;
+        let (_, new_dir, name) = &self.files[i];
+        match self.dirs.open_file(*new_dir, name) {
+            Ok(f) => Ok(Box::new(f)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::NoSuchUid(uid))
+            }
+            Err(err) => Err(io_err(&self.dirs.path(*new_dir, name))(err)),
+        }
+    }
+
+    /// (received, saved) dates of a mail's file as a full listing reads
+    /// them (modification and change time).
+    pub fn dates(&self, uid: u32) -> Option<(i64, i64)> {
+        let i = find_from_hint(&self.files, |f| f.0, &self.cursor, uid)?;
+        let (_, new_dir, name) = &self.files[i];
+        self.dirs.stat(*new_dir, name).map(|(_, m, c)| (m, c))
     }
 }
 
@@ -257,7 +307,6 @@ pub(crate) fn maildir_order(a: &str, b: &str) -> std::cmp::Ordering {
 /// A consistent read view of a Maildir mailbox.
 pub struct MaildirMailbox {
     name: String,
-    dir: PathBuf,
     uidlist: UidlistState,
     /// Where each uidlist entry's file is (same order as the entries;
     /// `None` for a mail whose file is gone).
@@ -265,13 +314,9 @@ pub struct MaildirMailbox {
     /// The entries' UIDs, ascending: a compact search key (a per-mail
     /// lookup touches little memory).
     uids: Vec<u32>,
-    /// Where the next UID is expected: bodies and messages are asked for
-    /// in UID order, so the search is mostly skipped.
+    /// Where the next UID is expected (see [`find_from_hint`]).
     cursor: AtomicUsize,
-    /// `new/` and `cur/`, opened once: files are opened and stat'ed
-    /// relative to them instead of walking the whole path per mail.
-    new_fd: Option<OwnedFd>,
-    cur_fd: Option<OwnedFd>,
+    dirs: MailDirs,
     keywords: Vec<(u8, String)>,
     view: Option<MailboxView>,
     modseq_handle: Option<index_format::view::ExtHandle>,
@@ -284,7 +329,7 @@ impl std::fmt::Debug for MaildirMailbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MaildirMailbox")
             .field("name", &self.name)
-            .field("dir", &self.dir)
+            .field("dir", &self.dirs.dir)
             .finish_non_exhaustive()
     }
 }
@@ -414,15 +459,6 @@ impl MaildirMailbox {
             locs = locate(scan_files(&dir)?, &uidlist.entries).0;
         }
         let uids = uidlist.entries.iter().map(|e| e.uid).collect();
-        let open_dir = |sub: &str| {
-            rustix::fs::open(
-                dir.join(sub),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .ok()
-        };
-        let (new_fd, cur_fd) = (open_dir("new"), open_dir("cur"));
         let keywords = read_keywords(&dir)?;
         let view = open_view(&dir)?;
         let modseq_handle = view
@@ -435,13 +471,11 @@ impl MaildirMailbox {
             modseq_handle,
             highest_modseq,
             name,
-            dir,
             uidlist,
             locs,
             uids,
             cursor: AtomicUsize::new(0),
-            new_fd,
-            cur_fd,
+            dirs: MailDirs::open(dir),
             keywords,
             view,
         })
@@ -449,50 +483,15 @@ impl MaildirMailbox {
 
     /// The index of `uid` among the uidlist entries.
     fn entry_index(&self, uid: u32) -> Option<usize> {
-        let hint = self.cursor.load(Ordering::Relaxed);
-        let i = if self.uids.get(hint) == Some(&uid) {
-            hint
-        } else {
-            self.uids.binary_search(&uid).ok()?
-        };
-        self.cursor.store(i + 1, Ordering::Relaxed);
-        Some(i)
+        find_from_hint(&self.uids, |u| *u, &self.cursor, uid)
     }
 
-    fn dir_fd(&self, loc: &FileLoc) -> Option<&OwnedFd> {
-        if loc.new_dir {
-            self.new_fd.as_ref()
-        } else {
-            self.cur_fd.as_ref()
-        }
-    }
-
-    /// Opens a mail file (relative to its directory when that is open).
     fn open_file(&self, loc: &FileLoc) -> std::io::Result<fs::File> {
-        match self.dir_fd(loc) {
-            Some(d) => rustix::fs::openat(
-                d,
-                loc.name.as_str(),
-                OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map(fs::File::from)
-            .map_err(std::io::Error::from),
-            None => fs::File::open(self.file_path(loc)),
-        }
+        self.dirs.open_file(loc.new_dir, &loc.name)
     }
 
-    /// (size, mtime, ctime) of a mail file, following symlinks like
-    /// `fs::metadata`.
     fn stat_file(&self, loc: &FileLoc) -> Option<(u64, i64, i64)> {
-        match self.dir_fd(loc) {
-            Some(d) => rustix::fs::statat(d, loc.name.as_str(), AtFlags::empty())
-                .ok()
-                .map(|st| (st.st_size as u64, st.st_mtime, st.st_ctime)),
-            None => fs::metadata(self.file_path(loc))
-                .ok()
-                .map(|m| (m.len(), m.mtime(), m.ctime())),
-        }
+        self.dirs.stat(loc.new_dir, &loc.name)
     }
 
     /// `with_file`: also stat the file for the dates (and sizes missing from
@@ -578,18 +577,14 @@ impl MaildirMailbox {
         files.sort_unstable_by_key(|f| f.0);
         files.shrink_to_fit();
         BodyFiles {
-            dir: self.dir,
             files,
             cursor: AtomicUsize::new(0),
-            new_fd: self.new_fd,
-            cur_fd: self.cur_fd,
+            dirs: self.dirs,
         }
     }
 
     fn file_path(&self, loc: &FileLoc) -> PathBuf {
-        self.dir
-            .join(if loc.new_dir { "new" } else { "cur" })
-            .join(&loc.name)
+        self.dirs.path(loc.new_dir, &loc.name)
     }
 
     /// Every message with its dates (one stat per file), in UID order:
@@ -600,7 +595,7 @@ impl MaildirMailbox {
 
     /// The directory of the mailbox.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.dirs.dir
     }
 
     /// The replayed index, when the mailbox has one.
@@ -762,7 +757,7 @@ impl Mailbox for MaildirMailbox {
             Ok(f) => Ok(Box::new(f)),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 // Renamed by a flag change since we listed: look again.
-                let files = scan_files(&self.dir)?;
+                let files = scan_files(&self.dirs.dir)?;
                 let loc = files.get(&e.base).ok_or(StorageError::NoSuchUid(uid))?;
                 let path = self.file_path(loc);
                 Ok(Box::new(fs::File::open(&path).map_err(io_err(&path))?))
