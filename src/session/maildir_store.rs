@@ -1116,6 +1116,28 @@ impl MaildirReplica {
         })
     }
 
+    /// The mailbox name and where the body of `r` is. No commit here: the
+    /// batch may still get saves below its highest UID, so a pending save
+    /// is served from its source. Finding a mailbox by GUID lists them all
+    /// (and reads their uidlists): the name of the mailbox bodies are read
+    /// from is reused.
+    fn body_origin(&self, r: &BodyRef) -> Option<(String, BodyOrigin<'_>)> {
+        let name = match &self.body_source {
+            Some((guid, name, _)) if *guid == r.mailbox => name.clone(),
+            _ => self.mailbox_name(r.mailbox).ok()?,
+        };
+        let pending = self
+            .pending
+            .as_ref()
+            .filter(|(n, _)| *n == name)
+            .and_then(|(_, saves)| saves.iter().find(|s| s.msg.uid == Some(r.uid)));
+        let origin = match pending {
+            Some(s) => BodyOrigin::Pending(s),
+            None => BodyOrigin::Stored(r.uid),
+        };
+        Some((name, origin))
+    }
+
     fn txn(
         &self,
         name: &str,
@@ -1143,6 +1165,14 @@ fn map_err(e: st::StorageError) -> StorageError {
         e @ (S::Io { .. } | S::LockTimeout { .. }) => StorageError::Temp(e.to_string()),
         e => StorageError::NotPossible(e.to_string()),
     }
+}
+
+/// Where the body of a local mail the engine sends comes from.
+enum BodyOrigin<'a> {
+    /// Committed storage, under this UID.
+    Stored(u32),
+    /// A save of the pending batch (its body, or the local mail it copies).
+    Pending(&'a PendingSave),
 }
 
 /// A mailbox's status numbers as the engine sees them.
@@ -1250,27 +1280,16 @@ impl SessionStore for MaildirReplica {
                 .map_err(|e| io::Error::other(e.to_string()))?;
             self.body_source = None;
         }
-        // No commit here: the batch may still get saves below its highest
-        // UID. A pending save is served from its source instead.
-        // Finding a mailbox by GUID lists them all (and reads their uidlists).
-        let name = match &self.body_source {
-            Some((guid, name, _)) if *guid == r.mailbox => name.clone(),
-            _ => match self.mailbox_name(r.mailbox) {
-                Ok(name) => name,
-                Err(_) => return Ok(None),
+        let Some((name, origin)) = self.body_origin(r) else {
+            return Ok(None);
+        };
+        let uid = match origin {
+            BodyOrigin::Stored(uid) => uid,
+            BodyOrigin::Pending(s) => match &s.source {
+                SaveSource::Incoming(b) => return b.reread().map(Some),
+                SaveSource::Local { uid, .. } => *uid,
             },
         };
-        let mut uid = r.uid;
-        if let Some((n, saves)) = &self.pending {
-            if *n == name {
-                if let Some(s) = saves.iter().find(|s| s.msg.uid == Some(r.uid)) {
-                    match &s.source {
-                        SaveSource::Local { uid: from, .. } => uid = *from,
-                        SaveSource::Incoming(b) => return b.reread().map(Some),
-                    }
-                }
-            }
-        }
         // The cached mailbox shows committed storage, which pending saves do
         // not change; every applied change drops it.
         for fresh in [false, true] {
@@ -1302,24 +1321,15 @@ impl SessionStore for MaildirReplica {
     }
 
     fn body_dates(&mut self, r: &BodyRef) -> Option<(i64, i64)> {
-        let name = match &self.body_source {
-            Some((guid, name, _)) if *guid == r.mailbox => name.clone(),
-            _ => self.mailbox_name(r.mailbox).ok()?,
-        };
-        // As `open_body`: a mail of the pending batch is its source's.
-        let mut uid = r.uid;
-        if let Some((n, saves)) = &self.pending {
-            if *n == name {
-                if let Some(s) = saves.iter().find(|s| s.msg.uid == Some(r.uid)) {
-                    match &s.source {
-                        SaveSource::Local { uid: from, .. } => uid = *from,
-                        SaveSource::Incoming(_) => {
-                            return s.msg.received.zip(s.msg.saved.or(s.msg.received));
-                        }
-                    }
+        let uid = match self.body_origin(r)?.1 {
+            BodyOrigin::Stored(uid) => uid,
+            BodyOrigin::Pending(s) => match &s.source {
+                SaveSource::Incoming(_) => {
+                    return s.msg.received.zip(s.msg.saved.or(s.msg.received))
                 }
-            }
-        }
+                SaveSource::Local { uid, .. } => *uid,
+            },
+        };
         match &self.body_source {
             Some((guid, _, files)) if *guid == r.mailbox => files.dates(uid),
             _ => None,
