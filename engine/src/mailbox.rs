@@ -117,17 +117,6 @@ fn keyword_list(mail: &MailRecord, c: Option<&UidChange>) -> Vec<KeywordChange> 
     out
 }
 
-/// Builds the `C` list (§4.2), sorted by UID.
-pub fn export_changes(
-    snapshot: &MailboxSnapshot,
-    changes: &BTreeMap<u32, UidChange>,
-    last_common_uid: u32,
-    fields: ExportFields,
-) -> Vec<MailChange> {
-    let mut cursor = ChangeExport::new(last_common_uid, fields);
-    std::iter::from_fn(|| cursor.next(snapshot, changes)).collect()
-}
-
 /// The `C` list (§4.2) one item at a time, in UID order, so a large mailbox's
 /// list never waits in memory as a whole: mails of the snapshot that are new
 /// since the last common UID (all of them without one) or changed in the
