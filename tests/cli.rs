@@ -1,5 +1,7 @@
 //! The command line: doveadm's parsing rules and exit codes, and the demo.
 
+mod common;
+
 use std::process::Command;
 
 use clap::Parser;
@@ -208,7 +210,6 @@ type Replica = (
 fn read_replica(path: &std::path::Path) -> Replica {
     use homing::storage::maildir::{MaildirOptions, MaildirStore};
     use homing::storage::{flags, MailStore};
-    use std::io::Read;
     let st = MaildirStore::open(path, MaildirOptions::default()).unwrap();
     let (mut boxes, mut mails) = (Vec::new(), Vec::new());
     for e in st.list_mailboxes().unwrap() {
@@ -217,11 +218,7 @@ fn read_replica(path: &std::path::Path) -> Replica {
         let mb = st.open_mailbox(&e.name).unwrap();
         for m in mb.messages() {
             let m = m.unwrap();
-            let mut body = String::new();
-            mb.open_body(m.uid)
-                .unwrap()
-                .read_to_string(&mut body)
-                .unwrap();
+            let body = common::body_text(mb.as_ref(), m.uid);
             let subject = body
                 .lines()
                 .find_map(|l| l.strip_prefix("Subject: "))

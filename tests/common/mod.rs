@@ -47,14 +47,20 @@ pub fn inbox_contents(st: &MaildirStore) -> BTreeMap<u32, (String, String)> {
     let mut out = BTreeMap::new();
     for m in mb.messages() {
         let m = m.unwrap();
-        let mut body = String::new();
-        mb.open_body(m.uid)
-            .unwrap()
-            .read_to_string(&mut body)
-            .unwrap();
+        let body = body_text(mb.as_ref(), m.uid);
         out.insert(m.uid, (m.guid, body));
     }
     out
+}
+
+/// The whole text of a stored mail.
+pub fn body_text(mb: &dyn homing::storage::Mailbox, uid: u32) -> String {
+    let mut body = String::new();
+    mb.open_body(uid)
+        .unwrap()
+        .read_to_string(&mut body)
+        .unwrap();
+    body
 }
 
 /// A finished command's exit code, stdout and stderr, for assertion messages.
