@@ -1365,3 +1365,42 @@ fn quick_status_trusts_dovecots_last_scan() {
     assert_eq!(st.quick_status("INBOX").unwrap(), None);
     inst.assert_log_clean();
 }
+
+/// After Dovecot expunges, its uidlist keeps the expunged records until it
+/// is rewritten, so the uidlist's count is not the mailbox's. The index
+/// synced with that very uidlist (its `maildir` header records the
+/// uidlist's stamp and size) counts right, and the quick status takes the
+/// index's counts then instead of listing the mailbox.
+#[test]
+fn quick_status_counts_what_dovecots_index_counts_after_an_expunge() {
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    // Dovecot rewrites its uidlist when at most 75 % of its records are
+    // left: 8 of 10 are.
+    save_mails(&inst, "INBOX", 0..10);
+    inst.doveadm_user(USER, &["expunge", "mailbox", "INBOX", "uid", "2:3"])
+        .unwrap();
+    let dir = inst.mail_dir(USER);
+    let uidlist = std::fs::read_to_string(dir.join("dovecot-uidlist")).unwrap();
+    assert_eq!(
+        uidlist.lines().count(),
+        1 + 10,
+        "Dovecot kept the expunged records:\n{uidlist}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // Dovecot scans again, more than a second after the last change.
+    let _ = status(&inst, "INBOX");
+    let st = store(&inst);
+    let listed = st.open_mailbox("INBOX").unwrap().status();
+    assert_eq!(listed.messages, 8);
+    assert_eq!(st.quick_status("INBOX").unwrap(), Some(listed));
+    // A file removed behind the index's back: the directory changed since
+    // the recorded scan, so the index's count is not trusted.
+    let victim = walk(&dir.join("cur"))
+        .into_iter()
+        .chain(walk(&dir.join("new")))
+        .next()
+        .unwrap();
+    std::fs::remove_file(victim).unwrap();
+    assert_eq!(st.quick_status("INBOX").unwrap(), None);
+    inst.assert_log_clean();
+}

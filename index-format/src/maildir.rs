@@ -377,6 +377,22 @@ fn parse_u32_dec(s: &str) -> Option<u32> {
 impl<'a> Uidlist<'a> {
     /// Parses the file content.
     pub fn parse(data: &'a [u8]) -> Result<Self> {
+        let (mut list, header_len, complete) = Self::parse_header_line(data)?;
+        list.parse_records(complete, header_len)?;
+        Ok(list)
+    }
+
+    /// Parses the header line alone (`records` stays empty): enough for
+    /// the mailbox GUID, UIDVALIDITY and the header's next UID, without
+    /// reading every record of a large mailbox. `data` may be just the
+    /// file's start, as long as it holds the whole first line.
+    pub fn parse_header(data: &'a [u8]) -> Result<Self> {
+        let end = data.iter().position(|&b| b == b'\n').map_or(0, |p| p + 1);
+        Ok(Self::parse_header_line(&data[..end])?.0)
+    }
+
+    /// The header, the header line's length and the complete lines.
+    fn parse_header_line(data: &'a [u8]) -> Result<(Self, usize, &'a str)> {
         let kind = FileKind::Uidlist;
         let text = std::str::from_utf8(data)
             .map_err(|e| Error::invalid(kind, e.valid_up_to() as u64, "uidlist", "not UTF-8"))?;
@@ -466,7 +482,19 @@ impl<'a> Uidlist<'a> {
                 "uidvalidity and next uid must be non-zero",
             ));
         }
-        let mut offset = header.len() + 1;
+        Ok((list, header.len() + 1, complete))
+    }
+
+    /// Appends the records of `complete` (the whole lines) after the
+    /// header line of `header_len` bytes.
+    fn parse_records(&mut self, complete: &'a str, header_len: usize) -> Result<()> {
+        let kind = FileKind::Uidlist;
+        let version = self.version;
+        let lines = complete
+            .get(header_len..)
+            .unwrap_or("")
+            .split_inclusive('\n');
+        let mut offset = header_len;
         let mut last_uid = 0u32;
         for (i, raw) in lines.enumerate() {
             let line_no = i as u64 + 2;
@@ -487,9 +515,9 @@ impl<'a> Uidlist<'a> {
                 ));
             }
             last_uid = rec.uid;
-            list.records.push(rec);
+            self.records.push(rec);
         }
-        Ok(list)
+        Ok(())
     }
 
     /// Effective next UID: max(header `N`, last uid + 1), since Dovecot

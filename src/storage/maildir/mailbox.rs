@@ -363,9 +363,10 @@ impl MaildirMailbox {
     /// which lists and syncs it).
     pub(crate) fn quick_status(dir: &Path) -> Result<Option<MailboxStatus>> {
         let stamp = |p: PathBuf| fs::metadata(p).ok().map(|m| (m.mtime(), m.mtime_nsec()));
-        let Some(listed) = stamp(dir.join(UIDLIST)) else {
+        let Ok(uidlist_meta) = fs::metadata(dir.join(UIDLIST)) else {
             return Ok(None);
         };
+        let listed = (uidlist_meta.mtime(), uidlist_meta.mtime_nsec());
         let view = open_view(dir)?;
         // What the index's last sync of the directories saw (Dovecot records
         // it in the `maildir` header after each scan).
@@ -397,6 +398,33 @@ impl MaildirMailbox {
             });
             if !scanned {
                 return Ok(None);
+            }
+        }
+        // The index last synced with this very uidlist (its `maildir` header
+        // keeps the uidlist's stamp and size) and the directories have not
+        // changed since: the index's counts are the mailbox's, and the
+        // uidlist is read for its header alone. The uidlist may still list
+        // mails expunged since it was last rewritten; the index does not.
+        if let (Some(h), Some(v)) = (synced, &view) {
+            let index_saw = (
+                i64::from(h.uidlist_mtime),
+                i64::from(h.uidlist_mtime_nsecs),
+                u64::from(h.uidlist_size),
+            );
+            if index_saw == (listed.0, listed.1, uidlist_meta.len()) {
+                let Some((Some(guid), uid_validity, next_uid)) = MaildirStore::uidlist_header(dir)?
+                else {
+                    return Ok(None);
+                };
+                return Ok(Some(MailboxStatus {
+                    guid,
+                    uid_validity,
+                    uid_next: next_uid.max(v.next_uid()),
+                    highest_modseq: v.highest_modseq().max(1),
+                    highest_pvt_modseq: 0,
+                    messages: v.messages_count(),
+                    first_recent_uid: v.header().first_recent_uid,
+                }));
             }
         }
         let Some(uidlist) = UidlistState::read(dir)? else {

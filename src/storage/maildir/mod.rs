@@ -303,15 +303,56 @@ impl MaildirStore {
     }
 
     /// Reads a mailbox's uidlist header (GUID, uidvalidity, next uid).
+    /// Only the file's two ends are read: the header line, and the last
+    /// complete record for the effective next UID (Dovecot appends records
+    /// without rewriting the header). A large mailbox's uidlist is
+    /// megabytes and this runs for every mailbox of a listing.
     pub(crate) fn uidlist_header(dir: &Path) -> Result<Option<(Option<MailboxGuid>, u32, u32)>> {
+        use std::os::unix::fs::FileExt;
+        // Small files, and lines too long for the windows, are parsed whole.
+        const WINDOW: u64 = 16 * 1024;
         let path = dir.join(UIDLIST);
-        let data = match fs::read(&path) {
-            Ok(d) => d,
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path)(e)),
         };
-        let u = Uidlist::parse(&data).map_err(|e| e.with_path(&path))?;
-        Ok(Some((u.mailbox_guid, u.uid_validity, u.next_uid())))
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        let read_at = |at: u64, n: u64| -> Result<Vec<u8>> {
+            let mut buf = vec![0; n as usize];
+            let mut got = 0;
+            while got < buf.len() {
+                match file.read_at(&mut buf[got..], at + got as u64) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_err(&path)(e)),
+                }
+            }
+            buf.truncate(got);
+            Ok(buf)
+        };
+        let whole = |data: Vec<u8>| -> Result<Option<(Option<MailboxGuid>, u32, u32)>> {
+            let u = Uidlist::parse(&data).map_err(|e| e.with_path(&path))?;
+            Ok(Some((u.mailbox_guid, u.uid_validity, u.next_uid())))
+        };
+        if len <= 2 * WINDOW {
+            return whole(read_at(0, len)?);
+        }
+        let head = read_at(0, WINDOW)?;
+        if !head.contains(&b'\n') {
+            return whole(read_at(0, len)?);
+        }
+        let h = Uidlist::parse_header(&head).map_err(|e| e.with_path(&path))?;
+        let tail = read_at(len - WINDOW, WINDOW)?;
+        match last_record_uid(&tail) {
+            Some(last) => Ok(Some((
+                h.mailbox_guid,
+                h.uid_validity,
+                h.header_next_uid.max(last.saturating_add(1)),
+            ))),
+            None => whole(read_at(0, len)?),
+        }
     }
 
     /// Gives a mailbox that has no uidlist yet one (GUID, UIDVALIDITY), as
@@ -898,4 +939,56 @@ pub(crate) fn log_gate_read() -> std::sync::RwLockReadGuard<'static, ()> {
 
 pub(crate) fn log_gate() -> &'static RwLock<()> {
     &LOG_GATE
+}
+
+/// The UID of the last complete record in `tail`, the end of a uidlist
+/// (an unterminated last line is being appended and does not count, as in
+/// a full parse). `None` when no complete line fits in `tail`.
+fn last_record_uid(tail: &[u8]) -> Option<u32> {
+    let end = tail.iter().rposition(|&b| b == b'\n')?;
+    // Empty lines are skipped by a full parse too.
+    let mut complete = &tail[..end];
+    while let Some(rest) = complete.strip_suffix(b"\n") {
+        complete = rest;
+    }
+    let start = complete.iter().rposition(|&b| b == b'\n')? + 1;
+    let line = &complete[start..];
+    let digits = line.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || line.get(digits) != Some(&b' ') {
+        return None;
+    }
+    std::str::from_utf8(&line[..digits]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two-ends reading gives what a full parse gives, for a uidlist
+    /// larger than its windows, with a record appended after the header's
+    /// `N`, an empty line and an unterminated line being written.
+    #[test]
+    fn uidlist_header_from_the_ends_matches_a_full_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::from("3 V1700000000 N4001 G0123456789abcdef0123456789abcdef\n");
+        for uid in 1..=4000u32 {
+            text.push_str(&format!(
+                "{uid} G{uid:032x} :1700000000.M{uid}P1.host,S=100,W=102\n"
+            ));
+        }
+        text.push_str("4007 :1700000001.M1P2.host,S=5\n\n4008 :partial");
+        fs::write(dir.path().join(UIDLIST), &text).unwrap();
+        let full = Uidlist::parse(text.as_bytes()).unwrap();
+        let got = MaildirStore::uidlist_header(dir.path()).unwrap().unwrap();
+        assert_eq!(got, (full.mailbox_guid, full.uid_validity, full.next_uid()));
+        assert_eq!(got.2, 4008);
+    }
+
+    #[test]
+    fn a_tail_without_a_whole_line_is_not_read_as_a_record() {
+        assert_eq!(last_record_uid(b"12 :name\n"), None);
+        assert_eq!(last_record_uid(b"x\n12 :name\n"), Some(12));
+        assert_eq!(last_record_uid(b"x\n12 :name\n13 :partial"), Some(12));
+        assert_eq!(last_record_uid(b"x\nbad line\n"), None);
+    }
 }
