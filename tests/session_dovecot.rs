@@ -12,6 +12,8 @@ use sync_engine::memory::MemoryReplica;
 use sync_engine::SyncSettings;
 use test_support::{dovecot_or_skip, small_message, DovecotInstance, InstanceOptions, MailRow};
 
+mod common;
+
 #[path = "../engine/tests/common/memory_vs_dovecot.rs"]
 mod memory_vs_dovecot;
 use memory_vs_dovecot::*;
@@ -330,4 +332,128 @@ fn doveadm_backup_reverse_against_empty_homing_dsync_server() {
         "end state as with Dovecot"
     );
     assert!(!homing_view.is_empty());
+}
+
+/// A stateful run of homing, on a Maildir Dovecot also writes, against a
+/// real `doveadm dsync-server`, after the local transaction log was
+/// rotated past the state's modseq. homing compares the mailbox in full on
+/// both sides in the same run (Dovecot's master skips it, exits 2 and
+/// needs another run); nothing is renumbered, and Dovecot's importer is
+/// not handed a full export while it runs incrementally (it asserts on
+/// that, `dsync_mailbox_import_change`).
+#[test]
+fn stateful_sync_across_log_rotations_against_dsync_server() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
+    seed(&inst);
+    let root = inst.create_mail_dir("alice").unwrap();
+    let location = format!("mail_location=maildir:{}", root.display());
+    let sync = |state: &str| -> (String, String) {
+        let mut argv: Vec<String> = vec![
+            "-o".into(),
+            location.clone(),
+            "sync".into(),
+            "-u".into(),
+            "alice".into(),
+            "-s".into(),
+            state.into(),
+        ];
+        argv.extend(inst.dsync_server_argv(USER));
+        let out = homing().args(&argv).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", inst.log());
+        (stdout, stderr)
+    };
+    let inbox_uids = |user: &str| -> Vec<(u32, String)> {
+        full_view(&inst, user)
+            .1
+            .into_iter()
+            .filter(|m| m.0 == "INBOX")
+            .map(|m| (m.1, m.2))
+            .collect()
+    };
+    // A settled chain: the state stops changing.
+    let (mut state, _) = sync("");
+    for _ in 0..3 {
+        let (next, _) = sync(&state);
+        if next == state {
+            break;
+        }
+        state = next;
+    }
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, USER));
+
+    // Rotated past the state, the older file dropped.
+    let before = inbox_uids("alice");
+    add_flags(&inst, "alice", "\\Seen", "INBOX", "2");
+    common::rotate_inbox_log(&inst, "alice", 3, true);
+    save_all(&inst, "alice", &[("INBOX", "a-2")]);
+    save_all(&inst, USER, &[("INBOX", "b-2")]);
+    let (next, stderr) = sync(&state);
+    assert!(
+        stderr.contains("no longer in transaction log"),
+        "compared in full, and said so: {stderr}"
+    );
+    assert!(!next.is_empty(), "a state is printed");
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, USER));
+    let after = inbox_uids("alice");
+    assert_eq!(after[..before.len()], before[..], "no mail renumbered");
+    assert_eq!(after.len(), before.len() + 2, "{after:?}");
+    // That state's modseq is the lower side's (as Dovecot's), still below
+    // where the local log now starts: one more run compares in full and
+    // records a modseq the log reaches; the chain is incremental after it.
+    let (next, _) = sync(&next);
+    let (_, stderr) = sync(&next);
+    assert!(!stderr.contains("transaction log"), "{stderr}");
+    assert_no_log_errors(&inst);
+}
+
+/// Real `doveadm backup` into homing's `dsync-server`: the destination
+/// loses what the source expunged, whether the expunged mails are the last
+/// ones or not, and keeps nothing the source does not have.
+#[test]
+fn doveadm_backup_into_homing_removes_what_the_source_expunged() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
+    seed(&inst);
+    save_all(
+        &inst,
+        USER,
+        &[("INBOX", "d4"), ("INBOX", "d5"), ("INBOX", "d6")],
+    );
+    let root = inst.create_mail_dir("alice").unwrap();
+    let cmd = format!(
+        "{} -o mail_location=maildir:{} dsync-server -u alice",
+        env!("CARGO_BIN_EXE_homing"),
+        root.display()
+    );
+    let backup = |extra: &[&str]| {
+        let mut args = vec!["backup", "-u", USER];
+        args.extend_from_slice(extra);
+        args.push(&cmd);
+        let out = inst.doveadm(args).unwrap();
+        assert!(
+            out.success(),
+            "doveadm backup failed: {}\n{}",
+            out.stderr_str(),
+            inst.log()
+        );
+    };
+    backup(&[]);
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, USER));
+    // Expunged at the source: one in the middle, the last two.
+    inst.doveadm_user(USER, &["expunge", "mailbox", "INBOX", "uid", "2,4:5"])
+        .unwrap();
+    backup(&[]);
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, USER));
+    inst.doveadm_user(USER, &["expunge", "mailbox", "INBOX", "uid", "3"])
+        .unwrap();
+    backup(&["-f"]);
+    let (_, mails) = full_view(&inst, "alice");
+    assert_eq!(
+        mails.iter().filter(|m| m.0 == "INBOX").count(),
+        1,
+        "{mails:?}"
+    );
+    assert_eq!(full_view(&inst, "alice"), full_view(&inst, USER));
+    assert_no_log_errors(&inst);
 }

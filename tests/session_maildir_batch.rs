@@ -153,3 +153,67 @@ async fn bodies_waiting_for_the_store_go_to_one_spill_file() {
         inbox_contents(rb.store.store())
     );
 }
+
+/// A backup onto a replica with many mails the source does not have
+/// expunges them in one commit, not one commit per mail (each commit of a
+/// Maildir reads its uidlist and lists it: per mail, that is quadratic in
+/// the mailbox). The same holds for many renumbered mails of a conflict:
+/// their source mail is read from one opened mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_expunges_and_moves_are_committed_together() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Both had the same 250 mails; the source expunged 200 of them.
+    let all = mails("shared", 1..=250);
+    let a = store(da.path(), &all);
+    let mut t = a.begin("INBOX").unwrap();
+    for uid in 51..=250 {
+        t.expunge(uid, None).unwrap();
+    }
+    t.commit().unwrap();
+    let b = store(db.path(), &all);
+    let backup = SyncSettings {
+        backup_send: true,
+        sync_type: dsync_protocol::SyncType::Full,
+        ..SyncSettings::default()
+    };
+    let (ra, rb) = run_local_pair(
+        MaildirReplica::new(a),
+        MaildirReplica::new(b),
+        "h",
+        backup,
+        &SessionOptions::default(),
+    )
+    .await;
+    assert_eq!(rb.outcome.status.code(), 0, "{:?}", rb.outcome.messages);
+    let uids = |st: &MaildirStore| inbox_contents(st).into_keys().collect::<Vec<_>>();
+    assert_eq!(uids(ra.store.store()), (1..=50).collect::<Vec<_>>());
+    assert_eq!(uids(rb.store.store()), uids(ra.store.store()));
+    assert_eq!(rb.store.change_commits(), 1, "200 expunges, one commit");
+
+    // Both sides hold 100 different mails at UIDs 1..=100: each side keeps
+    // its own and takes the other's, all renumbered.
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let on_a = mails("only-a", 1..=100);
+    let on_b = mails("only-b", 1..=100);
+    // Full: their six status numbers are equal, which a default run takes
+    // for "unchanged".
+    let full = SyncSettings {
+        sync_type: dsync_protocol::SyncType::Full,
+        ..SyncSettings::default()
+    };
+    let (ra, rb) = run_local_pair(
+        MaildirReplica::new(store(da.path(), &on_a)),
+        MaildirReplica::new(store(db.path(), &on_b)),
+        "h",
+        full,
+        &SessionOptions::default(),
+    )
+    .await;
+    assert_eq!(ra.outcome.status.code(), 0, "{:?}", ra.outcome.messages);
+    let (ca, cb) = (
+        inbox_contents(ra.store.store()),
+        inbox_contents(rb.store.store()),
+    );
+    assert_eq!(ca.len(), 200, "no mail lost in the conflict");
+    assert_eq!(ca, cb);
+}

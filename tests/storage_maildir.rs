@@ -1404,3 +1404,61 @@ fn quick_status_counts_what_dovecots_index_counts_after_an_expunge() {
     assert_eq!(st.quick_status("INBOX").unwrap(), None);
     inst.assert_log_clean();
 }
+
+/// `initial modseq` of a log file, from `doveadm dump`.
+fn dumped_initial_modseq(path: &Path) -> u64 {
+    let o = std::process::Command::new("doveadm")
+        .args(["dump", "-t", "log"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("initial modseq = "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no initial modseq in:\n{text}"))
+}
+
+/// After Dovecot rotated a mailbox's log, keeping the older file, the log
+/// still holds every change above that file's initial modseq: a stateful
+/// sync since then can run from it (before, any rotated log counted as no
+/// log at all). Dropped, the reach moves up to the current file's start.
+#[test]
+fn a_rotated_log_reaches_back_to_its_older_file() {
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 0..3);
+    let dir = inst.mail_dir(USER);
+    let st = store(&inst);
+    assert_eq!(
+        st.open_mailbox("INBOX").unwrap().logged_since(),
+        0,
+        "never rotated"
+    );
+
+    common::rotate_inbox_log(&inst, USER, 2, false);
+    add_flags(&inst, "INBOX", "\\Seen", "1");
+    let older = dumped_initial_modseq(&dir.join("dovecot.index.log.2"));
+    assert!(older > 0);
+    let mb = st.open_mailbox("INBOX").unwrap();
+    assert_eq!(mb.logged_since(), older);
+    match mb.changes_since(older).unwrap() {
+        Changes::Since(c) => assert!(!c.is_empty(), "the flag change is logged"),
+        Changes::TooOld => panic!("complete from the older file's start"),
+    }
+    assert!(matches!(
+        mb.changes_since(older - 1).unwrap(),
+        Changes::TooOld
+    ));
+
+    // More rotations: the reach is the oldest file left's start.
+    common::rotate_inbox_log(&inst, USER, 3, true);
+    let oldest = ["dovecot.index.log.2", "dovecot.index.log"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
+        .unwrap();
+    let reach = dumped_initial_modseq(&oldest);
+    assert_eq!(st.open_mailbox("INBOX").unwrap().logged_since(), reach);
+    assert!(reach > older);
+    inst.assert_log_clean();
+}

@@ -209,6 +209,9 @@ pub enum EngineError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Handshake,
+    /// Master, stateful run: how far back the log of each mailbox of the
+    /// saved state reaches, before the state goes to the peer.
+    StateCheck,
     RecvStates,
     TreeQuery,
     RecvTree,
@@ -314,6 +317,8 @@ pub struct Brain {
     error: Option<EngineError>,
     held_actions: Vec<Action>,
     recover: VecDeque<(Guid128, MailboxName, i64)>,
+    /// Mailboxes of the saved state whose log reach is still to be checked.
+    state_checks: VecDeque<Guid128>,
 }
 
 impl Brain {
@@ -368,6 +373,7 @@ impl Brain {
             error: None,
             held_actions: Vec::new(),
             recover: VecDeque::new(),
+            state_checks: VecDeque::new(),
         }
     }
 
@@ -628,6 +634,54 @@ impl Brain {
         self.answer.take()
     }
 
+    /// Asks for the log reach of the next mailbox of the saved state; once
+    /// all are known, hands the (checked) state to the peer and goes on.
+    fn next_state_check(&mut self) {
+        if let Some(&guid) = self.state_checks.front() {
+            self.query(Query::LogReach(guid));
+            self.phase = Phase::StateCheck;
+            return;
+        }
+        let states: Vec<MailboxState> = self.settings.states.clone();
+        for s in states {
+            self.send(Item::MailboxState(s));
+        }
+        self.send(Item::EndOfList);
+        self.start_tree();
+    }
+
+    /// A saved state whose modseq the local log no longer reaches cannot
+    /// show what changed here since: the mailbox is compared in full this
+    /// run. Its entry is dropped before the peer gets the state, so both
+    /// sides compare it in full (Dovecot instead skips the mailbox, exits
+    /// 2 and needs a second run).
+    fn drop_state_beyond_log(&mut self, guid: Guid128, logged_since: u64) {
+        let Some(s) = self.states.get(&guid) else {
+            return;
+        };
+        let lcm = s.last_common_modseq;
+        if lcm >= logged_since {
+            return;
+        }
+        self.messages.push(format!(
+            "Modseq {lcm} no longer in transaction log of mailbox {guid}: compared in full"
+        ));
+        self.states.remove(&guid);
+        self.settings.states.retain(|s| s.mailbox_guid != guid);
+    }
+
+    /// The saved state's modseq for this mailbox when the local log no
+    /// longer reaches back to it. The peer holds the same state and syncs
+    /// incrementally, so this side cannot compare in full on its own.
+    fn log_gap(&self, snap: &MailboxSnapshot) -> Option<u64> {
+        if self.settings.sync_type != SyncType::State {
+            return None;
+        }
+        let s = self.state_for(snap.status.guid, snap.status.uid_validity)?;
+        let lcm = s.last_common_modseq;
+        (lcm > 0 && snap.log_first_modseq > lcm.saturating_add(1)).then_some(lcm)
+    }
+
     fn start_tree(&mut self) {
         self.query(Query::Tree);
         self.phase = Phase::TreeQuery;
@@ -670,17 +724,34 @@ impl Brain {
                 }
                 if self.settings.sync_type == SyncType::State {
                     if self.role == Role::Master {
-                        let states: Vec<MailboxState> = self.settings.states.clone();
-                        for s in states {
-                            self.send(Item::MailboxState(s));
-                        }
-                        self.send(Item::EndOfList);
+                        self.state_checks = self
+                            .settings
+                            .states
+                            .iter()
+                            .filter(|s| s.last_common_modseq > 0)
+                            .map(|s| s.mailbox_guid)
+                            .collect();
+                        self.next_state_check();
+                        return Ok(true);
                     } else {
                         self.phase = Phase::RecvStates;
                         return Ok(true);
                     }
                 }
                 self.start_tree();
+                Ok(true)
+            }
+            Phase::StateCheck => {
+                let Some(a) = self.take_answer() else {
+                    return Ok(false);
+                };
+                let Answer::LogReach(reach) = a else {
+                    return Err(EngineError::Remote("expected a log reach answer".into()));
+                };
+                if let (Some(guid), Some(since)) = (self.state_checks.pop_front(), reach) {
+                    self.drop_state_beyond_log(guid, since);
+                }
+                self.next_state_check();
                 Ok(true)
             }
             Phase::RecvStates => {
@@ -1137,6 +1208,18 @@ impl Brain {
             self.phase = Phase::MailboxNext;
             return;
         }
+        // The log was checked before the state went out; it may have been
+        // rotated since. Skipped, as Dovecot does, for a full run next time.
+        if let Some(lcm) = self.log_gap(&snap) {
+            self.messages.push(format!(
+                "Modseq {lcm} no longer in transaction log of mailbox {}",
+                st.guid
+            ));
+            self.desync = true;
+            self.require_full_resync = true;
+            self.phase = Phase::MailboxNext;
+            return;
+        }
         self.send(Item::Mailbox(status_item(st)));
         self.master_snapshot = Some(snap);
         self.phase = Phase::MasterWaitB;
@@ -1158,6 +1241,21 @@ impl Brain {
             self.phase = Phase::MailboxNext;
             return;
         };
+        if let Some(lcm) = self.log_gap(&snap) {
+            // The master syncs this mailbox incrementally; this side cannot.
+            self.messages.push(format!(
+                "Modseq {lcm} no longer in transaction log of mailbox {}, retry with a full sync",
+                snap.status.guid
+            ));
+            self.require_full_resync = true;
+            self.send(Item::Mailbox(Mailbox {
+                mailbox_guid: snap.status.guid,
+                mailbox_lost: true,
+                ..Mailbox::default()
+            }));
+            self.phase = Phase::MailboxNext;
+            return;
+        }
         let st = snap.status;
         if let Some(s) = self.state_for(st.guid, st.uid_validity) {
             if st.uid_next < s.last_common_uid || st.highest_modseq < s.last_common_modseq {
@@ -1246,16 +1344,11 @@ impl Brain {
                 .unwrap_or((0, 0)),
             _ => (0, 0),
         };
-        let mut lcu = lcu;
-        let mut lcm = lcm;
-        if lcm > 0 && snap.log_first_modseq > lcm.saturating_add(1) {
-            self.messages
-                .push(format!("Modseq {lcm} no longer in transaction log"));
-            // The log no longer proves what changed: fall back to a full
-            // comparison of this mailbox.
-            lcu = 0;
-            lcm = 0;
-        }
+        // Invariant: the local log reaches back to `lcm` (`log_gap` was
+        // checked before the `B` exchange). Comparing in full on one side
+        // while the peer runs incrementally would take the peer's few
+        // changes for the whole mailbox.
+        debug_assert!(lcm == 0 || snap.log_first_modseq <= lcm.saturating_add(1));
         let exporter = !self.settings.backup_recv;
         let importer = !self.settings.backup_send;
         let local_changes = mailbox::scan_log(&snap, lcm);

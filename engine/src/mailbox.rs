@@ -1012,6 +1012,8 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
         plan.last_common_uid = remote_uidnext
             .saturating_sub(1)
             .max(local_uidnext.saturating_sub(1));
+        // The source's expunges and the mails only this side has.
+        add_expunges(&mut plan, mbox, expunges);
         return plan;
     }
 

@@ -555,6 +555,13 @@ impl MemoryReplica {
                     _ => None,
                 }))
             }
+            Query::LogReach(guid) => Answer::LogReach(self.nodes.values().find_map(|n| match n {
+                // `log_first_modseq` is the first modseq logged (0: all).
+                MemNode::Mailbox(m) if m.guid == *guid => {
+                    Some(m.log_first_modseq.saturating_sub(1))
+                }
+                _ => None,
+            })),
             Query::Mailbox(guid) | Query::MailboxUndated(guid) => {
                 Answer::Mailbox(self.nodes.values().find_map(|n| match n {
                     MemNode::Mailbox(m) if m.guid == *guid => Some(Box::new(MailboxSnapshot {

@@ -44,6 +44,10 @@ pub enum Query {
     /// in a stateful run, so a mailbox whose status equals its saved state
     /// is skipped without reading its mails.
     MailboxStatus(Guid128),
+    /// How far back one mailbox's change log reaches, found by GUID: asked
+    /// by the master of a stateful run for each mailbox of its saved state
+    /// before it hands the state to the peer.
+    LogReach(Guid128),
 }
 
 /// The replica's answers, one per [`Query`], in order.
@@ -54,6 +58,9 @@ pub enum Answer {
     Mailbox(Option<Box<MailboxSnapshot>>),
     /// `None`: no selectable mailbox with that GUID.
     MailboxStatus(Option<MailboxStatus>),
+    /// The modseq above which the mailbox's log holds every change (0: all
+    /// since the mailbox began); `None`: no selectable mailbox with that GUID.
+    LogReach(Option<u64>),
 }
 
 /// One mailbox-list entry.

@@ -1765,6 +1765,18 @@ impl MailboxView {
             .filter_map(move |i| self.message(i as u32 + 1))
     }
 
+    /// The modseq above which the mapped log files hold every change: 0
+    /// when they reach back to the mailbox's start, else the oldest file's
+    /// initial modseq. [`changes_since`](Self::changes_since) of this value
+    /// is complete; of anything lower, it is not.
+    pub fn logged_since(&self) -> u64 {
+        match self.logs.first() {
+            Some(l) if l.header.prev_file_seq == 0 => 0,
+            Some(l) => l.header.initial_modseq,
+            None => self.highest_modseq(),
+        }
+    }
+
     /// Log records (all mapped log files, oldest first, complete transactions
     /// only) whose modseq is above `modseq`. Records that do not change the
     /// modseq carry the modseq of the change they belong with.

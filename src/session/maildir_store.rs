@@ -26,7 +26,7 @@ use sync_engine::{
 
 use super::store::{IncomingBody, SessionStore};
 use crate::storage::lock::{FcntlLock, Owner};
-use crate::storage::maildir::{BodyFiles, Layout, MaildirOptions, MaildirStore};
+use crate::storage::maildir::{BodyFiles, Layout, MaildirMailbox, MaildirOptions, MaildirStore};
 use crate::storage::{self as st, Changes, FlagChange, MailStore, Mailbox as _, NewMessage};
 
 /// A Maildir as the local replica of a session.
@@ -42,6 +42,10 @@ pub struct MaildirReplica {
     /// lists its directory, which per body made a full sync quadratic.
     /// Dropped on every change; a UID it does not know opens it again.
     body_source: Option<(Guid128, String, BodyFiles)>,
+    /// The mailbox the last `MoveMail` read its source mail from, kept
+    /// across consecutive moves (a conflict renumbers many mails; opening
+    /// the mailbox per move lists it per move). Any other action drops it.
+    move_source: Option<(String, MaildirMailbox)>,
     /// A status raise of the pending mailbox (uid_next, highest_modseq),
     /// applied after its saves: committed first, a raised next uid would
     /// refuse the pending saves below it.
@@ -58,21 +62,24 @@ pub struct MaildirReplica {
     chunk_saves: usize,
     /// Commits of saved mails so far.
     save_commits: u64,
+    /// Commits of batched flag changes and expunges.
+    change_commits: u64,
     /// Bytes of in-memory bodies and number of spool files in `pending`.
     pending_memory: u64,
     pending_files: usize,
     /// Where in-memory bodies of the batch go beyond `PENDING_MEMORY_BYTES`
     /// (unnamed, in the mail root), and its length.
     spill: Option<(std::sync::Arc<std::fs::File>, u64)>,
-    /// Flag changes of one mailbox not committed yet, with the modseq to
-    /// raise to: a commit lists the mailbox, so one per changed mail made a
-    /// full comparison of two large mailboxes quadratic. Committed before
-    /// any other action, query, body read or the end.
+    /// Flag changes and expunges of one mailbox not committed yet, with the
+    /// modseq to raise to: a commit lists the mailbox, so one per changed
+    /// or expunged mail made a full comparison of two large mailboxes
+    /// quadratic. Committed before any other action, query, body read or
+    /// the end.
     pending_flags: Option<PendingFlags>,
 }
 
-/// Mailbox name, (uid, change) in order, modseq to raise to.
-type PendingFlags = (String, Vec<(u32, FlagChange)>, u64);
+/// Mailbox name, (uid, change) in order (`None`: expunge), modseq to raise to.
+type PendingFlags = (String, Vec<(u32, Option<FlagChange>)>, u64);
 
 /// Flag changes committed together at most.
 const FLAG_BATCH: usize = 4096;
@@ -212,6 +219,8 @@ impl MaildirReplica {
             incoming: None,
             pending: None,
             body_source: None,
+            move_source: None,
+            change_commits: 0,
             pending_raise: None,
             home: None,
             user_lock: None,
@@ -234,6 +243,11 @@ impl MaildirReplica {
     /// How many commits of saved mails were made so far.
     pub fn save_commits(&self) -> u64 {
         self.save_commits
+    }
+
+    /// How many commits of batched flag changes and expunges were made.
+    pub fn change_commits(&self) -> u64 {
+        self.change_commits
     }
 
     /// The user's home directory, where the per-user sync lock
@@ -378,7 +392,11 @@ impl MaildirReplica {
         // (modseq, set?). Changes written by a sync are not counted, as
         // Dovecot's log scan skips them.
         let mut attr_changes: BTreeMap<(bool, String), (u64, bool)> = BTreeMap::new();
-        let (log, log_first_modseq) = match mb.changes_since(0)? {
+        // The log from where it is complete: a rotated log still proves
+        // every change above its oldest file's initial modseq, which is
+        // what a stateful sync since a later modseq needs.
+        let logged_since = mb.logged_since();
+        let (log, log_first_modseq) = match mb.changes_since(logged_since)? {
             Changes::TooOld => (Vec::new(), s.highest_modseq + 1),
             Changes::Since(changes) => {
                 let mut log = Vec::new();
@@ -454,7 +472,12 @@ impl MaildirReplica {
                         }
                     }
                 }
-                (log, 0)
+                let first = if logged_since == 0 {
+                    0
+                } else {
+                    logged_since + 1
+                };
+                (log, first)
             }
         };
         let attributes = Self::attribute_records(mb.attributes()?, attr_changes);
@@ -931,22 +954,7 @@ impl MaildirReplica {
                     add_keywords: kw(add_keywords),
                     remove_keywords: kw(remove_keywords),
                 };
-                if self
-                    .pending_flags
-                    .as_ref()
-                    .is_some_and(|(n, _, _)| *n != name)
-                {
-                    self.flush_flags()?;
-                }
-                let (_, changes, modseq) = self
-                    .pending_flags
-                    .get_or_insert_with(|| (name, Vec::new(), 0));
-                changes.push((*uid, change));
-                *modseq = (*modseq).max(*min_modseq);
-                if changes.len() >= FLAG_BATCH {
-                    self.flush_flags()?;
-                }
-                Ok(())
+                self.batch_change(name, *uid, Some(change), *min_modseq)
             }
             Action::ReplaceFlags {
                 mailbox,
@@ -986,7 +994,7 @@ impl MaildirReplica {
             }
             Action::Expunge { mailbox, uid } => {
                 let name = self.mailbox_name(*mailbox)?;
-                self.txn(&name, |t| t.expunge(*uid, None))
+                self.batch_change(name, *uid, None, 0)
             }
             Action::MoveMail {
                 mailbox,
@@ -994,12 +1002,23 @@ impl MaildirReplica {
                 to_uid,
             } => {
                 let name = self.mailbox_name(*mailbox)?;
-                let info = {
-                    let mb = self.store.open_mailbox(&name).map_err(map_err)?;
-                    mb.message(*from_uid)
-                        .map_err(map_err)?
-                        .ok_or_else(|| StorageError::NotFound(format!("uid {from_uid}")))?
-                };
+                let mut info = None;
+                // A UID the cached mailbox does not know (saved by a batch
+                // committed since) opens it again.
+                for fresh in [false, true] {
+                    let cached = matches!(&self.move_source, Some((n, _)) if *n == name);
+                    if fresh || !cached {
+                        let mb = self.store.open_maildir(&name).map_err(map_err)?;
+                        self.move_source = Some((name.clone(), mb));
+                    }
+                    if let Some((_, mb)) = &self.move_source {
+                        info = mb.message(*from_uid).map_err(map_err)?;
+                    }
+                    if info.is_some() {
+                        break;
+                    }
+                }
+                let info = info.ok_or_else(|| StorageError::NotFound(format!("uid {from_uid}")))?;
                 let msg = NewMessage {
                     uid: Some(*to_uid),
                     guid: Some(info.guid),
@@ -1104,13 +1123,44 @@ impl MaildirReplica {
     }
 
     /// Commits the batched flag changes.
+    /// Adds a flag change (`None`: an expunge) of `uid` to the batch of
+    /// mailbox `name`, committing another mailbox's batch first.
+    fn batch_change(
+        &mut self,
+        name: String,
+        uid: u32,
+        change: Option<FlagChange>,
+        min_modseq: u64,
+    ) -> Result<(), StorageError> {
+        if self
+            .pending_flags
+            .as_ref()
+            .is_some_and(|(n, _, _)| *n != name)
+        {
+            self.flush_flags()?;
+        }
+        let (_, changes, modseq) = self
+            .pending_flags
+            .get_or_insert_with(|| (name, Vec::new(), 0));
+        changes.push((uid, change));
+        *modseq = (*modseq).max(min_modseq);
+        if changes.len() >= FLAG_BATCH {
+            self.flush_flags()?;
+        }
+        Ok(())
+    }
+
     fn flush_flags(&mut self) -> Result<(), StorageError> {
         let Some((name, changes, modseq)) = self.pending_flags.take() else {
             return Ok(());
         };
+        self.change_commits += 1;
         self.txn(&name, |t| {
             for (uid, change) in changes {
-                t.update_flags(uid, change)?;
+                match change {
+                    Some(change) => t.update_flags(uid, change)?,
+                    None => t.expunge(uid, None)?,
+                }
             }
             t.raise_highest_modseq(modseq)
         })
@@ -1228,6 +1278,24 @@ impl SessionStore for MaildirReplica {
                     })
                 }
             },
+            Query::LogReach(guid) => {
+                let reach = self
+                    .store
+                    .find_mailbox(&guid.0)
+                    .and_then(|name| match name {
+                        Some(name) => self.store.logged_since(&name).map(Some),
+                        None => Ok(None),
+                    });
+                match reach {
+                    Ok(r) => Answer::LogReach(r),
+                    Err(e) => {
+                        // Unreadable: the log proves nothing, and a full
+                        // comparison of the mailbox is always right.
+                        tracing::error!(%e, %guid, "reading a mailbox's log failed");
+                        Answer::LogReach(Some(u64::MAX))
+                    }
+                }
+            }
             Query::MailboxStatus(guid) => match self.mailbox_status(*guid) {
                 Ok(s) => Answer::MailboxStatus(s),
                 Err(e) => {
@@ -1253,7 +1321,12 @@ impl SessionStore for MaildirReplica {
 
     fn apply(&mut self, a: &Action) -> Result<(), StorageError> {
         self.body_source = None;
-        if !matches!(a, Action::UpdateFlags { .. }) {
+        // Moves only queue saves and expunge their own sources: the other
+        // mails of the cached mailbox stay as they were read.
+        if !matches!(a, Action::MoveMail { .. }) {
+            self.move_source = None;
+        }
+        if !matches!(a, Action::UpdateFlags { .. } | Action::Expunge { .. }) {
             self.flush_flags()?;
         }
         if matches!(

@@ -259,6 +259,9 @@ pub trait Mailbox {
     fn message(&self, uid: u32) -> Result<Option<MessageInfo>>;
     /// Log changes with modseq above `modseq`.
     fn changes_since(&self, modseq: u64) -> Result<Changes>;
+    /// The modseq above which the log holds every change (0: all of them
+    /// since the mailbox began): `changes_since` of it is never `TooOld`.
+    fn logged_since(&self) -> u64;
     /// Mailbox METADATA (empty when the server keeps no attribute dict here).
     fn attributes(&self) -> Result<Vec<Attribute>>;
     /// The message body, streamed from its file.

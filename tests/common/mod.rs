@@ -86,3 +86,34 @@ pub fn rename_a_mail_file(dir: &Path) {
     renamed.push("F");
     std::fs::rename(&f, &renamed).unwrap();
 }
+
+/// Rotates `user`'s INBOX transaction log `times` times: each flag change
+/// runs with rotation at any size. With `drop_old`, the rotated file (`.2`)
+/// is removed at once, so the log no longer reaches back before the last
+/// rotation.
+pub fn rotate_inbox_log(
+    inst: &test_support::DovecotInstance,
+    user: &str,
+    times: usize,
+    drop_old: bool,
+) {
+    for i in 0..times {
+        let op = if i % 2 == 0 { "add" } else { "remove" };
+        let mut c = inst.doveadm_command();
+        for o in [
+            "mail_index_log_rotate_max_size=1",
+            "mail_index_log_rotate_min_size=1",
+            "mail_index_log_rotate_min_time=0",
+        ] {
+            c.args(["-o", o]);
+        }
+        if drop_old {
+            c.args(["-o", "mail_index_log2_max_age=0"]);
+        }
+        c.args([
+            "flags", op, "-u", user, "\\Draft", "mailbox", "INBOX", "uid", "1",
+        ]);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}

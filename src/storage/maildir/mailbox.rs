@@ -691,6 +691,11 @@ impl Mailbox for MaildirMailbox {
         }
     }
 
+    fn logged_since(&self) -> u64 {
+        // Never indexed: nothing was ever logged, nothing is missing.
+        self.view.as_ref().map_or(0, |v| v.logged_since())
+    }
+
     fn changes_since(&self, modseq: u64) -> Result<Changes> {
         let Some(view) = &self.view else {
             // Never indexed: no change was ever logged.

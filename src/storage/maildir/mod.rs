@@ -525,6 +525,17 @@ impl MaildirStore {
         MaildirMailbox::quick_status(&dir)
     }
 
+    /// The modseq above which the mailbox's transaction log holds every
+    /// change (0: all of them), from the log files' headers alone.
+    pub fn logged_since(&self, name: &str) -> Result<u64> {
+        let comps = self.components(name)?;
+        let dir = self.dir_of(&comps);
+        if !Self::is_mailbox_dir(&dir) {
+            return Err(StorageError::MailboxNotFound(name.into()));
+        }
+        Ok(mailbox::open_view(&dir)?.map_or(0, |v| v.logged_since()))
+    }
+
     /// Opens a mailbox as an owned value (callers may keep it between reads).
     pub fn open_maildir(&self, name: &str) -> Result<MaildirMailbox> {
         let comps = self.components(name)?;
