@@ -27,7 +27,7 @@ use sync_engine::{
 use super::store::{IncomingBody, SessionStore};
 use crate::storage::lock::{FcntlLock, Owner};
 use crate::storage::maildir::{BodyFiles, Layout, MaildirMailbox, MaildirOptions, MaildirStore};
-use crate::storage::{self as st, Changes, FlagChange, MailStore, Mailbox as _, NewMessage};
+use crate::storage::{self as st, FlagChange, MailStore, Mailbox as _, NewMessage};
 
 /// A Maildir as the local replica of a session.
 pub struct MaildirReplica {
@@ -396,92 +396,98 @@ impl MaildirReplica {
         // every change above its oldest file's initial modseq, which is
         // what a stateful sync since a later modseq needs.
         let logged_since = mb.logged_since();
-        let (log, log_first_modseq) = match mb.changes_since(logged_since)? {
-            Changes::TooOld => (Vec::new(), s.highest_modseq + 1),
-            Changes::Since(changes) => {
-                let mut log = Vec::new();
-                for c in changes {
-                    if let st::LogChangeKind::Attribute { key, set, private } = &c.kind {
-                        if !c.sync {
-                            attr_changes.insert((*private, key.clone()), (c.modseq, *set));
-                        }
-                        continue;
+        // The attributes and the body table are taken before the log is
+        // read, so the uidlist and the listing are gone while it is.
+        let attributes = mb.attributes()?;
+        let (view, files) = mb.into_view_and_body_files();
+        let mut log = Vec::new();
+        // Visited, not collected: the log holds a record per saved mail.
+        let mut visit = |c: st::LogChange| {
+            if let st::LogChangeKind::Attribute { key, set, private } = &c.kind {
+                if !c.sync {
+                    attr_changes.insert((*private, key.clone()), (c.modseq, *set));
+                }
+                return;
+            }
+            let mut push = |uid: u32, kind: LogChangeKind| {
+                log.push(LogChange {
+                    modseq: c.modseq,
+                    uid,
+                    sync: c.sync,
+                    kind,
+                })
+            };
+            match c.kind {
+                st::LogChangeKind::Append { .. } | st::LogChangeKind::Attribute { .. } => {}
+                st::LogChangeKind::Flags {
+                    uid1,
+                    uid2,
+                    add,
+                    remove,
+                } => {
+                    for &u in uids.range(uid1..=uid2) {
+                        push(
+                            u,
+                            LogChangeKind::Flags {
+                                add: MailFlags(add),
+                                remove: MailFlags(remove),
+                            },
+                        );
                     }
-                    let mut push = |uid: u32, kind: LogChangeKind| {
-                        log.push(LogChange {
-                            modseq: c.modseq,
-                            uid,
-                            sync: c.sync,
-                            kind,
-                        })
-                    };
-                    match c.kind {
-                        st::LogChangeKind::Append { .. } | st::LogChangeKind::Attribute { .. } => {}
-                        st::LogChangeKind::Flags {
-                            uid1,
-                            uid2,
-                            add,
-                            remove,
-                        } => {
-                            for &u in uids.range(uid1..=uid2) {
-                                push(
-                                    u,
-                                    LogChangeKind::Flags {
-                                        add: MailFlags(add),
-                                        remove: MailFlags(remove),
-                                    },
-                                );
-                            }
-                        }
-                        st::LogChangeKind::Keyword { add, name, ranges } => {
-                            for (a, b) in ranges {
-                                for &u in uids.range(a..=b.max(a)) {
-                                    let k = name.clone().into_bytes();
-                                    push(
-                                        u,
-                                        if add {
-                                            LogChangeKind::KeywordAdd(k)
-                                        } else {
-                                            LogChangeKind::KeywordRemove(k)
-                                        },
-                                    );
-                                }
-                            }
-                        }
-                        st::LogChangeKind::KeywordReset { ranges } => {
-                            for (a, b) in ranges {
-                                for &u in uids.range(a..=b.max(a)) {
-                                    push(u, LogChangeKind::KeywordReset);
-                                }
-                            }
-                        }
-                        st::LogChangeKind::Expunge { uid, guid } => {
-                            push(uid, LogChangeKind::Expunge(guid.map(Guid128)))
-                        }
-                        st::LogChangeKind::ExpungeRange { uid1, uid2 } => {
-                            for u in all_below_next(uid1, uid2) {
-                                if !uids.contains(&u) {
-                                    push(u, LogChangeKind::Expunge(None));
-                                }
-                            }
-                        }
-                        st::LogChangeKind::Modseq { uid, .. } => {
-                            if uid != 0 {
-                                push(uid, LogChangeKind::Modseq);
-                            }
+                }
+                st::LogChangeKind::Keyword { add, name, ranges } => {
+                    for (a, b) in ranges {
+                        for &u in uids.range(a..=b.max(a)) {
+                            let k = name.clone().into_bytes();
+                            push(
+                                u,
+                                if add {
+                                    LogChangeKind::KeywordAdd(k)
+                                } else {
+                                    LogChangeKind::KeywordRemove(k)
+                                },
+                            );
                         }
                     }
                 }
-                let first = if logged_since == 0 {
-                    0
-                } else {
-                    logged_since + 1
-                };
-                (log, first)
+                st::LogChangeKind::KeywordReset { ranges } => {
+                    for (a, b) in ranges {
+                        for &u in uids.range(a..=b.max(a)) {
+                            push(u, LogChangeKind::KeywordReset);
+                        }
+                    }
+                }
+                st::LogChangeKind::Expunge { uid, guid } => {
+                    push(uid, LogChangeKind::Expunge(guid.map(Guid128)))
+                }
+                st::LogChangeKind::ExpungeRange { uid1, uid2 } => {
+                    for u in all_below_next(uid1, uid2) {
+                        if !uids.contains(&u) {
+                            push(u, LogChangeKind::Expunge(None));
+                        }
+                    }
+                }
+                st::LogChangeKind::Modseq { uid, .. } => {
+                    if uid != 0 {
+                        push(uid, LogChangeKind::Modseq);
+                    }
+                }
             }
         };
-        let attributes = Self::attribute_records(mb.attributes()?, attr_changes);
-        let files = mb.into_body_files();
+        let complete = match &view {
+            Some(v) => crate::storage::maildir::visit_changes(v, logged_since, &mut visit)?,
+            None => true,
+        };
+        drop(view);
+        let log_first_modseq = if !complete {
+            log.clear();
+            s.highest_modseq + 1
+        } else if logged_since == 0 {
+            0
+        } else {
+            logged_since + 1
+        };
+        let attributes = Self::attribute_records(attributes, attr_changes);
         let snapshot = MailboxSnapshot {
             status: engine_status(guid, &s),
             mails,

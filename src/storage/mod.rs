@@ -257,8 +257,20 @@ pub trait Mailbox {
     fn messages(&self) -> Box<dyn Iterator<Item = Result<MessageInfo>> + '_>;
     /// One message with every field.
     fn message(&self, uid: u32) -> Result<Option<MessageInfo>>;
+    /// Calls `f` with each log change with modseq above `modseq`, in log
+    /// order, without collecting them (a large mailbox's log is as long as
+    /// the mailbox). `false`: the log no longer reaches back, nothing was
+    /// visited.
+    fn for_each_change(&self, modseq: u64, f: &mut dyn FnMut(LogChange)) -> Result<bool>;
     /// Log changes with modseq above `modseq`.
-    fn changes_since(&self, modseq: u64) -> Result<Changes>;
+    fn changes_since(&self, modseq: u64) -> Result<Changes> {
+        let mut out = Vec::new();
+        Ok(if self.for_each_change(modseq, &mut |c| out.push(c))? {
+            Changes::Since(out)
+        } else {
+            Changes::TooOld
+        })
+    }
     /// The modseq above which the log holds every change (0: all of them
     /// since the mailbox began): `changes_since` of it is never `TooOld`.
     fn logged_since(&self) -> u64;

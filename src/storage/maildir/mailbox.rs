@@ -20,8 +20,8 @@ use index_format::view::MailboxView;
 
 use super::{log_gate_read, MaildirStore, UIDLIST};
 use crate::storage::{
-    io_err, Attribute, Changes, LogChange, LogChangeKind, Mailbox, MailboxGuid, MailboxStatus,
-    MessageInfo, Result, StorageError,
+    io_err, Attribute, LogChange, LogChangeKind, Mailbox, MailboxGuid, MailboxStatus, MessageInfo,
+    Result, StorageError,
 };
 
 /// Where a message file is now.
@@ -591,6 +591,13 @@ impl MaildirMailbox {
     /// Where each mail's file is, keeping nothing else of the listing: what
     /// a reader of many bodies needs (the uidlist, the directory listing
     /// and the index view are several times larger).
+    /// The index view and the body table, dropping the rest (the uidlist
+    /// and the listing), so a caller that still reads the log holds less.
+    pub fn into_view_and_body_files(mut self) -> (Option<MailboxView>, BodyFiles) {
+        let view = self.view.take();
+        (view, self.into_body_files())
+    }
+
     pub fn into_body_files(self) -> BodyFiles {
         let mut files: Vec<(u32, bool, Box<str>)> = self
             .uidlist
@@ -696,81 +703,12 @@ impl Mailbox for MaildirMailbox {
         self.view.as_ref().map_or(0, |v| v.logged_since())
     }
 
-    fn changes_since(&self, modseq: u64) -> Result<Changes> {
-        let Some(view) = &self.view else {
+    fn for_each_change(&self, modseq: u64, f: &mut dyn FnMut(LogChange)) -> Result<bool> {
+        match &self.view {
+            Some(view) => visit_changes(view, modseq, f),
             // Never indexed: no change was ever logged.
-            return Ok(Changes::Since(Vec::new()));
-        };
-        let changes = view.changes_since(modseq)?;
-        if !changes.is_complete() {
-            return Ok(Changes::TooOld);
+            None => Ok(true),
         }
-        let mut out = Vec::new();
-        for c in changes {
-            let c = c?;
-            let r = c.record;
-            let Ok(body) = r.body() else { continue };
-            let mut push = |kind| {
-                out.push(LogChange {
-                    modseq: r.modseq,
-                    sync: r.is_sync(),
-                    external: r.is_external(),
-                    kind,
-                })
-            };
-            match body {
-                RecordBody::Append(a) => push(LogChangeKind::Append {
-                    uids: a.map(|e| e.uid).collect(),
-                }),
-                RecordBody::FlagUpdate(f) => {
-                    for u in f {
-                        push(LogChangeKind::Flags {
-                            uid1: u.uid1,
-                            uid2: u.uid2,
-                            add: u.add_flags,
-                            remove: u.remove_flags,
-                        });
-                    }
-                }
-                RecordBody::KeywordUpdate { add, name, uids } => push(LogChangeKind::Keyword {
-                    add,
-                    name: String::from_utf8_lossy(name).into_owned(),
-                    ranges: ranges(uids),
-                }),
-                RecordBody::KeywordReset(u) => {
-                    push(LogChangeKind::KeywordReset { ranges: ranges(u) })
-                }
-                RecordBody::ExpungeGuid(g) => {
-                    for (uid, guid) in g {
-                        push(LogChangeKind::Expunge {
-                            uid,
-                            guid: (guid != [0; 16]).then_some(guid),
-                        });
-                    }
-                }
-                RecordBody::Expunge(u) => {
-                    for (uid1, uid2) in u {
-                        push(LogChangeKind::ExpungeRange { uid1, uid2 });
-                    }
-                }
-                RecordBody::ModseqUpdate(m) => {
-                    for (uid, modseq) in m {
-                        push(LogChangeKind::Modseq { uid, modseq });
-                    }
-                }
-                RecordBody::AttributeUpdate(a) => {
-                    for ch in a {
-                        push(LogChangeKind::Attribute {
-                            key: String::from_utf8_lossy(ch.key).into_owned(),
-                            set: ch.set,
-                            private: ch.scope == b'p',
-                        });
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(Changes::Since(out))
     }
 
     fn attributes(&self) -> Result<Vec<Attribute>> {
@@ -798,6 +736,83 @@ impl Mailbox for MaildirMailbox {
             Err(err) => Err(io_err(&self.file_path(loc))(err)),
         }
     }
+}
+
+/// [`Mailbox::for_each_change`] on a mailbox's index view, kept apart from
+/// the mailbox so the view can outlive the rest of it (see
+/// [`MaildirMailbox::into_view_and_body_files`]).
+pub(crate) fn visit_changes(
+    view: &MailboxView,
+    modseq: u64,
+    f: &mut dyn FnMut(LogChange),
+) -> Result<bool> {
+    let changes = view.changes_since(modseq)?;
+    if !changes.is_complete() {
+        return Ok(false);
+    }
+    for c in changes {
+        let c = c?;
+        let r = c.record;
+        let Ok(body) = r.body() else { continue };
+        let mut push = |kind| {
+            f(LogChange {
+                modseq: r.modseq,
+                sync: r.is_sync(),
+                external: r.is_external(),
+                kind,
+            })
+        };
+        match body {
+            RecordBody::Append(a) => push(LogChangeKind::Append {
+                uids: a.map(|e| e.uid).collect(),
+            }),
+            RecordBody::FlagUpdate(f) => {
+                for u in f {
+                    push(LogChangeKind::Flags {
+                        uid1: u.uid1,
+                        uid2: u.uid2,
+                        add: u.add_flags,
+                        remove: u.remove_flags,
+                    });
+                }
+            }
+            RecordBody::KeywordUpdate { add, name, uids } => push(LogChangeKind::Keyword {
+                add,
+                name: String::from_utf8_lossy(name).into_owned(),
+                ranges: ranges(uids),
+            }),
+            RecordBody::KeywordReset(u) => push(LogChangeKind::KeywordReset { ranges: ranges(u) }),
+            RecordBody::ExpungeGuid(g) => {
+                for (uid, guid) in g {
+                    push(LogChangeKind::Expunge {
+                        uid,
+                        guid: (guid != [0; 16]).then_some(guid),
+                    });
+                }
+            }
+            RecordBody::Expunge(u) => {
+                for (uid1, uid2) in u {
+                    push(LogChangeKind::ExpungeRange { uid1, uid2 });
+                }
+            }
+            RecordBody::ModseqUpdate(m) => {
+                for (uid, modseq) in m {
+                    push(LogChangeKind::Modseq { uid, modseq });
+                }
+            }
+            RecordBody::AttributeUpdate(a) => {
+                for ch in a {
+                    push(LogChangeKind::Attribute {
+                        key: String::from_utf8_lossy(ch.key).into_owned(),
+                        set: ch.set,
+                        private: ch.scope == b'p',
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use index_format::maildir::{parse_uidvalidity, parse_uidvalidity_marker, Uidlist
 use index_format::subscriptions::Subscriptions;
 
 pub use attributes::parse_dict_uri;
+pub(crate) use mailbox::visit_changes;
 pub use mailbox::{BodyFiles, MaildirMailbox};
 pub use txn::MaildirTransaction;
 
