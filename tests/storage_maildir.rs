@@ -1462,3 +1462,86 @@ fn a_rotated_log_reaches_back_to_its_older_file() {
     assert!(reach > older);
     inst.assert_log_clean();
 }
+
+/// A commit that only saves reads neither the uidlist's records nor the
+/// directories (as Dovecot's save commit), unless the uidlist has lines
+/// the index lacks: those are caught up first, in UID order, with a full
+/// listing (which then also takes in a delivery). A delivery alone is left
+/// to the next listing, here Dovecot's own sync: nothing is lost either way.
+#[test]
+fn a_save_only_commit_catches_up_only_when_the_index_is_behind() {
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 0..3);
+    let root = inst.mail_dir(USER);
+    let owner = std::fs::metadata(&root).unwrap();
+    let put = |path: &Path, data: &[u8]| {
+        std::fs::write(path, data).unwrap();
+        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).unwrap();
+    };
+    let subjects = |inst: &DovecotInstance| -> Vec<(String, String)> {
+        fetch(inst, "INBOX", "uid hdr.subject")
+            .iter()
+            .map(|r| (r["uid"].clone(), r["hdr.subject"].clone()))
+            .collect()
+    };
+    let want = |pairs: &[(u32, u32)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(u, n)| (u.to_string(), format!("message {n}")))
+            .collect()
+    };
+    let save = |n: u32| {
+        let st = store(&inst);
+        let mut tx = st.begin("INBOX").unwrap();
+        tx.save(NewMessage::default(), &mut &mail(n)[..]).unwrap();
+        tx.commit().unwrap();
+    };
+
+    // The index is behind the uidlist (line 4), and a delivery waits.
+    let body = mail(40);
+    let lines = body.iter().filter(|&&b| b == b'\n').count();
+    let behind = format!(
+        "1700000001.M1P1.behind,S={},W={}",
+        body.len(),
+        body.len() + lines
+    );
+    put(&root.join("cur").join(format!("{behind}:2,S")), &body);
+    let uidlist = root.join("dovecot-uidlist");
+    let mut text = std::fs::read_to_string(&uidlist).unwrap();
+    text.push_str(&format!("4 :{behind}\n"));
+    put(&uidlist, text.as_bytes());
+    put(&root.join("new").join("1700000002.M2P2.deliv"), &mail(50));
+    save(60);
+    assert_eq!(
+        subjects(&inst),
+        want(&[(1, 0), (2, 1), (3, 2), (4, 40), (5, 60), (6, 50)])
+    );
+
+    // Caught up: a delivery alone is not listed by a save.
+    put(&root.join("new").join("1700000003.M3P3.deliv"), &mail(70));
+    save(80);
+    let text = std::fs::read_to_string(&uidlist).unwrap();
+    assert!(
+        !text.contains("M3P3.deliv"),
+        "not taken in by the save:\n{text}"
+    );
+    // Dovecot's next sync takes it in, after the save.
+    assert_eq!(
+        subjects(&inst),
+        want(&[
+            (1, 0),
+            (2, 1),
+            (3, 2),
+            (4, 40),
+            (5, 60),
+            (6, 50),
+            (7, 80),
+            (8, 70)
+        ])
+    );
+    let st = store(&inst);
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
+    assert_same_messages(&ours, &fetch(&inst, "INBOX", "uid guid flags"));
+    inst.assert_log_clean();
+}

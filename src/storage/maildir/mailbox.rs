@@ -599,14 +599,14 @@ impl MaildirMailbox {
     }
 
     pub fn into_body_files(self) -> BodyFiles {
-        let mut files: Vec<(u32, bool, Box<str>)> = self
-            .uidlist
-            .entries
-            .iter()
-            .zip(&self.locs)
-            .filter_map(|(e, loc)| {
-                let loc = loc.as_ref()?;
-                Some((e.uid, loc.new_dir, loc.name.as_str().into()))
+        // The listing's names are moved, not copied: for a moment both
+        // tables would be alive, one name per mail each.
+        let uids = self.uidlist.entries.iter().map(|e| e.uid);
+        let mut files: Vec<(u32, bool, Box<str>)> = uids
+            .zip(self.locs)
+            .filter_map(|(uid, loc)| {
+                let loc = loc?;
+                Some((uid, loc.new_dir, loc.name.into_boxed_str()))
             })
             .collect();
         files.sort_unstable_by_key(|f| f.0);

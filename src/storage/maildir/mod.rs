@@ -956,7 +956,7 @@ pub(crate) fn log_gate() -> &'static RwLock<()> {
 /// The UID of the last complete record in `tail`, the end of a uidlist
 /// (an unterminated last line is being appended and does not count, as in
 /// a full parse). `None` when no complete line fits in `tail`.
-fn last_record_uid(tail: &[u8]) -> Option<u32> {
+pub(crate) fn last_record_uid(tail: &[u8]) -> Option<u32> {
     let end = tail.iter().rposition(|&b| b == b'\n')?;
     // Empty lines are skipped by a full parse too.
     let mut complete = &tail[..end];

@@ -220,8 +220,46 @@ impl<'s> MaildirTransaction<'s> {
             }
             Err(e) => return Err(io_err(&uidlist_path)(e)),
         };
-        let uidlist = Uidlist::parse(&uidlist_data).map_err(|e| e.with_path(&uidlist_path))?;
-        let uidlist_next = uidlist.next_uid();
+        // A commit that only saves new mails needs none of the uidlist's
+        // records nor a listing of the mailbox (Dovecot's save commit
+        // neither lists): its header and last UID do, when the index has
+        // every record already (nothing to catch up; checked once the
+        // index is mapped). Reading every record and listing every file
+        // per commit made a large full sync quadratic. Deliveries not in
+        // the uidlist are then taken in by the next commit that lists, or
+        // by Dovecot's next sync.
+        let parse_all = || Uidlist::parse(&uidlist_data).map_err(|e| e.with_path(&uidlist_path));
+        let saves_only =
+            !me.saves.is_empty() && me.flag_changes.is_empty() && me.expunges.is_empty();
+        let mut fast = None;
+        if saves_only {
+            let mut head =
+                Uidlist::parse_header(&uidlist_data).map_err(|e| e.with_path(&uidlist_path))?;
+            head.partial_tail = uidlist_data.last() != Some(&b'\n');
+            let tail_from = uidlist_data.len().saturating_sub(64 * 1024);
+            let last = super::last_record_uid(&uidlist_data[tail_from..]);
+            let has_records = uidlist_data
+                .iter()
+                .skip_while(|&&b| b != b'\n')
+                .skip(1)
+                .any(|&b| b != b'\n');
+            // A last record too long for the window: read them all.
+            if last.is_some() || !has_records {
+                let next = head
+                    .header_next_uid
+                    .max(last.map_or(0, |l| l.saturating_add(1)));
+                fast = Some((head, next, last.unwrap_or(0)));
+            }
+        }
+        let fast_last = fast.as_ref().map(|f| f.2);
+        let (mut uidlist, mut uidlist_next) = match fast {
+            Some((head, next, _)) => (head, next),
+            None => {
+                let u = parse_all()?;
+                let next = u.next_uid();
+                (u, next)
+            }
+        };
         // Attribute values go to the dict before the log records that date
         // them, as Dovecot commits its dict transaction first.
         let mut attr_tx = TransactionBuilder::new(false);
@@ -258,16 +296,18 @@ impl<'s> MaildirTransaction<'s> {
                 )?;
             }
         }
-        let by_uid: HashMap<u32, usize> = uidlist
-            .records
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.uid, i))
-            .collect();
+        let by_uid_of = |u: &Uidlist<'_>| -> HashMap<u32, usize> {
+            u.records
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.uid, i))
+                .collect()
+        };
+        let mut by_uid = by_uid_of(&uidlist);
         // One listing of `new/` and `cur/`, keeping only the files this
         // commit needs: those the uidlist does not list (deliveries that
         // get UIDs now) and those of mails it renames or removes.
-        let listed: HashSet<&str> = uidlist.records.iter().map(|e| e.filename).collect();
+        let mut listed: HashSet<&str> = uidlist.records.iter().map(|e| e.filename).collect();
         let wanted: HashSet<&str> = me
             .flag_changes
             .keys()
@@ -276,13 +316,20 @@ impl<'s> MaildirTransaction<'s> {
             .collect();
         let mut files: HashMap<String, FileLoc> = HashMap::new();
         let mut unlisted: HashMap<String, FileLoc> = HashMap::new();
-        for_each_file(&dir, |base, loc| {
-            if !listed.contains(base) {
-                unlisted.insert(base.to_string(), loc());
-            } else if wanted.contains(base) {
-                files.insert(base.to_string(), loc());
-            }
-        })?;
+        let list_files = |listed: &HashSet<&str>,
+                          files: &mut HashMap<String, FileLoc>,
+                          unlisted: &mut HashMap<String, FileLoc>| {
+            for_each_file(&dir, |base, loc| {
+                if !listed.contains(base) {
+                    unlisted.insert(base.to_string(), loc());
+                } else if wanted.contains(base) {
+                    files.insert(base.to_string(), loc());
+                }
+            })
+        };
+        if fast_last.is_none() {
+            list_files(&listed, &mut files, &mut unlisted)?;
+        }
 
         // The index, mapped before the log lock is taken (mapping opens and
         // closes a descriptor of the log, which would drop our fcntl lock).
@@ -348,6 +395,17 @@ impl<'s> MaildirTransaction<'s> {
                     _ => {}
                 }
             }
+        }
+
+        // The fast path's premise failed: the uidlist has records the index
+        // lacks (a writer died between the two), which must be caught up
+        // first. Rare: read and list everything now, under the log lock.
+        if view.is_some() && fast_last.is_some_and(|l| l >= index_next) {
+            uidlist = parse_all()?;
+            uidlist_next = uidlist.next_uid();
+            by_uid = by_uid_of(&uidlist);
+            listed = uidlist.records.iter().map(|e| e.filename).collect();
+            list_files(&listed, &mut files, &mut unlisted)?;
         }
 
         let mut result = CommitResult::default();
