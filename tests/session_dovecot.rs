@@ -172,25 +172,31 @@ fn full_view(inst: &DovecotInstance, user: &str) -> (Vec<(String, String, u32)>,
     (snap.mailbox_rows(), snap.mail_rows())
 }
 
+/// `homing sync` of alice's Maildir at `root` (with `extra` options)
+/// against bob's `doveadm dsync-server`.
+fn alice_sync_argv(inst: &DovecotInstance, root: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
+        "-o".into(),
+        format!("mail_location=maildir:{}", root.display()),
+        "sync".into(),
+        "-u".into(),
+        "alice".into(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    argv.extend(inst.dsync_server_argv(USER));
+    argv
+}
+
 #[test]
 fn cli_sync_maildir_local_side_with_dsync_server() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
     seed(&inst);
     // homing works on alice's Maildir and syncs it with bob's account.
     let root = inst.create_mail_dir("alice").unwrap();
-    let location = format!("mail_location=maildir:{}", root.display());
     let sync = |extra: &[&str]| {
-        let mut argv: Vec<String> = vec![
-            "-o".into(),
-            location.clone(),
-            "sync".into(),
-            "-u".into(),
-            "alice".into(),
-            "--json".into(),
-        ];
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        argv.extend(inst.dsync_server_argv(USER));
-        let stdout = homing_ok(&argv, &inst.log());
+        let mut args = vec!["--json"];
+        args.extend_from_slice(extra);
+        let stdout = homing_ok(alice_sync_argv(&inst, &root, &args), &inst.log());
         serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
     };
     let j = sync(&[]);
@@ -346,18 +352,8 @@ fn stateful_sync_across_log_rotations_against_dsync_server() {
     let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
     seed(&inst);
     let root = inst.create_mail_dir("alice").unwrap();
-    let location = format!("mail_location=maildir:{}", root.display());
     let sync = |state: &str| -> (String, String) {
-        let mut argv: Vec<String> = vec![
-            "-o".into(),
-            location.clone(),
-            "sync".into(),
-            "-u".into(),
-            "alice".into(),
-            "-s".into(),
-            state.into(),
-        ];
-        argv.extend(inst.dsync_server_argv(USER));
+        let argv = alice_sync_argv(&inst, &root, &["-s", state]);
         let out = homing().args(&argv).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -1275,6 +1275,31 @@ fn mailbox_guid_change() {
     inst.assert_log_clean();
 }
 
+/// Writes `data` at `path` in the user's Maildir `root`, owned as the Maildir is.
+fn put_as_owner(root: &Path, path: &Path, data: &[u8]) {
+    let owner = std::fs::metadata(root).unwrap();
+    std::fs::write(path, data).unwrap();
+    std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).unwrap();
+}
+
+/// A mail file (`mail(40)`, flagged \Seen) and its uidlist line for `uid`
+/// in the Maildir `root`, with no index record: as if a writer died
+/// between the uidlist and the log.
+fn add_a_line_the_index_lacks(root: &Path, uid: u32) {
+    let body = mail(40);
+    let lines = body.iter().filter(|&&b| b == b'\n').count();
+    let behind = format!(
+        "1700000001.M1P1.behind,S={},W={}",
+        body.len(),
+        body.len() + lines
+    );
+    put_as_owner(root, &root.join("cur").join(format!("{behind}:2,S")), &body);
+    let uidlist = root.join("dovecot-uidlist");
+    let mut text = std::fs::read_to_string(&uidlist).unwrap();
+    text.push_str(&format!("{uid} :{behind}\n"));
+    put_as_owner(root, &uidlist, text.as_bytes());
+}
+
 /// A commit finds what other writers left: a file delivered into `new/`
 /// without a uidlist line gets the next UID after the commit's saves, and a
 /// uidlist line the index lacks (a writer that died before its log write)
@@ -1285,26 +1310,13 @@ fn commit_takes_in_deliveries_and_catches_the_index_up() {
     let inst = dovecot_or_skip!(InstanceOptions::new());
     save_mails(&inst, "INBOX", 0..3);
     let root = inst.mail_dir(USER);
-    let owner = std::fs::metadata(&root).unwrap();
-    let put = |path: &Path, data: &[u8]| {
-        std::fs::write(path, data).unwrap();
-        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).unwrap();
-    };
-    // A uidlist line for UID 4 whose index record was never written.
-    let body = mail(40);
-    let lines = body.iter().filter(|&&b| b == b'\n').count();
-    let behind = format!(
-        "1700000001.M1P1.behind,S={},W={}",
-        body.len(),
-        body.len() + lines
-    );
-    put(&root.join("cur").join(format!("{behind}:2,S")), &body);
-    let uidlist = root.join("dovecot-uidlist");
-    let mut text = std::fs::read_to_string(&uidlist).unwrap();
-    text.push_str(&format!("4 :{behind}\n"));
-    put(&uidlist, text.as_bytes());
+    add_a_line_the_index_lacks(&root, 4);
     // A delivery straight into new/.
-    put(&root.join("new").join("1700000002.M2P2.deliv"), &mail(50));
+    put_as_owner(
+        &root,
+        &root.join("new").join("1700000002.M2P2.deliv"),
+        &mail(50),
+    );
 
     let st = store(&inst);
     let mut tx = st.begin("INBOX").unwrap();
@@ -1473,11 +1485,7 @@ fn a_save_only_commit_catches_up_only_when_the_index_is_behind() {
     let inst = dovecot_or_skip!(InstanceOptions::new());
     save_mails(&inst, "INBOX", 0..3);
     let root = inst.mail_dir(USER);
-    let owner = std::fs::metadata(&root).unwrap();
-    let put = |path: &Path, data: &[u8]| {
-        std::fs::write(path, data).unwrap();
-        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).unwrap();
-    };
+    let put = |path: &Path, data: &[u8]| put_as_owner(&root, path, data);
     let subjects = |inst: &DovecotInstance| -> Vec<(String, String)> {
         fetch(inst, "INBOX", "uid hdr.subject")
             .iter()
@@ -1498,18 +1506,8 @@ fn a_save_only_commit_catches_up_only_when_the_index_is_behind() {
     };
 
     // The index is behind the uidlist (line 4), and a delivery waits.
-    let body = mail(40);
-    let lines = body.iter().filter(|&&b| b == b'\n').count();
-    let behind = format!(
-        "1700000001.M1P1.behind,S={},W={}",
-        body.len(),
-        body.len() + lines
-    );
-    put(&root.join("cur").join(format!("{behind}:2,S")), &body);
+    add_a_line_the_index_lacks(&root, 4);
     let uidlist = root.join("dovecot-uidlist");
-    let mut text = std::fs::read_to_string(&uidlist).unwrap();
-    text.push_str(&format!("4 :{behind}\n"));
-    put(&uidlist, text.as_bytes());
     put(&root.join("new").join("1700000002.M2P2.deliv"), &mail(50));
     save(60);
     assert_eq!(

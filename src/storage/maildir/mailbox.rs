@@ -405,46 +405,40 @@ impl MaildirMailbox {
         // changed since: the index's counts are the mailbox's, and the
         // uidlist is read for its header alone. The uidlist may still list
         // mails expunged since it was last rewritten; the index does not.
-        if let (Some(h), Some(v)) = (synced, &view) {
-            let index_saw = (
+        let index_synced_it = synced.is_some_and(|h| {
+            (
                 i64::from(h.uidlist_mtime),
                 i64::from(h.uidlist_mtime_nsecs),
                 u64::from(h.uidlist_size),
-            );
-            if index_saw == (listed.0, listed.1, uidlist_meta.len()) {
-                let Some((Some(guid), uid_validity, next_uid)) = MaildirStore::uidlist_header(dir)?
-                else {
-                    return Ok(None);
-                };
-                return Ok(Some(MailboxStatus {
-                    guid,
-                    uid_validity,
-                    uid_next: next_uid.max(v.next_uid()),
-                    highest_modseq: v.highest_modseq().max(1),
-                    highest_pvt_modseq: 0,
-                    messages: v.messages_count(),
-                    first_recent_uid: v.header().first_recent_uid,
-                }));
+            ) == (listed.0, listed.1, uidlist_meta.len())
+        });
+        let (guid, uid_validity, uidlist_next, messages) = if index_synced_it && view.is_some() {
+            let Some((Some(guid), uv, next)) = MaildirStore::uidlist_header(dir)? else {
+                return Ok(None);
+            };
+            let messages = view.as_ref().map_or(0, |v| v.messages_count());
+            (guid, uv, next, messages)
+        } else {
+            let Some(uidlist) = UidlistState::read(dir)? else {
+                return Ok(None);
+            };
+            let Some(guid) = uidlist.guid else {
+                return Ok(None);
+            };
+            if uidlist.partial_tail {
+                return Ok(None);
             }
-        }
-        let Some(uidlist) = UidlistState::read(dir)? else {
-            return Ok(None);
+            let messages = u32::try_from(uidlist.entries.len()).unwrap_or(u32::MAX);
+            // Expunged records the uidlist still lists, unknown to this
+            // rule: when the index counts otherwise, list.
+            if view
+                .as_ref()
+                .is_some_and(|v| v.messages_count() != messages)
+            {
+                return Ok(None);
+            }
+            (guid, uidlist.uid_validity, uidlist.next_uid, messages)
         };
-        let Some(guid) = uidlist.guid else {
-            return Ok(None);
-        };
-        if uidlist.partial_tail {
-            return Ok(None);
-        }
-        let messages = u32::try_from(uidlist.entries.len()).unwrap_or(u32::MAX);
-        // A uidlist may still list mails expunged since it was last
-        // rewritten; the index knows. When they disagree, list.
-        if view
-            .as_ref()
-            .is_some_and(|v| v.messages_count() != messages)
-        {
-            return Ok(None);
-        }
         let (hm, next_idx, first_recent) = match &view {
             Some(v) => (
                 v.highest_modseq().max(1),
@@ -455,8 +449,8 @@ impl MaildirMailbox {
         };
         Ok(Some(MailboxStatus {
             guid,
-            uid_validity: uidlist.uid_validity,
-            uid_next: uidlist.next_uid.max(next_idx),
+            uid_validity,
+            uid_next: uidlist_next.max(next_idx),
             highest_modseq: hm,
             highest_pvt_modseq: 0,
             messages,
