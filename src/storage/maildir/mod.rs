@@ -303,57 +303,20 @@ impl MaildirStore {
         mailbox_name_hash(name.as_bytes())
     }
 
-    /// Reads a mailbox's uidlist header (GUID, uidvalidity, next uid).
-    /// Only the file's two ends are read: the header line, and the last
-    /// complete record for the effective next UID (Dovecot appends records
-    /// without rewriting the header). A large mailbox's uidlist is
-    /// megabytes and this runs for every mailbox of a listing.
+    /// Reads a mailbox's uidlist header (GUID, uidvalidity, next uid),
+    /// from the file's two ends only ([`UidlistEnds`]): this runs for every
+    /// mailbox of a listing.
     pub(crate) fn uidlist_header(dir: &Path) -> Result<Option<(Option<MailboxGuid>, u32, u32)>> {
-        use std::os::unix::fs::FileExt;
-        // Small files, and lines too long for the windows, are parsed whole.
-        const WINDOW: u64 = 16 * 1024;
         let path = dir.join(UIDLIST);
-        let file = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&path)(e)),
+        let Some(ends) = UidlistEnds::read(&path)? else {
+            return Ok(None);
         };
-        let len = file.metadata().map_err(io_err(&path))?.len();
-        let read_at = |at: u64, n: u64| -> Result<Vec<u8>> {
-            let mut buf = vec![0; n as usize];
-            let mut got = 0;
-            while got < buf.len() {
-                match file.read_at(&mut buf[got..], at + got as u64) {
-                    Ok(0) => break,
-                    Ok(k) => got += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(io_err(&path)(e)),
-                }
-            }
-            buf.truncate(got);
-            Ok(buf)
-        };
-        let whole = |data: Vec<u8>| -> Result<Option<(Option<MailboxGuid>, u32, u32)>> {
-            let u = Uidlist::parse(&data).map_err(|e| e.with_path(&path))?;
-            Ok(Some((u.mailbox_guid, u.uid_validity, u.next_uid())))
-        };
-        if len <= 2 * WINDOW {
-            return whole(read_at(0, len)?);
+        if let Some((u, next, _)) = ends.header_and_next(&path)? {
+            return Ok(Some((u.mailbox_guid, u.uid_validity, next)));
         }
-        let head = read_at(0, WINDOW)?;
-        if !head.contains(&b'\n') {
-            return whole(read_at(0, len)?);
-        }
-        let h = Uidlist::parse_header(&head).map_err(|e| e.with_path(&path))?;
-        let tail = read_at(len - WINDOW, WINDOW)?;
-        match last_record_uid(&tail) {
-            Some(last) => Ok(Some((
-                h.mailbox_guid,
-                h.uid_validity,
-                h.header_next_uid.max(last.saturating_add(1)),
-            ))),
-            None => whole(read_at(0, len)?),
-        }
+        let data = fs::read(&path).map_err(io_err(&path))?;
+        let u = Uidlist::parse(&data).map_err(|e| e.with_path(&path))?;
+        Ok(Some((u.mailbox_guid, u.uid_validity, u.next_uid())))
     }
 
     /// Gives a mailbox that has no uidlist yet one (GUID, UIDVALIDITY), as
@@ -953,10 +916,87 @@ pub(crate) fn log_gate() -> &'static RwLock<()> {
     &LOG_GATE
 }
 
+/// The start and the end of a `dovecot-uidlist`: enough for its header and
+/// its effective next UID (Dovecot appends records without rewriting the
+/// header) without reading every record of a large mailbox. A small file
+/// is read whole.
+pub(crate) struct UidlistEnds {
+    /// The file's first bytes (all of it when `whole`).
+    pub head: Vec<u8>,
+    /// The file's last bytes (empty when `whole`).
+    pub tail: Vec<u8>,
+    pub whole: bool,
+}
+
+impl UidlistEnds {
+    /// Bytes read at each end of a large file.
+    const WINDOW: u64 = 16 * 1024;
+
+    /// `None`: there is no uidlist.
+    pub fn read(path: &Path) -> Result<Option<UidlistEnds>> {
+        use std::os::unix::fs::FileExt;
+        let file = match fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        let len = file.metadata().map_err(io_err(path))?.len();
+        let read_at = |at: u64, n: u64| -> Result<Vec<u8>> {
+            let mut buf = vec![0; n as usize];
+            let mut got = 0;
+            while got < buf.len() {
+                match file.read_at(&mut buf[got..], at + got as u64) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_err(path)(e)),
+                }
+            }
+            buf.truncate(got);
+            Ok(buf)
+        };
+        if len <= 2 * Self::WINDOW {
+            return Ok(Some(UidlistEnds {
+                head: read_at(0, len)?,
+                tail: Vec::new(),
+                whole: true,
+            }));
+        }
+        Ok(Some(UidlistEnds {
+            head: read_at(0, Self::WINDOW)?,
+            tail: read_at(len - Self::WINDOW, Self::WINDOW)?,
+            whole: false,
+        }))
+    }
+
+    /// The header (with every record when `whole`), the effective next
+    /// UID and the last record's UID (0: none); `None` when the ends
+    /// cannot tell (a first or last line longer than the window): read the
+    /// whole file then.
+    pub fn header_and_next(&self, path: &Path) -> Result<Option<(Uidlist<'_>, u32, u32)>> {
+        if self.whole {
+            let u = Uidlist::parse(&self.head).map_err(|e| e.with_path(path))?;
+            let next = u.next_uid();
+            let last = u.records.last().map_or(0, |r| r.uid);
+            return Ok(Some((u, next, last)));
+        }
+        if !self.head.contains(&b'\n') {
+            return Ok(None);
+        }
+        let Some(last) = last_record_uid(&self.tail) else {
+            return Ok(None);
+        };
+        let mut h = Uidlist::parse_header(&self.head).map_err(|e| e.with_path(path))?;
+        h.partial_tail = self.tail.last() != Some(&b'\n');
+        let next = h.header_next_uid.max(last.saturating_add(1));
+        Ok(Some((h, next, last)))
+    }
+}
+
 /// The UID of the last complete record in `tail`, the end of a uidlist
 /// (an unterminated last line is being appended and does not count, as in
 /// a full parse). `None` when no complete line fits in `tail`.
-pub(crate) fn last_record_uid(tail: &[u8]) -> Option<u32> {
+fn last_record_uid(tail: &[u8]) -> Option<u32> {
     let end = tail.iter().rposition(|&b| b == b'\n')?;
     // Empty lines are skipped by a full parse too.
     let mut complete = &tail[..end];

@@ -34,7 +34,7 @@ use index_format::write::{header_offsets, uidlist_line, TransactionBuilder, Uidl
 
 use super::attributes::AttributeSet;
 use super::mailbox::{for_each_file, maildir_order, open_view, read_keywords, scan_files, FileLoc};
-use super::{log_gate, MaildirStore, UIDLIST};
+use super::{log_gate, MaildirStore, UidlistEnds, UIDLIST};
 use crate::storage::lock::{Dotlock, DotlockSettings, FcntlLock, Owner};
 use crate::storage::{
     flags, io_err, CommitResult, FlagChange, MailboxGuid, MailboxTransaction, NewMessage, Result,
@@ -208,50 +208,45 @@ impl<'s> MaildirTransaction<'s> {
         }
         let _uidlist_lock =
             Dotlock::acquire(&uidlist_path, DotlockSettings::UIDLIST, store.owner())?;
-        // The uidlist's records borrow its bytes: no copy per mail (a
-        // commit of a large mailbox held several of them).
-        let uidlist_data = match fs::read(&uidlist_path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StorageError::Inconsistent {
-                    path: uidlist_path.clone(),
-                    why: "uidlist vanished".into(),
-                })
-            }
-            Err(e) => return Err(io_err(&uidlist_path)(e)),
-        };
         // A commit that only saves new mails needs none of the uidlist's
         // records nor a listing of the mailbox (Dovecot's save commit
-        // neither lists): its header and last UID do, when the index has
-        // every record already (nothing to catch up; checked once the
-        // index is mapped). Reading every record and listing every file
-        // per commit made a large full sync quadratic. Deliveries not in
-        // the uidlist are then taken in by the next commit that lists, or
-        // by Dovecot's next sync.
-        let parse_all = || Uidlist::parse(&uidlist_data).map_err(|e| e.with_path(&uidlist_path));
+        // neither lists): the uidlist's header and last UID do, read from
+        // its two ends, when the index has every record already (nothing
+        // to catch up; checked once the index is mapped). Reading every
+        // record and listing every file per commit made a large full sync
+        // quadratic. Deliveries not in the uidlist are then taken in by
+        // the next commit that lists, or by Dovecot's next sync.
         let saves_only =
             !me.saves.is_empty() && me.flag_changes.is_empty() && me.expunges.is_empty();
-        let mut fast = None;
-        if saves_only {
-            let mut head =
-                Uidlist::parse_header(&uidlist_data).map_err(|e| e.with_path(&uidlist_path))?;
-            head.partial_tail = uidlist_data.last() != Some(&b'\n');
-            let tail_from = uidlist_data.len().saturating_sub(64 * 1024);
-            let last = super::last_record_uid(&uidlist_data[tail_from..]);
-            let has_records = uidlist_data
-                .iter()
-                .skip_while(|&&b| b != b'\n')
-                .skip(1)
-                .any(|&b| b != b'\n');
-            // A last record too long for the window: read them all.
-            if last.is_some() || !has_records {
-                let next = head
-                    .header_next_uid
-                    .max(last.map_or(0, |l| l.saturating_add(1)));
-                fast = Some((head, next, last.unwrap_or(0)));
-            }
-        }
+        let vanished = || StorageError::Inconsistent {
+            path: uidlist_path.clone(),
+            why: "uidlist vanished".into(),
+        };
+        let ends = if saves_only {
+            Some(UidlistEnds::read(&uidlist_path)?.ok_or_else(vanished)?)
+        } else {
+            None
+        };
+        let fast = match &ends {
+            Some(e) => e.header_and_next(&uidlist_path)?,
+            None => None,
+        };
         let fast_last = fast.as_ref().map(|f| f.2);
+        // The uidlist's records borrow its bytes: no copy per mail. Read
+        // whole only off the fast path.
+        let whole = std::cell::OnceCell::new();
+        let parse_all = || -> Result<Uidlist<'_>> {
+            if whole.get().is_none() {
+                let data = match fs::read(&uidlist_path) {
+                    Ok(d) => d,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(vanished()),
+                    Err(e) => return Err(io_err(&uidlist_path)(e)),
+                };
+                let _ = whole.set(data);
+            }
+            let data: &Vec<u8> = whole.get().ok_or_else(vanished)?;
+            Ok(Uidlist::parse(data).map_err(|e| e.with_path(&uidlist_path))?)
+        };
         let (mut uidlist, mut uidlist_next) = match fast {
             Some((head, next, _)) => (head, next),
             None => {
