@@ -1543,3 +1543,59 @@ fn a_save_only_commit_catches_up_only_when_the_index_is_behind() {
     assert_same_messages(&ours, &fetch(&inst, "INBOX", "uid guid flags"));
     inst.assert_log_clean();
 }
+
+/// Opened from Dovecot's index, without a listing, when its last scan saw
+/// the directories as they are and it synced this very uidlist: the mails,
+/// flags, keywords and modseqs are those of a listed open, the expunged
+/// record the uidlist keeps is left out, and every body opens from its
+/// built name (in `cur/` or `new/`; elsewhere it would say `NoSuchUid` and
+/// the caller lists).
+/// A file renamed by another program makes it decline.
+#[test]
+fn opened_from_the_index_as_listed() {
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 0..10);
+    add_flags(&inst, "INBOX", "\\Seen $Work", "1:3");
+    add_flags(&inst, "INBOX", "\\Flagged", "5");
+    inst.doveadm_user(USER, &["expunge", "mailbox", "INBOX", "uid", "4"])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // Dovecot scans again, more than a second after the last change.
+    let _ = status(&inst, "INBOX");
+    let st = store(&inst);
+    let listed = st.open_maildir("INBOX").unwrap();
+    let indexed = st
+        .open_maildir_indexed("INBOX")
+        .unwrap()
+        .expect("the index is current");
+    let all = |mb: &dyn homing::storage::Mailbox| -> Vec<MessageInfo> {
+        mb.messages().map(|m| m.unwrap()).collect()
+    };
+    let (want, got) = (all(&listed), all(&indexed));
+    assert_eq!(want.len(), 9);
+    assert_eq!(got, want);
+    use homing::storage::Mailbox as _;
+    assert_eq!(indexed.status(), listed.status());
+    let files = indexed.into_body_files();
+    let mut opened = 0;
+    for m in &want {
+        match files.open_body(m.uid) {
+            Ok(mut r) => {
+                let mut body = Vec::new();
+                std::io::Read::read_to_end(&mut r, &mut body).unwrap();
+                assert!(!body.is_empty());
+                opened += 1;
+            }
+            Err(homing::storage::StorageError::NoSuchUid(_)) => {}
+            Err(e) => panic!("uid {}: {e}", m.uid),
+        }
+    }
+    assert_eq!(
+        opened,
+        want.len(),
+        "every body is found where its name says"
+    );
+    common::rename_a_mail_file(&inst.mail_dir(USER));
+    assert!(st.open_maildir_indexed("INBOX").unwrap().is_none());
+    inst.assert_log_clean();
+}

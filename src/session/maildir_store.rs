@@ -357,7 +357,17 @@ impl MaildirReplica {
         let Some(name) = self.store.find_mailbox(&guid.0)? else {
             return Ok(None);
         };
-        let mb = self.store.open_maildir(&name)?;
+        // Undated, the flags Dovecot's index holds do (no listing) when it
+        // describes the directories as they are.
+        let indexed = if dated {
+            None
+        } else {
+            self.store.open_maildir_indexed(&name)?
+        };
+        let mb = match indexed {
+            Some(mb) => mb,
+            None => self.store.open_maildir(&name)?,
+        };
         let s = mb.status();
         let mut mails = Vec::with_capacity(s.messages as usize);
         // The dates travel in `M` items and feed the -t/-e filters; they

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 use index_format::log::RecordBody;
-use index_format::maildir::{parse_filename, Keywords, Uidlist};
+use index_format::maildir::{parse_filename, Keywords, MaildirFlags, Uidlist};
 use index_format::view::MailboxView;
 
 use super::{log_gate_read, MaildirStore, UIDLIST};
@@ -133,13 +133,14 @@ impl BodyFiles {
         let i = find_from_hint(&self.files, |f| f.0, &self.cursor, uid)
             .ok_or(StorageError::NoSuchUid(uid))?;
         let (_, new_dir, name) = &self.files[i];
-        match self.dirs.open_file(*new_dir, name) {
-            Ok(f) => Ok(Box::new(f)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                Err(StorageError::NoSuchUid(uid))
+        for (dir, name) in places(*new_dir, name) {
+            match self.dirs.open_file(dir, &name) {
+                Ok(f) => return Ok(Box::new(f)),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io_err(&self.dirs.path(dir, &name))(err)),
             }
-            Err(err) => Err(io_err(&self.dirs.path(*new_dir, name))(err)),
         }
+        Err(StorageError::NoSuchUid(uid))
     }
 
     /// (received, saved) dates of a mail's file as a full listing reads
@@ -147,8 +148,26 @@ impl BodyFiles {
     pub fn dates(&self, uid: u32) -> Option<(i64, i64)> {
         let i = find_from_hint(&self.files, |f| f.0, &self.cursor, uid)?;
         let (_, new_dir, name) = &self.files[i];
-        self.dirs.stat(*new_dir, name).map(|(_, m, c)| (m, c))
+        places(*new_dir, name)
+            .find_map(|(dir, name)| self.dirs.stat(dir, &name))
+            .map(|(_, m, c)| (m, c))
     }
+}
+
+/// Where a mail's file may be: where it was listed (or, opened from the
+/// index, where its name was built: `cur/`), the same name in the other
+/// directory (Dovecot renames a flagged mail in place in `new/`), and,
+/// without flags, the bare base name in `new/` (as delivered).
+fn places(new_dir: bool, name: &str) -> impl Iterator<Item = (bool, std::borrow::Cow<'_, str>)> {
+    let bare = name
+        .strip_suffix(":2,")
+        .map(|base| (true, std::borrow::Cow::Borrowed(base)));
+    [
+        (new_dir, std::borrow::Cow::Borrowed(name)),
+        (!new_dir, std::borrow::Cow::Borrowed(name)),
+    ]
+    .into_iter()
+    .chain(bare)
 }
 
 /// One uidlist record, owned.
@@ -354,6 +373,66 @@ pub(crate) fn open_view(dir: &Path) -> Result<Option<MailboxView>> {
     Ok(Some(MailboxView::open(dir)?))
 }
 
+/// What Dovecot's index (its `maildir` header, written after each scan)
+/// says about a mailbox's directories compared with them now.
+struct SeenState {
+    /// Neither `cur/` nor `new/` changed since the uidlist was written, or
+    /// since the index's last scan of it, a scan that came more than a
+    /// second after the change (one within the same second may have missed
+    /// a later change in that second: Dovecot scans again then, and so
+    /// does this). Equal stamps are ambiguous (coarse clocks).
+    dirs_unchanged: bool,
+    /// Both as the index's last scan saw them (the first rule alone): a
+    /// mail's flags in the index are then those of its file name. A save
+    /// writes the uidlist without scanning, so "unchanged since the
+    /// uidlist" does not show that the index saw every rename.
+    dirs_scanned: bool,
+    /// The index last synced with this very uidlist (the header keeps its
+    /// stamp and size).
+    index_synced_uidlist: bool,
+}
+
+impl SeenState {
+    /// `None`: no uidlist.
+    fn read(dir: &Path, view: Option<&MailboxView>) -> Option<SeenState> {
+        let stamp = |p: PathBuf| fs::metadata(p).ok().map(|m| (m.mtime(), m.mtime_nsec()));
+        let uidlist_meta = fs::metadata(dir.join(UIDLIST)).ok()?;
+        let listed = (uidlist_meta.mtime(), uidlist_meta.mtime_nsec());
+        let synced = view
+            .and_then(|v| v.extension(index_format::ext::MAILDIR))
+            .map(|e| index_format::ext::MaildirHeader::decode(&e.header));
+        let changed = ["cur", "new"].map(|sub| stamp(dir.join(sub)));
+        let scanned = |i: usize| {
+            let Some(changed) = changed[i] else {
+                return false;
+            };
+            synced.is_some_and(|h| {
+                let (mtime, nsecs, checked) = if i == 0 {
+                    (h.cur_mtime, h.cur_mtime_nsecs, h.cur_check_time)
+                } else {
+                    (h.new_mtime, h.new_mtime_nsecs, h.new_check_time)
+                };
+                (i64::from(mtime), i64::from(nsecs)) == changed
+                    && i64::from(checked) > changed.0.saturating_add(1)
+            })
+        };
+        let dirs_scanned = scanned(0) && scanned(1);
+        let dirs_unchanged = (0..2).all(|i| changed[i].is_some_and(|c| c < listed) || scanned(i));
+        let index_synced_uidlist = synced.is_some_and(|h| {
+            (
+                i64::from(h.uidlist_mtime),
+                i64::from(h.uidlist_mtime_nsecs),
+                u64::from(h.uidlist_size),
+            ) == (listed.0, listed.1, uidlist_meta.len())
+        });
+        Some(SeenState {
+            dirs_unchanged,
+            dirs_scanned,
+            index_synced_uidlist,
+        })
+    }
+}
+
 impl MaildirMailbox {
     /// The status without listing the mail files, when the directories
     /// show that nothing was delivered, renamed or removed since the
@@ -362,83 +441,45 @@ impl MaildirMailbox {
     /// `None` when that cannot be shown (the caller opens the mailbox,
     /// which lists and syncs it).
     pub(crate) fn quick_status(dir: &Path) -> Result<Option<MailboxStatus>> {
-        let stamp = |p: PathBuf| fs::metadata(p).ok().map(|m| (m.mtime(), m.mtime_nsec()));
-        let Ok(uidlist_meta) = fs::metadata(dir.join(UIDLIST)) else {
+        let view = open_view(dir)?;
+        let Some(seen) = SeenState::read(dir, view.as_ref()) else {
             return Ok(None);
         };
-        let listed = (uidlist_meta.mtime(), uidlist_meta.mtime_nsec());
-        let view = open_view(dir)?;
-        // What the index's last sync of the directories saw (Dovecot records
-        // it in the `maildir` header after each scan).
-        let synced = view
-            .as_ref()
-            .and_then(|v| v.extension(index_format::ext::MAILDIR))
-            .map(|e| index_format::ext::MaildirHeader::decode(&e.header));
-        for sub in ["cur", "new"] {
-            let Some(changed) = stamp(dir.join(sub)) else {
-                return Ok(None);
-            };
-            // Not changed since the uidlist was written. Equal stamps are
-            // ambiguous (coarse clocks): list then.
-            if changed < listed {
-                continue;
-            }
-            // Or unchanged since the index's last scan of it, and that scan
-            // came more than a second after the change (one within the same
-            // second may have missed a later change in that second: Dovecot
-            // scans again then, and so does this).
-            let scanned = synced.is_some_and(|h| {
-                let (mtime, nsecs, checked) = if sub == "cur" {
-                    (h.cur_mtime, h.cur_mtime_nsecs, h.cur_check_time)
-                } else {
-                    (h.new_mtime, h.new_mtime_nsecs, h.new_check_time)
-                };
-                (i64::from(mtime), i64::from(nsecs)) == changed
-                    && i64::from(checked) > changed.0.saturating_add(1)
-            });
-            if !scanned {
-                return Ok(None);
-            }
+        if !seen.dirs_unchanged {
+            return Ok(None);
         }
-        // The index last synced with this very uidlist (its `maildir` header
-        // keeps the uidlist's stamp and size) and the directories have not
-        // changed since: the index's counts are the mailbox's, and the
-        // uidlist is read for its header alone. The uidlist may still list
-        // mails expunged since it was last rewritten; the index does not.
-        let index_synced_it = synced.is_some_and(|h| {
-            (
-                i64::from(h.uidlist_mtime),
-                i64::from(h.uidlist_mtime_nsecs),
-                u64::from(h.uidlist_size),
-            ) == (listed.0, listed.1, uidlist_meta.len())
-        });
-        let (guid, uid_validity, uidlist_next, messages) = if index_synced_it && view.is_some() {
-            let Some((Some(guid), uv, next)) = MaildirStore::uidlist_header(dir)? else {
-                return Ok(None);
+        // When the index also synced this very uidlist, its counts are the
+        // mailbox's, and the uidlist is read for its header alone. The
+        // uidlist may still list mails expunged since it was last
+        // rewritten; the index does not.
+        let (guid, uid_validity, uidlist_next, messages) =
+            if seen.index_synced_uidlist && view.is_some() {
+                let Some((Some(guid), uv, next)) = MaildirStore::uidlist_header(dir)? else {
+                    return Ok(None);
+                };
+                let messages = view.as_ref().map_or(0, |v| v.messages_count());
+                (guid, uv, next, messages)
+            } else {
+                let Some(uidlist) = UidlistState::read(dir)? else {
+                    return Ok(None);
+                };
+                let Some(guid) = uidlist.guid else {
+                    return Ok(None);
+                };
+                if uidlist.partial_tail {
+                    return Ok(None);
+                }
+                let messages = u32::try_from(uidlist.entries.len()).unwrap_or(u32::MAX);
+                // Expunged records the uidlist still lists, unknown to this
+                // rule: when the index counts otherwise, list.
+                if view
+                    .as_ref()
+                    .is_some_and(|v| v.messages_count() != messages)
+                {
+                    return Ok(None);
+                }
+                (guid, uidlist.uid_validity, uidlist.next_uid, messages)
             };
-            let messages = view.as_ref().map_or(0, |v| v.messages_count());
-            (guid, uv, next, messages)
-        } else {
-            let Some(uidlist) = UidlistState::read(dir)? else {
-                return Ok(None);
-            };
-            let Some(guid) = uidlist.guid else {
-                return Ok(None);
-            };
-            if uidlist.partial_tail {
-                return Ok(None);
-            }
-            let messages = u32::try_from(uidlist.entries.len()).unwrap_or(u32::MAX);
-            // Expunged records the uidlist still lists, unknown to this
-            // rule: when the index counts otherwise, list.
-            if view
-                .as_ref()
-                .is_some_and(|v| v.messages_count() != messages)
-            {
-                return Ok(None);
-            }
-            (guid, uidlist.uid_validity, uidlist.next_uid, messages)
-        };
         let (hm, next_idx, first_recent) = match &view {
             Some(v) => (
                 v.highest_modseq().max(1),
@@ -456,6 +497,77 @@ impl MaildirMailbox {
             messages,
             first_recent_uid: first_recent,
         }))
+    }
+
+    /// [`open`](Self::open) without listing the directories, when Dovecot's
+    /// index describes them as they are ([`SeenState`]): each mail's flags
+    /// and keywords come from the index, and its file name is built from
+    /// them, in `cur/` (where Dovecot keeps a mail once seen). A file that
+    /// is elsewhere (still in `new/`) is found by a listing when its body
+    /// is read ([`BodyFiles::open_body`] answers `NoSuchUid`). `None`: the
+    /// index cannot be trusted, or a keyword has no Maildir letter: list.
+    pub(crate) fn open_indexed(
+        store: &MaildirStore,
+        name: String,
+        dir: PathBuf,
+    ) -> Result<Option<MaildirMailbox>> {
+        let Some(view) = open_view(&dir)? else {
+            return Ok(None);
+        };
+        let seen = SeenState::read(&dir, Some(&view));
+        if !seen.is_some_and(|s| s.dirs_scanned && s.index_synced_uidlist) {
+            return Ok(None);
+        }
+        let Some(uidlist) = UidlistState::read(&dir)? else {
+            return Ok(None);
+        };
+        if uidlist.guid.is_none() || uidlist.partial_tail {
+            return Ok(None);
+        }
+        let keywords = read_keywords(&dir)?;
+        // The index's keyword numbers, as Maildir letters.
+        let letter: Vec<Option<u8>> = view
+            .keywords()
+            .iter()
+            .map(|n| keywords.iter().find(|(_, k)| k == n).map(|(i, _)| *i))
+            .collect();
+        let mut locs = Vec::with_capacity(uidlist.entries.len());
+        let mut found = 0u32;
+        for e in &uidlist.entries {
+            // Not in the index: expunged since the uidlist was rewritten.
+            let Some(m) = view.lookup_uid(e.uid) else {
+                locs.push(None);
+                continue;
+            };
+            let mut flags = MaildirFlags {
+                system: m.imap_flags(),
+                ..MaildirFlags::default()
+            };
+            for k in m.keyword_indexes() {
+                match letter.get(k).copied().flatten() {
+                    Some(i) => flags.keywords |= 1 << i,
+                    None => return Ok(None),
+                }
+            }
+            found += 1;
+            locs.push(Some(FileLoc {
+                new_dir: false,
+                name: format!("{}:2,{}", e.base, flags.letters()),
+            }));
+        }
+        // Every indexed mail has its uidlist line.
+        if found != view.messages_count() {
+            return Ok(None);
+        }
+        Ok(Some(Self::assemble(
+            store,
+            name,
+            dir,
+            uidlist,
+            locs,
+            keywords,
+            Some(view),
+        )))
     }
 
     pub(crate) fn open(store: &MaildirStore, name: String, dir: PathBuf) -> Result<MaildirMailbox> {
@@ -480,15 +592,29 @@ impl MaildirMailbox {
             })?;
             locs = locate(scan_files(&dir)?, &uidlist.entries).0;
         }
-        let uids = uidlist.entries.iter().map(|e| e.uid).collect();
         let keywords = read_keywords(&dir)?;
         let view = open_view(&dir)?;
+        Ok(Self::assemble(
+            store, name, dir, uidlist, locs, keywords, view,
+        ))
+    }
+
+    fn assemble(
+        store: &MaildirStore,
+        name: String,
+        dir: PathBuf,
+        uidlist: UidlistState,
+        locs: Vec<Option<FileLoc>>,
+        keywords: Vec<(u8, String)>,
+        view: Option<MailboxView>,
+    ) -> MaildirMailbox {
+        let uids = uidlist.entries.iter().map(|e| e.uid).collect();
         let modseq_handle = view
             .as_ref()
             .and_then(|v| v.ext_handle(index_format::ext::MODSEQ))
             .filter(|h| h.size == 8);
         let highest_modseq = view.as_ref().map(|v| v.highest_modseq()).unwrap_or(1);
-        Ok(MaildirMailbox {
+        MaildirMailbox {
             attribute_dict: store.options().attribute_dict.clone(),
             modseq_handle,
             highest_modseq,
@@ -500,7 +626,7 @@ impl MaildirMailbox {
             dirs: MailDirs::open(dir),
             keywords,
             view,
-        })
+        }
     }
 
     /// The index of `uid` among the uidlist entries.

@@ -500,6 +500,18 @@ impl MaildirStore {
         Ok(mailbox::open_view(&dir)?.map_or(0, |v| v.logged_since()))
     }
 
+    /// [`open_maildir`](Self::open_maildir) without listing the
+    /// directories, when Dovecot's index describes them as they are
+    /// ([`MaildirMailbox::open_indexed`]); `None`: open it listed.
+    pub fn open_maildir_indexed(&self, name: &str) -> Result<Option<MaildirMailbox>> {
+        let comps = self.components(name)?;
+        let dir = self.dir_of(&comps);
+        if !Self::is_mailbox_dir(&dir) {
+            return Err(StorageError::MailboxNotFound(name.into()));
+        }
+        MaildirMailbox::open_indexed(self, self.full_name(&comps), dir)
+    }
+
     /// Opens a mailbox as an owned value (callers may keep it between reads).
     pub fn open_maildir(&self, name: &str) -> Result<MaildirMailbox> {
         let comps = self.components(name)?;
