@@ -1464,6 +1464,13 @@ impl Brain {
                 if run.remote_changes.len() >= 10_000_000 {
                     return Err(EngineError::Remote("too many mail changes".into()));
                 }
+                let len = run.remote_changes.len();
+                if len == run.remote_changes.capacity() {
+                    // By an eighth, not double: a list sized from the peer's
+                    // count outgrows it only by the peer's logged expunges,
+                    // and doubling would leave half of it unused.
+                    run.remote_changes.reserve_exact((len / 8).max(1024));
+                }
                 run.remote_changes.push(c);
             }
             (Recv::Changes, Item::EndOfList) => {
