@@ -1275,6 +1275,14 @@ fn mailbox_guid_change() {
     inst.assert_log_clean();
 }
 
+/// homing's reader sees INBOX as Dovecot does (uids, GUIDs, flags).
+fn assert_reader_agrees(inst: &DovecotInstance) {
+    let st = store(inst);
+    let mb = st.open_mailbox("INBOX").unwrap();
+    let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
+    assert_same_messages(&ours, &fetch(inst, "INBOX", "uid guid flags"));
+}
+
 /// Writes `data` at `path` in the user's Maildir `root`, owned as the Maildir is.
 fn put_as_owner(root: &Path, path: &Path, data: &[u8]) {
     let owner = std::fs::metadata(root).unwrap();
@@ -1344,11 +1352,7 @@ fn commit_takes_in_deliveries_and_catches_the_index_up() {
     assert_eq!(got, want);
     assert!(rows[0]["flags"].contains("\\Flagged"), "{rows:?}");
     assert!(rows[2]["flags"].contains("\\Seen"), "{rows:?}");
-    // homing's reader agrees with Dovecot.
-    let st = store(&inst);
-    let mb = st.open_mailbox("INBOX").unwrap();
-    let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
-    assert_same_messages(&ours, &fetch(&inst, "INBOX", "uid guid flags"));
+    assert_reader_agrees(&inst);
     inst.assert_log_clean();
 }
 
@@ -1537,10 +1541,7 @@ fn a_save_only_commit_catches_up_only_when_the_index_is_behind() {
             (8, 70)
         ])
     );
-    let st = store(&inst);
-    let mb = st.open_mailbox("INBOX").unwrap();
-    let ours: Vec<_> = mb.messages().map(|m| m.unwrap()).collect();
-    assert_same_messages(&ours, &fetch(&inst, "INBOX", "uid guid flags"));
+    assert_reader_agrees(&inst);
     inst.assert_log_clean();
 }
 
