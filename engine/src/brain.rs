@@ -1466,10 +1466,10 @@ impl Brain {
                 }
                 let len = run.remote_changes.len();
                 if len == run.remote_changes.capacity() {
-                    // By an eighth, not double: a list sized from the peer's
+                    // By a 32nd, not double: a list sized from the peer's
                     // count outgrows it only by the peer's logged expunges,
                     // and doubling would leave half of it unused.
-                    run.remote_changes.reserve_exact((len / 8).max(1024));
+                    run.remote_changes.reserve_exact((len / 32).max(1024));
                 }
                 run.remote_changes.push(c);
             }
