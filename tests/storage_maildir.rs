@@ -1600,3 +1600,68 @@ fn opened_from_the_index_as_listed() {
     assert!(st.open_maildir_indexed("INBOX").unwrap().is_none());
     inst.assert_log_clean();
 }
+
+/// Child of `a_killed_lock_holder_does_not_stall_dovecot`: takes the
+/// uidlist lock of the Maildir named by the environment and waits.
+#[test]
+fn lock_holder_child() {
+    let Ok(root) = std::env::var("HOMING_LOCK_ROOT") else {
+        return;
+    };
+    let uidlist = Path::new(&root).join("dovecot-uidlist");
+    // As a commit takes it: owned by the mail user when run as root.
+    let owner = homing::storage::lock::Owner::of_path_if_root(Path::new(&root)).unwrap();
+    let _lock = homing::storage::lock::Dotlock::acquire(
+        &uidlist,
+        homing::storage::lock::DotlockSettings::UIDLIST,
+        owner,
+    )
+    .unwrap();
+    println!("locked");
+    std::io::Write::flush(&mut std::io::stdout()).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(600));
+}
+
+/// A homing process killed while it holds a mailbox's uidlist lock leaves a
+/// lock file naming its (dead) pid: Dovecot's next save breaks it at once
+/// and saves, instead of waiting two minutes for an empty lock to go stale.
+#[test]
+fn a_killed_lock_holder_does_not_stall_dovecot() {
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 0..2);
+    let root = inst.mail_dir(USER);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "lock_holder_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HOMING_LOCK_ROOT", &root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("locked") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0);
+    }
+    assert!(root.join("dovecot-uidlist.lock").exists());
+    child.kill().unwrap(); // SIGKILL: the lock stays
+    child.wait().unwrap();
+    let started = std::time::Instant::now();
+    inst.save_message(USER, "INBOX", &mail(7)).unwrap();
+    let subjects: Vec<String> = fetch(&inst, "INBOX", "hdr.subject")
+        .iter()
+        .map(|r| r["hdr.subject"].clone())
+        .collect();
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "Dovecot waited {took:?}"
+    );
+    assert_eq!(subjects, ["message 0", "message 1", "message 7"]);
+    assert!(!root.join("dovecot-uidlist.lock").exists());
+}

@@ -85,8 +85,8 @@ impl DotlockSettings {
 }
 
 impl Dotlock {
-    /// Takes `<target>.lock` with O_CREAT|O_EXCL, waiting up to the timeout;
-    /// the lock file holds `pid:host`.
+    /// Takes `<target>.lock`, waiting up to the timeout; the lock file
+    /// holds `pid:host` from the moment it exists (made by a hard link).
     pub fn acquire(
         target: &Path,
         settings: DotlockSettings,
@@ -122,6 +122,28 @@ impl Dotlock {
         );
         let mut delay = Duration::from_millis(5);
         loop {
+            if write_pid {
+                if let Some(f) = link_with_pid(&lock_path, &me, owner)? {
+                    return Ok(Dotlock {
+                        path: lock_path,
+                        file: Some(f),
+                    });
+                }
+                if is_stale(&lock_path, target, settings.stale_timeout) {
+                    // Another waiter may remove it first; both then race on the link.
+                    let _ = std::fs::remove_file(&lock_path);
+                    continue;
+                }
+                if start.elapsed() >= settings.timeout {
+                    return Err(StorageError::LockTimeout {
+                        path: lock_path,
+                        secs: settings.timeout.as_secs(),
+                    });
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(100));
+                continue;
+            }
             match OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -190,6 +212,34 @@ impl Drop for Dotlock {
 
 /// Dovecot's stale rule: dead pid on this host (lock older than 2 s), or
 /// neither the lock nor the protected file changed for `stale_timeout`.
+/// Creates the lock file `lock` with `content` already in it: written to a
+/// file of this process's own and hard-linked to the lock's name, so a
+/// process killed at any point never leaves an empty lock (Dovecot, finding
+/// no pid in one, waits out its stale timeout: two minutes for a uidlist).
+/// `Ok(None)`: the lock is held by someone else.
+fn link_with_pid(lock: &Path, content: &str, owner: Option<Owner>) -> Result<Option<File>> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = lock.as_os_str().to_os_string();
+    name.push(format!(".{}.{n}.tmp", content.replace(':', ".")));
+    let tmp = PathBuf::from(name);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    let linked = Owner::apply_fd(owner, &f, &tmp)
+        .and_then(|()| f.write_all(content.as_bytes()).map_err(io_err(&tmp)))
+        .and_then(|()| match std::fs::hard_link(&tmp, lock) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err(lock)(e)),
+        });
+    let _ = std::fs::remove_file(&tmp);
+    Ok(linked?.then_some(f))
+}
+
 fn is_stale(lock: &Path, target: &Path, stale_timeout: Duration) -> bool {
     let Ok(md) = std::fs::metadata(lock) else {
         return false;
@@ -337,6 +387,25 @@ mod tests {
         drop(l);
         assert!(!d.path().join("dovecot-uidlist.lock").exists());
         Dotlock::acquire(&target, quick, None).unwrap();
+    }
+
+    /// The lock file is made by a hard link of a file that already holds
+    /// `pid:host`: it is never seen empty, and no helper file stays.
+    #[test]
+    fn the_lock_file_is_never_empty_and_leaves_nothing_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("dovecot-uidlist");
+        for _ in 0..20 {
+            let l = Dotlock::acquire(&target, DotlockSettings::UIDLIST, None).unwrap();
+            let content = std::fs::read_to_string(l.path()).unwrap();
+            assert_eq!(content, format!("{}:{}", std::process::id(), hostname()));
+            let names: Vec<String> = std::fs::read_dir(d.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names, ["dovecot-uidlist.lock"]);
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 
     #[test]
