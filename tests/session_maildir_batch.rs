@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use homing::session::maildir_store::MaildirReplica;
 use homing::session::{run_local_pair, SessionOptions};
 use homing::storage::maildir::MaildirStore;
-use homing::storage::MailStore;
+use homing::storage::{flags, FlagChange, MailStore};
 use sync_engine::SyncSettings;
 
 mod common;
@@ -180,7 +180,7 @@ async fn many_expunges_and_moves_are_committed_together() {
         MaildirReplica::new(a),
         MaildirReplica::new(b),
         "h",
-        backup,
+        backup.clone(),
         &SessionOptions::default(),
     )
     .await;
@@ -189,6 +189,49 @@ async fn many_expunges_and_moves_are_committed_together() {
     assert_eq!(uids(ra.store.store()), (1..=50).collect::<Vec<_>>());
     assert_eq!(uids(rb.store.store()), uids(ra.store.store()));
     assert_eq!(rb.store.change_commits(), 1, "200 expunges, one commit");
+
+    // The destination flagged its 50 mails: the next backup reverts them,
+    // in one commit too.
+    let b = homing::storage::maildir::MaildirStore::open(
+        db.path(),
+        homing::storage::maildir::MaildirOptions::default(),
+    )
+    .unwrap();
+    drop(rb);
+    let mut t = b.begin("INBOX").unwrap();
+    for uid in 1..=50 {
+        t.update_flags(
+            uid,
+            FlagChange {
+                add: flags::FLAGGED,
+                ..FlagChange::default()
+            },
+        )
+        .unwrap();
+    }
+    t.commit().unwrap();
+    let flagged = |st: &MaildirStore| {
+        let mb = st.open_mailbox("INBOX").unwrap();
+        mb.messages()
+            .filter(|m| m.as_ref().unwrap().flags & flags::FLAGGED != 0)
+            .count()
+    };
+    assert_eq!(flagged(&b), 50);
+    let (_, rb) = run_local_pair(
+        ra.store,
+        MaildirReplica::new(b),
+        "h",
+        backup.clone(),
+        &SessionOptions::default(),
+    )
+    .await;
+    assert_eq!(rb.outcome.status.code(), 0, "{:?}", rb.outcome.messages);
+    assert_eq!(flagged(rb.store.store()), 0);
+    assert_eq!(
+        rb.store.change_commits(),
+        1,
+        "50 flag replacements, one commit"
+    );
 
     // Both sides hold 100 different mails at UIDs 1..=100: each side keeps
     // its own and takes the other's, all renumbered.

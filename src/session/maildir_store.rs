@@ -42,10 +42,9 @@ pub struct MaildirReplica {
     /// lists its directory, which per body made a full sync quadratic.
     /// Dropped on every change; a UID it does not know opens it again.
     body_source: Option<(Guid128, String, BodyFiles)>,
-    /// The mailbox the last `MoveMail` read its source mail from, kept
-    /// across consecutive moves (a conflict renumbers many mails; opening
-    /// the mailbox per move lists it per move). Any other action drops it.
-    move_source: Option<(String, MaildirMailbox)>,
+    /// The mailbox the last `MoveMail` or `ReplaceFlags` read its mail
+    /// from ([`Self::source_message`]); any other action drops it.
+    read_source: Option<(String, MaildirMailbox)>,
     /// A status raise of the pending mailbox (uid_next, highest_modseq),
     /// applied after its saves: committed first, a raised next uid would
     /// refuse the pending saves below it.
@@ -219,7 +218,7 @@ impl MaildirReplica {
             incoming: None,
             pending: None,
             body_source: None,
-            move_source: None,
+            read_source: None,
             change_commits: 0,
             pending_raise: None,
             home: None,
@@ -980,12 +979,7 @@ impl MaildirReplica {
                 min_modseq,
             } => {
                 let name = self.mailbox_name(*mailbox)?;
-                let cur = {
-                    let mb = self.store.open_mailbox(&name).map_err(map_err)?;
-                    mb.message(*uid)
-                        .map_err(map_err)?
-                        .ok_or_else(|| StorageError::NotFound(format!("uid {uid}")))?
-                };
+                let cur = self.source_message(&name, *uid)?;
                 let want = flags.0 & st::flags::IMAP_MASK;
                 let want_kw = kw(keywords);
                 let change = FlagChange {
@@ -1003,10 +997,7 @@ impl MaildirReplica {
                         .cloned()
                         .collect(),
                 };
-                self.txn(&name, |t| {
-                    t.update_flags(*uid, change.clone())?;
-                    t.raise_highest_modseq(*min_modseq)
-                })
+                self.batch_change(name, *uid, Some(change), *min_modseq)
             }
             Action::Expunge { mailbox, uid } => {
                 let name = self.mailbox_name(*mailbox)?;
@@ -1018,23 +1009,7 @@ impl MaildirReplica {
                 to_uid,
             } => {
                 let name = self.mailbox_name(*mailbox)?;
-                let mut info = None;
-                // A UID the cached mailbox does not know (saved by a batch
-                // committed since) opens it again.
-                for fresh in [false, true] {
-                    let cached = matches!(&self.move_source, Some((n, _)) if *n == name);
-                    if fresh || !cached {
-                        let mb = self.store.open_maildir(&name).map_err(map_err)?;
-                        self.move_source = Some((name.clone(), mb));
-                    }
-                    if let Some((_, mb)) = &self.move_source {
-                        info = mb.message(*from_uid).map_err(map_err)?;
-                    }
-                    if info.is_some() {
-                        break;
-                    }
-                }
-                let info = info.ok_or_else(|| StorageError::NotFound(format!("uid {from_uid}")))?;
+                let info = self.source_message(&name, *from_uid)?;
                 let msg = NewMessage {
                     uid: Some(*to_uid),
                     guid: Some(info.guid),
@@ -1139,6 +1114,28 @@ impl MaildirReplica {
     }
 
     /// Commits the batched flag changes.
+    /// A committed mail as stored, read from the mailbox the last move or
+    /// flag replacement read (kept while only those are applied: a conflict
+    /// renumbers many mails, a backup may replace the flags of many, and
+    /// opening the mailbox per mail lists it per mail). A UID the cached
+    /// mailbox does not know (saved by a batch committed since) opens it
+    /// again.
+    fn source_message(&mut self, name: &str, uid: u32) -> Result<st::MessageInfo, StorageError> {
+        for fresh in [false, true] {
+            let cached = matches!(&self.read_source, Some((n, _)) if n == name);
+            if fresh || !cached {
+                let mb = self.store.open_maildir(name).map_err(map_err)?;
+                self.read_source = Some((name.to_string(), mb));
+            }
+            if let Some((_, mb)) = &self.read_source {
+                if let Some(info) = mb.message(uid).map_err(map_err)? {
+                    return Ok(info);
+                }
+            }
+        }
+        Err(StorageError::NotFound(format!("uid {uid}")))
+    }
+
     /// Adds a flag change (`None`: an expunge) of `uid` to the batch of
     /// mailbox `name`, committing another mailbox's batch first.
     fn batch_change(
@@ -1337,12 +1334,16 @@ impl SessionStore for MaildirReplica {
 
     fn apply(&mut self, a: &Action) -> Result<(), StorageError> {
         self.body_source = None;
-        // Moves only queue saves and expunge their own sources: the other
-        // mails of the cached mailbox stay as they were read.
-        if !matches!(a, Action::MoveMail { .. }) {
-            self.move_source = None;
+        // Moves only queue saves and expunge their own sources, and a
+        // mail's flags are replaced once per sync: the other mails of the
+        // cached mailbox stay as they were read.
+        if !matches!(a, Action::MoveMail { .. } | Action::ReplaceFlags { .. }) {
+            self.read_source = None;
         }
-        if !matches!(a, Action::UpdateFlags { .. } | Action::Expunge { .. }) {
+        if !matches!(
+            a,
+            Action::UpdateFlags { .. } | Action::ReplaceFlags { .. } | Action::Expunge { .. }
+        ) {
             self.flush_flags()?;
         }
         if matches!(
