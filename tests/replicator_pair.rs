@@ -194,7 +194,13 @@ type View = (
 );
 
 fn view(inst: &DovecotInstance, user: &str) -> View {
-    let snap = tokio::task::block_in_place(|| inst.snapshot(user)).expect("snapshot");
+    try_view(inst, user).expect("snapshot")
+}
+
+/// [`view`], or the error of a snapshot taken while a sync changes the
+/// tree under doveadm ("Mailbox was deleted under us"): polled again.
+fn try_view(inst: &DovecotInstance, user: &str) -> Result<View, test_support::HarnessError> {
+    let snap = tokio::task::block_in_place(|| inst.snapshot(user))?;
     let mut boxes: Vec<(String, String)> = snap
         .mailboxes
         .iter()
@@ -214,7 +220,7 @@ fn view(inst: &DovecotInstance, user: &str) -> View {
         })
         .collect();
     mails.sort();
-    (boxes, mails)
+    Ok((boxes, mails))
 }
 
 /// Waits until `user` looks the same on A and B and `ok` holds for that
@@ -228,8 +234,19 @@ async fn converge(
 ) -> (View, Duration) {
     let start = Instant::now();
     loop {
-        let va = view(&a.inst, user);
-        let vb = view(&b.inst, user);
+        // A replication running meanwhile may rename or delete a mailbox
+        // under doveadm's snapshot: look again.
+        let (va, vb) = match (try_view(&a.inst, user), try_view(&b.inst, user)) {
+            (Ok(va), Ok(vb)) => (va, vb),
+            (va, vb) => {
+                assert!(
+                    start.elapsed() < PROMPT,
+                    "{what}: no snapshot within {PROMPT:?}: {va:?} {vb:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         if va == vb && ok(&va) {
             return (va, start.elapsed());
         }
