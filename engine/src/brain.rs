@@ -670,6 +670,28 @@ impl Brain {
         self.settings.states.retain(|s| s.mailbox_guid != guid);
     }
 
+    /// Master: leaves this mailbox for the next run, which compares it in
+    /// full (desync, exit 2, no state printed).
+    fn skip_for_full_resync(&mut self, why: String) {
+        self.messages.push(why);
+        self.desync = true;
+        self.require_full_resync = true;
+        self.phase = Phase::MailboxNext;
+    }
+
+    /// Slave: this side cannot sync the mailbox the master sent with the
+    /// state it holds; answers it as lost, as Dovecot's slave does.
+    fn answer_lost(&mut self, guid: Guid128, why: String) {
+        self.messages.push(why);
+        self.require_full_resync = true;
+        self.send(Item::Mailbox(Mailbox {
+            mailbox_guid: guid,
+            mailbox_lost: true,
+            ..Mailbox::default()
+        }));
+        self.phase = Phase::MailboxNext;
+    }
+
     /// The saved state's modseq for this mailbox when the local log no
     /// longer reaches back to it. The peer holds the same state and syncs
     /// incrementally, so this side cannot compare in full on its own.
@@ -938,13 +960,10 @@ impl Brain {
                     return Ok(true);
                 }
                 if b.mailbox_lost {
-                    self.messages.push(format!(
+                    self.skip_for_full_resync(format!(
                         "Mailbox changes caused a desync: Remote lost mailbox GUID {} (maybe it was just deleted?)",
                         b.mailbox_guid
                     ));
-                    self.desync = true;
-                    self.require_full_resync = true;
-                    self.phase = Phase::MailboxNext;
                     return Ok(true);
                 }
                 self.begin_mailbox(snap, b)?;
@@ -1211,13 +1230,10 @@ impl Brain {
         // The log was checked before the state went out; it may have been
         // rotated since. Skipped, as Dovecot does, for a full run next time.
         if let Some(lcm) = self.log_gap(&snap) {
-            self.messages.push(format!(
+            self.skip_for_full_resync(format!(
                 "Modseq {lcm} no longer in transaction log of mailbox {}",
                 st.guid
             ));
-            self.desync = true;
-            self.require_full_resync = true;
-            self.phase = Phase::MailboxNext;
             return;
         }
         self.send(Item::Mailbox(status_item(st)));
@@ -1243,33 +1259,23 @@ impl Brain {
         };
         if let Some(lcm) = self.log_gap(&snap) {
             // The master syncs this mailbox incrementally; this side cannot.
-            self.messages.push(format!(
-                "Modseq {lcm} no longer in transaction log of mailbox {}, retry with a full sync",
-                snap.status.guid
-            ));
-            self.require_full_resync = true;
-            self.send(Item::Mailbox(Mailbox {
-                mailbox_guid: snap.status.guid,
-                mailbox_lost: true,
-                ..Mailbox::default()
-            }));
-            self.phase = Phase::MailboxNext;
+            self.answer_lost(
+                snap.status.guid,
+                format!(
+                    "Modseq {lcm} no longer in transaction log of mailbox {}, retry with a full sync",
+                    snap.status.guid
+                ),
+            );
             return;
         }
         let st = snap.status;
         if let Some(s) = self.state_for(st.guid, st.uid_validity) {
             if st.uid_next < s.last_common_uid || st.highest_modseq < s.last_common_modseq {
-                self.messages.push(format!(
+                let why = format!(
                     "Failed to do incremental sync for mailbox {}, retry with a full sync (uidnext {} < {})",
                     st.guid, st.uid_next, s.last_common_uid
-                ));
-                self.require_full_resync = true;
-                self.send(Item::Mailbox(Mailbox {
-                    mailbox_guid: st.guid,
-                    mailbox_lost: true,
-                    ..Mailbox::default()
-                }));
-                self.phase = Phase::MailboxNext;
+                );
+                self.answer_lost(st.guid, why);
                 return;
             }
         }

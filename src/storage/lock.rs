@@ -122,52 +122,34 @@ impl Dotlock {
         );
         let mut delay = Duration::from_millis(5);
         loop {
-            if write_pid {
-                if let Some(f) = link_with_pid(&lock_path, &me, owner)? {
-                    return Ok(Dotlock {
-                        path: lock_path,
-                        file: Some(f),
-                    });
+            // `None`: someone holds it.
+            let made = if write_pid {
+                link_with_pid(&lock_path, &me, owner)?
+            } else {
+                match OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&lock_path)
+                {
+                    Ok(f) => {
+                        Owner::apply_fd(owner, &f, &lock_path)?;
+                        Some(f)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+                    Err(e) => return Err(io_err(&lock_path)(e)),
                 }
-                if is_stale(&lock_path, target, settings.stale_timeout) {
-                    // Another waiter may remove it first; both then race on the link.
-                    let _ = std::fs::remove_file(&lock_path);
-                    continue;
-                }
-                if start.elapsed() >= settings.timeout {
-                    return Err(StorageError::LockTimeout {
-                        path: lock_path,
-                        secs: settings.timeout.as_secs(),
-                    });
-                }
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(100));
-                continue;
+            };
+            if let Some(f) = made {
+                return Ok(Dotlock {
+                    path: lock_path,
+                    file: Some(f),
+                });
             }
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&lock_path)
-            {
-                Ok(mut f) => {
-                    Owner::apply_fd(owner, &f, &lock_path)?;
-                    if write_pid {
-                        f.write_all(me.as_bytes()).map_err(io_err(&lock_path))?;
-                    }
-                    return Ok(Dotlock {
-                        path: lock_path,
-                        file: Some(f),
-                    });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    if is_stale(&lock_path, target, settings.stale_timeout) {
-                        // Another waiter may remove it first; both then race on O_EXCL.
-                        let _ = std::fs::remove_file(&lock_path);
-                        continue;
-                    }
-                }
-                Err(e) => return Err(io_err(&lock_path)(e)),
+            if is_stale(&lock_path, target, settings.stale_timeout) {
+                // Another waiter may remove it first; both then race to make it.
+                let _ = std::fs::remove_file(&lock_path);
+                continue;
             }
             if start.elapsed() >= settings.timeout {
                 return Err(StorageError::LockTimeout {
