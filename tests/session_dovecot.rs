@@ -453,3 +453,85 @@ fn doveadm_backup_into_homing_removes_what_the_source_expunged() {
     assert_eq!(full_view(&inst, "alice"), full_view(&inst, USER));
     assert_no_log_errors(&inst);
 }
+
+/// A settled stateful chain with changes to old mails on both sides, in
+/// both directions: homing as master against `doveadm dsync-server`, and
+/// real `doveadm sync -s` as master against homing's `dsync-server`. Each
+/// homing side reads only what changed since the state (a partial
+/// snapshot, and the records of the old mails the peer changed, asked for
+/// by UID); the result is Dovecot's: flags and expunges of old mails cross
+/// over, the new mails of both sides (a UID conflict) both survive.
+#[test]
+fn stateful_runs_with_changes_to_old_mails_both_ways() {
+    let inst = dovecot_or_skip!(InstanceOptions::new().users(&[USER, "alice"]));
+    let mails: Vec<(&str, String)> = (0..20).map(|i| ("INBOX", format!("old-{i}"))).collect();
+    let mails: Vec<(&str, &str)> = mails.iter().map(|(m, i)| (*m, i.as_str())).collect();
+    save_all(&inst, USER, &mails);
+    let root = inst.create_mail_dir("alice").unwrap();
+    let homing_sync = |state: &str| -> String {
+        let argv = alice_sync_argv(&inst, &root, &["-s", state]);
+        let out = homing().args(&argv).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", inst.log());
+        assert!(!stderr.contains("compared in full"), "{stderr}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let server = format!(
+        "{} -o mail_location=maildir:{} dsync-server -u alice",
+        env!("CARGO_BIN_EXE_homing"),
+        root.display()
+    );
+    let doveadm_sync = |state: &str| -> String {
+        let out = inst
+            .doveadm(["sync", "-u", USER, "-s", state, &server])
+            .unwrap();
+        assert!(out.success(), "{}\n{}", out.stderr_str(), inst.log());
+        out.stdout_str().trim().to_string()
+    };
+    let inbox = |user: &str| -> Vec<(u32, String, Vec<String>)> {
+        full_view(&inst, user)
+            .1
+            .into_iter()
+            .filter(|m| m.0 == "INBOX")
+            .map(|m| (m.1, m.2, m.3))
+            .collect()
+    };
+    let expunge = |user: &str, uid: &str| {
+        inst.doveadm_user(user, &["expunge", "mailbox", "INBOX", "uid", uid])
+            .unwrap();
+    };
+    for (round, sync) in [
+        (0, &homing_sync as &dyn Fn(&str) -> String),
+        (1, &doveadm_sync),
+    ] {
+        // Settled: the state stops changing.
+        let mut state = sync("");
+        for _ in 0..3 {
+            let next = sync(&state);
+            if next == state {
+                break;
+            }
+            state = next;
+        }
+        assert_eq!(full_view(&inst, "alice"), full_view(&inst, USER));
+        let before = inbox("alice").len();
+        let base = (round * 10 + 2) as u32;
+        add_flags(&inst, "alice", "\\Seen", "INBOX", &base.to_string());
+        expunge("alice", &(base + 1).to_string());
+        add_flags(&inst, USER, "\\Flagged", "INBOX", &(base + 3).to_string());
+        expunge(USER, &(base + 4).to_string());
+        save_all(&inst, "alice", &[("INBOX", &format!("a-new-{round}"))]);
+        save_all(&inst, USER, &[("INBOX", &format!("b-new-{round}"))]);
+        sync(&state);
+        let (a, b) = (inbox("alice"), inbox(USER));
+        assert_eq!(a, b, "round {round}");
+        // Two expunged, and both new mails kept (they took the same UID).
+        assert_eq!(a.len(), before - 2 + 2, "round {round}: {a:?}");
+        let flags_of = |uid: u32| a.iter().find(|m| m.0 == uid).map(|m| m.2.clone());
+        let has = |uid: u32, flag: &str| flags_of(uid).is_some_and(|f| f.iter().any(|x| x == flag));
+        assert!(has(base, "\\Seen"), "{a:?}");
+        assert!(has(base + 3, "\\Flagged"), "{a:?}");
+        assert!(flags_of(base + 1).is_none() && flags_of(base + 4).is_none());
+    }
+    assert_no_log_errors(&inst);
+}

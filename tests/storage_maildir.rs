@@ -1665,3 +1665,65 @@ fn a_killed_lock_holder_does_not_stall_dovecot() {
     assert_eq!(subjects, ["message 0", "message 1", "message 7"]);
     assert!(!root.join("dovecot-uidlist.lock").exists());
 }
+
+/// A mailbox opened keeping some of its mails (a stateful sync's partial
+/// snapshot) shows exactly those mails as the whole mailbox shows them,
+/// with the whole mailbox's status: read from Dovecot's index (directories
+/// as its last scan saw them), from a listing (a change Dovecot has not
+/// scanned yet), and with a delivery that has no uidlist line yet (the
+/// whole open gives it its UID, and the kept mails are picked from that).
+#[test]
+fn opened_keeping_some_mails_as_the_whole_mailbox() {
+    use homing::storage::Mailbox as _;
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 0..12);
+    add_flags(&inst, "INBOX", "\\Seen $Work", "1:3");
+    inst.doveadm_user(USER, &["expunge", "mailbox", "INBOX", "uid", "4"])
+        .unwrap();
+    let st = store(&inst);
+    let keep = |uid: u32| uid % 3 == 0 || uid > 10;
+    let check = |label: &str, want_indexed: Option<bool>| {
+        let whole = st.open_maildir("INBOX").unwrap();
+        let kept = st.open_maildir_kept("INBOX", &keep).unwrap();
+        if let Some(w) = want_indexed {
+            assert_eq!(
+                st.open_maildir_indexed("INBOX").unwrap().is_some(),
+                w,
+                "{label}"
+            );
+        }
+        let want: Vec<MessageInfo> = whole
+            .messages()
+            .map(|m| m.unwrap())
+            .filter(|m| keep(m.uid))
+            .collect();
+        let got: Vec<MessageInfo> = kept.messages().map(|m| m.unwrap()).collect();
+        assert!(!want.is_empty(), "{label}");
+        assert_eq!(got, want, "{label}");
+        assert_eq!(kept.status(), whole.status(), "{label}");
+        let files = kept.into_body_files();
+        for m in &want {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut files.open_body(m.uid).unwrap(), &mut body).unwrap();
+            assert!(!body.is_empty(), "{label}: uid {}", m.uid);
+        }
+    };
+    // Dovecot's own flag change, not scanned yet: listed.
+    add_flags(&inst, "INBOX", "\\Flagged", "6");
+    check("listed", None);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let _ = status(&inst, "INBOX");
+    check("from the index", Some(true));
+    let root = inst.mail_dir(USER);
+    put_as_owner(
+        &root,
+        &root.join("new").join("1700000009.M9P9.deliv"),
+        &mail(99),
+    );
+    let kept = st.open_maildir_kept("INBOX", &keep).unwrap();
+    let uids: Vec<u32> = kept.messages().map(|m| m.unwrap().uid).collect();
+    assert_eq!(uids, [3, 6, 9, 11, 12, 13], "the delivery got UID 13");
+    assert_eq!(kept.status().messages, 12);
+    check("after the delivery", None);
+    inst.assert_log_clean();
+}

@@ -222,7 +222,13 @@ enum Phase {
     MailboxStatusQuery,
     MailboxQuery,
     MasterWaitB,
+    /// A partial snapshot did not fit the comparison: waiting for the
+    /// whole one.
+    WholeSnapshotQuery,
     Sync,
+    /// Comparing from a partial snapshot: waiting for the local records of
+    /// the mails the peer's changes name.
+    RecordsQuery,
     WaitFinish,
     Done,
 }
@@ -308,6 +314,8 @@ pub struct Brain {
     queue: VecDeque<Guid128>,
     slave_b: Option<Mailbox>,
     master_snapshot: Option<MailboxSnapshot>,
+    /// The peer's `B` while a whole snapshot replaces a partial one.
+    waiting_b: Option<Mailbox>,
     run: Option<MailboxRun>,
     messages: Vec<String>,
     desync: bool,
@@ -364,6 +372,7 @@ impl Brain {
             queue: VecDeque::new(),
             slave_b: None,
             master_snapshot: None,
+            waiting_b: None,
             run: None,
             messages: Vec::new(),
             desync: false,
@@ -601,9 +610,18 @@ impl Brain {
     fn sync_snapshot_query(&self, guid: Guid128) -> Query {
         let f = &self.settings.filter;
         if f.since > 0 || f.until > 0 || f.max_size > 0 {
-            Query::Mailbox(guid)
-        } else {
-            Query::MailboxUndated(guid)
+            return Query::Mailbox(guid);
+        }
+        // With a saved state, the comparison reads only what changed since.
+        match self.states.get(&guid) {
+            Some(s) if self.settings.sync_type == SyncType::State && s.last_common_modseq > 0 => {
+                Query::MailboxSince {
+                    guid,
+                    last_common_uid: s.last_common_uid,
+                    last_common_modseq: s.last_common_modseq,
+                }
+            }
+            _ => Query::MailboxUndated(guid),
         }
     }
 
@@ -969,11 +987,54 @@ impl Brain {
                 self.begin_mailbox(snap, b)?;
                 Ok(true)
             }
+            Phase::WholeSnapshotQuery => {
+                let Some(a) = self.take_answer() else {
+                    return Ok(false);
+                };
+                let Answer::Mailbox(snap) = a else {
+                    return Err(EngineError::Remote("expected a mailbox answer".into()));
+                };
+                let Some(remote) = self.waiting_b.take() else {
+                    return Err(EngineError::Failed);
+                };
+                match snap {
+                    Some(snap) if snap.partial.is_none() => self.begin_mailbox(*snap, remote)?,
+                    Some(_) => {
+                        return Err(EngineError::Remote(
+                            "a partial snapshot answered a whole-mailbox query".into(),
+                        ))
+                    }
+                    // Vanished meanwhile.
+                    None => self.phase = Phase::MailboxNext,
+                }
+                Ok(true)
+            }
             Phase::Sync => {
                 let Some(item) = self.inbox.pop_front() else {
                     return Ok(false);
                 };
                 self.sync_item(item)?;
+                Ok(true)
+            }
+            Phase::RecordsQuery => {
+                let Some(a) = self.take_answer() else {
+                    return Ok(false);
+                };
+                let Answer::Mails(found) = a else {
+                    return Err(EngineError::Remote("expected the mails' records".into()));
+                };
+                // The lists queued from the snapshot are made before it grows.
+                self.materialize();
+                let Some(mut run) = self.run.take() else {
+                    return Err(EngineError::Failed);
+                };
+                let mails = &mut run.snapshot.mails;
+                mails.extend(found);
+                mails.sort_by_key(|m| m.uid);
+                mails.dedup_by_key(|m| m.uid);
+                self.phase = Phase::Sync;
+                self.changes_received(&mut run);
+                self.run = Some(run);
                 Ok(true)
             }
             Phase::WaitFinish => {
@@ -1293,6 +1354,22 @@ impl Brain {
         // A lazy list still queued is made from the run it belongs to.
         self.materialize();
         let st = snap.status;
+        if let Some(since) = snap.partial {
+            // A partial snapshot serves only an incremental comparison from
+            // the state it was read for; anything else (a UIDVALIDITY that
+            // changed, a state that no longer applies) reads the whole one.
+            let fits = self.settings.sync_type == SyncType::State
+                && st.uid_validity == remote.uid_validity
+                && self
+                    .state_for(st.guid, st.uid_validity)
+                    .is_some_and(|s| (s.last_common_uid, s.last_common_modseq) == since);
+            if !fits {
+                self.waiting_b = Some(remote);
+                self.query(Query::MailboxUndated(st.guid));
+                self.phase = Phase::WholeSnapshotQuery;
+                return Ok(());
+            }
+        }
         let mut uid_validity = st.uid_validity;
         let state = self.state_for(st.guid, st.uid_validity);
         if st.uid_validity != remote.uid_validity && remote.uid_validity != 0 {
@@ -1428,7 +1505,7 @@ impl Brain {
         };
         let r = self.sync_item_in(&mut run, item);
         self.run = Some(run);
-        if self.phase != Phase::Sync {
+        if self.phase != Phase::Sync && self.phase != Phase::RecordsQuery {
             // The mailbox is done: what is still queued of its lists is made
             // now, while its run exists.
             self.materialize();
@@ -1480,12 +1557,16 @@ impl Brain {
                 run.remote_changes.push(c);
             }
             (Recv::Changes, Item::EndOfList) => {
-                self.import_changes(run);
-                run.recv = if run.exporter {
-                    Recv::Requests
+                let missing = missing_records(run);
+                if missing.is_empty() {
+                    self.changes_received(run);
                 } else {
-                    Recv::Mails
-                };
+                    self.query(Query::Mails {
+                        guid: run.guid,
+                        uids: missing,
+                    });
+                    self.phase = Phase::RecordsQuery;
+                }
             }
             (Recv::Requests, Item::MailRequest(r)) => {
                 if run.requests.len() >= 10_000_000 {
@@ -1577,6 +1658,17 @@ impl Brain {
         Ok(())
     }
 
+    /// The peer's change list is complete (and every local record it
+    /// names is at hand): import it.
+    fn changes_received(&mut self, run: &mut MailboxRun) {
+        self.import_changes(run);
+        run.recv = if run.exporter {
+            Recv::Requests
+        } else {
+            Recv::Mails
+        };
+    }
+
     fn import_changes(&mut self, run: &mut MailboxRun) {
         let revert = self.settings.backup_recv && !self.settings.no_backup_overwrite;
         let filter = self.settings.filter.clone();
@@ -1609,24 +1701,36 @@ impl Brain {
             self.failure = Some(self.failure.unwrap_or(ExitStatus::TempFail));
             run.require_full_resync = true;
         } else {
+            // Keep the exporter's view current: bodies are read from the
+            // UIDs the mails have after our own moves. Found by halving,
+            // before any UID changes (the list is in UID order).
+            let mails = &mut run.snapshot.mails;
+            let mut gone = vec![false; mails.len()];
+            let mut moved: Vec<(usize, u32)> = Vec::new();
             for a in &plan.actions {
-                // Keep the exporter's view current: bodies are read from
-                // the UIDs the mails have after our own moves.
+                let at = |uid: u32| mails.binary_search_by_key(&uid, |m| m.uid).ok();
                 match a {
                     Action::MoveMail {
                         from_uid, to_uid, ..
-                    } => {
-                        if let Some(m) = run.snapshot.mails.iter_mut().find(|m| m.uid == *from_uid)
-                        {
-                            m.uid = *to_uid;
+                    } => moved.extend(at(*from_uid).map(|i| (i, *to_uid))),
+                    Action::Expunge { uid, .. } => {
+                        if let Some(i) = at(*uid) {
+                            gone[i] = true;
                         }
                     }
-                    Action::Expunge { uid, .. } => run.snapshot.mails.retain(|m| m.uid != *uid),
                     _ => {}
                 }
                 self.act(a.clone());
             }
-            run.snapshot.mails.sort_by_key(|m| m.uid);
+            for (i, to_uid) in moved {
+                mails[i].uid = to_uid;
+            }
+            let mut i = 0;
+            mails.retain(|_| {
+                i += 1;
+                !gone[i - 1]
+            });
+            mails.sort_by_key(|m| m.uid);
             run.last_common_uid = plan.last_common_uid;
             run.messages = (run.messages + plan.saved).saturating_sub(plan.expunged);
             run.pending_uids = plan
@@ -1749,6 +1853,25 @@ impl Brain {
         self.send(Item::MailboxState(s.clone()));
         run.sent_s = Some(s);
     }
+}
+
+/// Comparing from a partial snapshot: the UIDs (ascending) of the mails
+/// the peer's changes name at or below the last common UID that the
+/// snapshot left out. Above it every local mail is in the snapshot.
+fn missing_records(run: &MailboxRun) -> Vec<u32> {
+    if run.snapshot.partial.is_none() || !run.importer {
+        return Vec::new();
+    }
+    let mails = &run.snapshot.mails;
+    let mut uids: Vec<u32> = run
+        .remote_changes
+        .iter()
+        .map(|c| c.uid)
+        .filter(|&u| u <= run.lcu && mails.binary_search_by_key(&u, |m| m.uid).is_err())
+        .collect();
+    uids.sort_unstable();
+    uids.dedup();
+    uids
 }
 
 fn status_item(st: &MailboxStatus) -> Mailbox {

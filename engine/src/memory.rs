@@ -563,18 +563,62 @@ impl MemoryReplica {
                 _ => None,
             })),
             Query::Mailbox(guid) | Query::MailboxUndated(guid) => {
-                Answer::Mailbox(self.nodes.values().find_map(|n| match n {
-                    MemNode::Mailbox(m) if m.guid == *guid => Some(Box::new(MailboxSnapshot {
+                Answer::Mailbox(self.find_guid(*guid).map(|m| {
+                    Box::new(MailboxSnapshot {
                         status: m.status(),
                         mails: m.mails.values().map(|x| x.meta.clone()).collect(),
                         log: m.log.clone(),
                         log_first_modseq: m.log_first_modseq,
                         attributes: m.attributes.values().cloned().collect(),
-                    })),
-                    _ => None,
+                        partial: None,
+                    })
                 }))
             }
+            Query::MailboxSince {
+                guid,
+                last_common_uid,
+                last_common_modseq,
+            } => Answer::Mailbox(self.find_guid(*guid).map(|m| {
+                // Only what a comparison since the state reads, as a large
+                // store would answer; the rest is asked for by UID.
+                let log: Vec<LogChange> = m
+                    .log
+                    .iter()
+                    .filter(|c| c.modseq > *last_common_modseq)
+                    .cloned()
+                    .collect();
+                let touched: BTreeSet<u32> = log.iter().map(|c| c.uid).collect();
+                Box::new(MailboxSnapshot {
+                    status: m.status(),
+                    mails: m
+                        .mails
+                        .values()
+                        .filter(|x| x.meta.uid > *last_common_uid || touched.contains(&x.meta.uid))
+                        .map(|x| x.meta.clone())
+                        .collect(),
+                    log,
+                    log_first_modseq: m.log_first_modseq,
+                    attributes: m.attributes.values().cloned().collect(),
+                    partial: Some((*last_common_uid, *last_common_modseq)),
+                })
+            })),
+            Query::Mails { guid, uids } => Answer::Mails(
+                self.find_guid(*guid)
+                    .map(|m| {
+                        uids.iter()
+                            .filter_map(|u| m.mails.get(u).map(|x| x.meta.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
         }
+    }
+
+    fn find_guid(&self, guid: Guid128) -> Option<&MemMailbox> {
+        self.nodes.values().find_map(|n| match n {
+            MemNode::Mailbox(m) if m.guid == guid => Some(m),
+            _ => None,
+        })
     }
 
     /// The body of a local mail.

@@ -48,6 +48,21 @@ pub enum Query {
     /// by the master of a stateful run for each mailbox of its saved state
     /// before it hands the state to the peer.
     LogReach(Guid128),
+    /// [`Query::MailboxUndated`] for a stateful run with a saved state of
+    /// this mailbox: the replica may answer with a partial snapshot
+    /// ([`MailboxSnapshot::partial`]) holding only the mails above
+    /// `last_common_uid` and those its log changed after
+    /// `last_common_modseq`, which is what the comparison reads of a
+    /// mailbox where little changed. A full snapshot is also an answer.
+    MailboxSince {
+        guid: Guid128,
+        last_common_uid: u32,
+        last_common_modseq: u64,
+    },
+    /// The records of these mails (those that exist; UIDs ascending), asked
+    /// during a comparison from a partial snapshot for the mails the peer's
+    /// changes name.
+    Mails { guid: Guid128, uids: Vec<u32> },
 }
 
 /// The replica's answers, one per [`Query`], in order.
@@ -61,6 +76,8 @@ pub enum Answer {
     /// The modseq above which the mailbox's log holds every change (0: all
     /// since the mailbox began); `None`: no selectable mailbox with that GUID.
     LogReach(Option<u64>),
+    /// The records found, in UID order.
+    Mails(Vec<MailRecord>),
 }
 
 /// One mailbox-list entry.
@@ -186,6 +203,12 @@ pub struct MailboxSnapshot {
     /// modseqs are gone); 0 = complete.
     pub log_first_modseq: u64,
     pub attributes: Vec<AttributeRecord>,
+    /// `Some((uid, modseq))`: an answer to [`Query::MailboxSince`] that holds
+    /// only the mails above `uid` and those whose log records after
+    /// `modseq` still exist (`log` then starts after `modseq`); any other
+    /// mail is asked for with [`Query::Mails`] when needed. `None`: every
+    /// mail.
+    pub partial: Option<(u32, u64)>,
 }
 
 /// Where an outgoing body comes from: the mail with `uid` in mailbox

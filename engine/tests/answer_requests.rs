@@ -28,6 +28,7 @@ fn snapshot() -> MailboxSnapshot {
         log: Vec::new(),
         log_first_modseq: 0,
         attributes: Vec::new(),
+        partial: None,
     }
 }
 

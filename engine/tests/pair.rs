@@ -63,6 +63,7 @@ fn uids(r: &MemoryReplica, mb: &str) -> Vec<(u32, String)> {
 /// action in the replica's place.
 trait Spy {
     fn query(&mut self, _q: &sync_engine::Query) {}
+    fn answered(&mut self, _a: &sync_engine::Answer) {}
     fn action(&mut self, _a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
         Ok(())
     }
@@ -77,7 +78,9 @@ struct Observed<S> {
 impl<S: Spy> sync_engine::local::LocalStore for Observed<S> {
     fn answer(&mut self, q: &sync_engine::Query) -> sync_engine::Answer {
         self.spy.query(q);
-        self.inner.answer(q)
+        let a = self.inner.answer(q);
+        self.spy.answered(&a);
+        a
     }
     fn apply(&mut self, a: &sync_engine::Action) -> Result<(), sync_engine::StorageError> {
         self.spy.action(a)?;
@@ -454,11 +457,13 @@ struct Queries {
 impl Spy for Queries {
     fn query(&mut self, q: &sync_engine::Query) {
         match q {
-            sync_engine::Query::Mailbox(_) | sync_engine::Query::MailboxUndated(_) => {
-                self.snapshots += 1
-            }
+            sync_engine::Query::Mailbox(_)
+            | sync_engine::Query::MailboxUndated(_)
+            | sync_engine::Query::MailboxSince { .. } => self.snapshots += 1,
             sync_engine::Query::MailboxStatus(_) => self.statuses += 1,
-            sync_engine::Query::Tree | sync_engine::Query::LogReach(_) => {}
+            sync_engine::Query::Tree
+            | sync_engine::Query::LogReach(_)
+            | sync_engine::Query::Mails { .. } => {}
         }
     }
 }
@@ -699,4 +704,111 @@ fn a_backup_expunges_what_the_source_expunged() {
         uids(&b, "INBOX"),
         [(1, "g01".to_string()), (3, "g03".to_string())]
     );
+}
+
+/// What a replica is asked for in a stateful run: the snapshots (whole or
+/// partial, with how many mails) and the records asked for by UID.
+#[derive(Default)]
+struct PartialSpy {
+    whole: usize,
+    partial_mails: Vec<usize>,
+    asked: Vec<Vec<u32>>,
+}
+
+impl Spy for PartialSpy {
+    fn query(&mut self, q: &sync_engine::Query) {
+        match q {
+            sync_engine::Query::Mailbox(_) | sync_engine::Query::MailboxUndated(_) => {
+                self.whole += 1
+            }
+            sync_engine::Query::Mails { uids, .. } => self.asked.push(uids.clone()),
+            _ => {}
+        }
+    }
+    fn answered(&mut self, a: &sync_engine::Answer) {
+        if let sync_engine::Answer::Mailbox(Some(s)) = a {
+            if s.partial.is_some() {
+                self.partial_mails.push(s.mails.len());
+            }
+        }
+    }
+}
+
+/// A stateful run reads only what changed since the state: each side's
+/// snapshot holds the mails above the last common UID and those its log
+/// changed, and the records of the other mails the peer's changes name are
+/// asked for by UID. The result is the same as a whole comparison's: flag
+/// changes and expunges on old mails both ways, and a UID conflict where
+/// both mails survive.
+#[test]
+fn a_stateful_run_reads_only_the_mails_that_changed() {
+    let mut a = MemoryReplica::new();
+    a.create_mailbox("INBOX", g(1), 1000).unwrap();
+    for i in 1..=40u32 {
+        a.deliver("INBOX", &format!("g{i:02}"), format!("m{i}").as_bytes(), 0)
+            .unwrap();
+    }
+    let mut b = MemoryReplica::new();
+    let r = checked(&mut a, &mut b, stateful(Vec::new()), 1_700_000_100);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    // The first state's modseq is the receiver's, below the sender's saves:
+    // one more run settles it.
+    let st = r.master.state.clone().expect("state");
+    let r = checked(&mut a, &mut b, stateful(st), 1_700_000_150);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    let st = r.master.state.clone().expect("state");
+
+    a.add_flags("INBOX", 5, MailFlags::SEEN, &[]);
+    a.expunge("INBOX", 7);
+    b.add_flags("INBOX", 10, MailFlags::FLAGGED, &[]);
+    b.expunge("INBOX", 20);
+    a.deliver("INBOX", "only-a", b"a", 0).unwrap();
+    b.deliver("INBOX", "only-b", b"b", 0).unwrap();
+    let mut oa = Observed {
+        inner: a,
+        spy: PartialSpy::default(),
+    };
+    let mut ob = Observed {
+        inner: b,
+        spy: PartialSpy::default(),
+    };
+    let r = checked(&mut oa, &mut ob, stateful(st), 1_700_000_200);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    let (a, b) = (oa.inner, ob.inner);
+    assert_eq!(a.view(), b.view());
+    let got = guids(&a, "INBOX");
+    assert_eq!(got.len(), 40 - 2 + 2, "{got:?}");
+    assert!(got.contains(&"only-a".to_string()) && got.contains(&"only-b".to_string()));
+    // Neither side read its whole mailbox: A's snapshot has its new mail
+    // and the mail it flagged (the one it expunged is gone), B's the same.
+    assert_eq!((oa.spy.whole, ob.spy.whole), (0, 0));
+    assert_eq!(oa.spy.partial_mails, [2]);
+    assert_eq!(ob.spy.partial_mails, [2]);
+    // Each side asked for the records of the mails the other changed.
+    assert_eq!(oa.spy.asked, [vec![10, 20]]);
+    assert_eq!(ob.spy.asked, [vec![5, 7]]);
+    let flagged = |r: &MemoryReplica, uid: u32| r.view().mailboxes["INBOX"].mails[&uid].1;
+    assert_ne!(flagged(&a, 5) & MailFlags::SEEN, 0);
+    assert_ne!(flagged(&a, 10) & MailFlags::FLAGGED, 0);
+}
+
+/// A saved state whose UIDVALIDITY no longer matches: the partial snapshot
+/// read for it is put aside and the mailbox is compared from a whole one.
+#[test]
+fn a_state_that_no_longer_applies_reads_the_whole_mailbox() {
+    let (mut a, mut b) = base();
+    let r = checked(&mut a, &mut b, stateful(Vec::new()), 1_700_000_200);
+    let mut st = r.master.state.clone().expect("state");
+    st[0].last_uidvalidity += 1;
+    a.deliver("INBOX", "g03-m3", b"m3", 0).unwrap();
+    let mut oa = Observed {
+        inner: a,
+        spy: PartialSpy::default(),
+    };
+    let r = checked(&mut oa, &mut b, stateful(st), 1_700_000_300);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    assert_eq!(oa.spy.partial_mails.len(), 1);
+    assert_eq!(oa.spy.whole, 1);
+    assert_eq!(oa.inner.view(), b.view());
+    assert_eq!(guids(&b, "INBOX"), ["g01-m1", "g02-m2", "g03-m3"]);
 }

@@ -348,27 +348,91 @@ impl MaildirReplica {
     /// The engine's snapshot of a mailbox, with where its mails' files are
     /// (the listing is at hand here; kept, it saves listing the mailbox
     /// again to send bodies).
+    ///
+    /// `since`: `Some((last common UID, last common modseq))` reads a
+    /// partial snapshot ([`MailboxSnapshot::partial`]): the mails above that
+    /// UID and every mail within the UID ranges of the log records after
+    /// that modseq, and the log from there. Records of other mails are kept
+    /// nowhere, so a stateful run holds memory for what changed, not for
+    /// the whole mailbox.
     fn mailbox(
         &self,
         guid: Guid128,
         dated: bool,
+        since: Option<(u32, u64)>,
     ) -> Result<Option<(MailboxSnapshot, String, BodyFiles)>, st::StorageError> {
         let Some(name) = self.store.find_mailbox(&guid.0)? else {
             return Ok(None);
         };
-        // Undated, the flags Dovecot's index holds do (no listing) when it
-        // describes the directories as they are.
-        let indexed = if dated {
-            None
-        } else {
-            self.store.open_maildir_indexed(&name)?
-        };
-        let mb = match indexed {
-            Some(mb) => mb,
-            None => self.store.open_maildir(&name)?,
+        // A partial snapshot reads the log first: its records name the mails
+        // to keep (`None`: keep all).
+        let mut touched: Option<Vec<(u32, u32)>> = None;
+        let mut early_log: Option<(bool, Vec<st::LogChange>)> = None;
+        let mb = match since {
+            Some((lcu, lcm)) => {
+                let mut raw = Vec::new();
+                self.store
+                    .visit_changes_since(&name, lcm, &mut |c| raw.push(c))?;
+                touched = Some(touched_ranges(&raw));
+                // The log is read again from the opened mailbox's own view,
+                // which its status comes from. A change made in between may
+                // name mails that were not kept: then open again keeping
+                // them too (after a few tries, every mail).
+                let mut tries = 0;
+                loop {
+                    let t = touched.as_deref();
+                    let keep = |uid: u32| t.is_none_or(|t| uid > lcu || in_ranges(t, uid));
+                    let mb = self.store.open_maildir_kept(&name, &keep)?;
+                    let mut raw = Vec::new();
+                    let complete = match mb.index_view() {
+                        Some(v) => {
+                            crate::storage::maildir::visit_changes(v, lcm, &mut |c| raw.push(c))?
+                        }
+                        None => true,
+                    };
+                    let now = touched_ranges(&raw);
+                    match touched.as_mut() {
+                        Some(t) if !covers(t, &now) => {
+                            tries += 1;
+                            if tries < 3 {
+                                t.extend(now);
+                                *t = touched_ranges_merge(std::mem::take(t));
+                            } else {
+                                touched = None;
+                            }
+                        }
+                        _ => {
+                            early_log = Some((complete, raw));
+                            break mb;
+                        }
+                    }
+                }
+            }
+            None => {
+                // Undated, the flags Dovecot's index holds do (no listing)
+                // when it describes the directories as they are.
+                let indexed = if dated {
+                    None
+                } else {
+                    self.store.open_maildir_indexed(&name)?
+                };
+                match indexed {
+                    Some(mb) => mb,
+                    None => self.store.open_maildir(&name)?,
+                }
+            }
         };
         let s = mb.status();
-        let mut mails = Vec::with_capacity(s.messages as usize);
+        let t = touched.as_deref();
+        let keep = |uid: u32| match (since, t) {
+            (Some((lcu, _)), Some(t)) => uid > lcu || in_ranges(t, uid),
+            _ => true,
+        };
+        let mut mails = Vec::with_capacity(if since.is_some() {
+            0
+        } else {
+            s.messages as usize
+        });
         // The dates travel in `M` items and feed the -t/-e filters; they
         // cost a stat per mail, so an undated snapshot leaves them out
         // (`body_dates` gives them for the mails actually sent).
@@ -379,19 +443,9 @@ impl MaildirReplica {
         };
         for m in listing {
             let m = m?;
-            mails.push(MailRecord {
-                uid: m.uid,
-                guid: m.guid.into_bytes(),
-                flags: MailFlags(m.flags),
-                keywords: m.keywords.into_iter().map(String::into_bytes).collect(),
-                modseq: m.modseq,
-                pvt_modseq: m.pvt_modseq,
-                received_date: m.received.unwrap_or(0),
-                saved_date: m.saved.unwrap_or(0),
-                virtual_size: m.virtual_size.unwrap_or(0),
-                pop3_uidl: m.pop3_uidl.map(String::into_bytes),
-                pop3_order: m.pop3_order.unwrap_or(0),
-            });
+            if keep(m.uid) {
+                mails.push(mail_record(m));
+            }
         }
         // `mails` is in UID order: the UIDs of a range are found by halving.
         let uids = UidsOf(&mails);
@@ -408,7 +462,7 @@ impl MaildirReplica {
         // The attributes and the body table are taken before the log is
         // read, so the uidlist and the listing are gone while it is.
         let attributes = mb.attributes()?;
-        let (view, files) = mb.into_view_and_body_files();
+        let (view, files) = mb.into_view_and_body_files(t.is_some().then_some(&keep));
         let mut log = Vec::new();
         // Visited, not collected: the log holds a record per saved mail.
         let mut visit = |c: st::LogChange| {
@@ -483,9 +537,13 @@ impl MaildirReplica {
                 }
             }
         };
-        let complete = match &view {
-            Some(v) => crate::storage::maildir::visit_changes(v, logged_since, &mut visit)?,
-            None => true,
+        let complete = match (early_log, &view) {
+            (Some((complete, raw)), _) => {
+                raw.into_iter().for_each(&mut visit);
+                complete
+            }
+            (None, Some(v)) => crate::storage::maildir::visit_changes(v, logged_since, &mut visit)?,
+            (None, None) => true,
         };
         drop(view);
         let log_first_modseq = if !complete {
@@ -503,8 +561,32 @@ impl MaildirReplica {
             log,
             log_first_modseq,
             attributes,
+            partial: since,
         };
         Ok(Some((snapshot, name, files)))
+    }
+
+    /// The records of these mails (those that exist), for a comparison
+    /// from a partial snapshot.
+    fn mail_records(
+        &self,
+        guid: Guid128,
+        uids: &[u32],
+    ) -> Result<Vec<MailRecord>, st::StorageError> {
+        let Some(name) = self.store.find_mailbox(&guid.0)? else {
+            return Ok(Vec::new());
+        };
+        let mb = self
+            .store
+            .open_maildir_kept(&name, &|u| uids.binary_search(&u).is_ok())?;
+        let mut out = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            if let Some(m) = mb.message(uid)? {
+                out.push(mail_record(m));
+            }
+        }
+        out.sort_by_key(|m| m.uid);
+        Ok(out)
     }
 
     /// The engine's view of a mailbox's attributes: dict values with the
@@ -1266,6 +1348,22 @@ impl UidsOf<'_> {
     }
 }
 
+impl MaildirReplica {
+    fn answer_mailbox(&mut self, guid: Guid128, dated: bool, since: Option<(u32, u64)>) -> Answer {
+        match self.mailbox(guid, dated, since) {
+            Ok(Some((m, name, files))) => {
+                self.body_source = Some((guid, name, files));
+                Answer::Mailbox(Some(Box::new(m)))
+            }
+            Ok(None) => Answer::Mailbox(None),
+            Err(e) => {
+                tracing::error!(%e, %guid, "reading a mailbox failed");
+                Answer::Mailbox(None)
+            }
+        }
+    }
+}
+
 impl SessionStore for MaildirReplica {
     fn answer(&mut self, q: &Query) -> Answer {
         self.names.borrow_mut().clear();
@@ -1316,19 +1414,22 @@ impl SessionStore for MaildirReplica {
                     Answer::MailboxStatus(None)
                 }
             },
-            Query::Mailbox(guid) | Query::MailboxUndated(guid) => {
-                match self.mailbox(*guid, matches!(q, Query::Mailbox(_))) {
-                    Ok(Some((m, name, files))) => {
-                        self.body_source = Some((*guid, name, files));
-                        Answer::Mailbox(Some(Box::new(m)))
-                    }
-                    Ok(None) => Answer::Mailbox(None),
-                    Err(e) => {
-                        tracing::error!(%e, %guid, "reading a mailbox failed");
-                        Answer::Mailbox(None)
-                    }
+            Query::Mails { guid, uids } => match self.mail_records(*guid, uids) {
+                Ok(found) => Answer::Mails(found),
+                Err(e) => {
+                    // Nothing can be compared safely without them: the
+                    // session fails rather than take them as expunged.
+                    tracing::error!(%e, %guid, "reading mails of a mailbox failed");
+                    Answer::Mailbox(None)
                 }
-            }
+            },
+            Query::Mailbox(guid) => self.answer_mailbox(*guid, true, None),
+            Query::MailboxUndated(guid) => self.answer_mailbox(*guid, false, None),
+            Query::MailboxSince {
+                guid,
+                last_common_uid,
+                last_common_modseq,
+            } => self.answer_mailbox(*guid, false, Some((*last_common_uid, *last_common_modseq))),
         }
     }
 
@@ -1439,4 +1540,71 @@ impl SessionStore for MaildirReplica {
         self.flush_flags()?;
         self.flush()
     }
+}
+
+/// The engine's record of one mail.
+fn mail_record(m: st::MessageInfo) -> MailRecord {
+    MailRecord {
+        uid: m.uid,
+        guid: m.guid.into_bytes(),
+        flags: MailFlags(m.flags),
+        keywords: m.keywords.into_iter().map(String::into_bytes).collect(),
+        modseq: m.modseq,
+        pvt_modseq: m.pvt_modseq,
+        received_date: m.received.unwrap_or(0),
+        saved_date: m.saved.unwrap_or(0),
+        virtual_size: m.virtual_size.unwrap_or(0),
+        pop3_uidl: m.pop3_uidl.map(String::into_bytes),
+        pop3_order: m.pop3_order.unwrap_or(0),
+    }
+}
+
+/// The UID ranges the log records name, sorted and merged: every mail in
+/// them may be changed by a record, so a partial snapshot keeps them all
+/// (a range record is then turned into per-mail changes exactly as from a
+/// whole snapshot).
+fn touched_ranges(log: &[st::LogChange]) -> Vec<(u32, u32)> {
+    let mut r: Vec<(u32, u32)> = Vec::new();
+    for c in log {
+        match &c.kind {
+            st::LogChangeKind::Append { uids } => r.extend(uids.iter().map(|&u| (u, u))),
+            st::LogChangeKind::Flags { uid1, uid2, .. }
+            | st::LogChangeKind::ExpungeRange { uid1, uid2 } => r.push((*uid1, *uid2)),
+            st::LogChangeKind::Keyword { ranges, .. }
+            | st::LogChangeKind::KeywordReset { ranges } => {
+                r.extend(ranges.iter().map(|&(a, b)| (a, b.max(a))))
+            }
+            st::LogChangeKind::Expunge { uid, .. } | st::LogChangeKind::Modseq { uid, .. } => {
+                r.push((*uid, *uid))
+            }
+            st::LogChangeKind::Attribute { .. } => {}
+        }
+    }
+    touched_ranges_merge(r)
+}
+
+/// Sorts and merges UID ranges (adjacent ones too).
+fn touched_ranges_merge(mut r: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    r.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(r.len());
+    for (a, b) in r {
+        match merged.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
+}
+
+/// Whether every range of `inner` lies within `outer` (both merged).
+fn covers(outer: &[(u32, u32)], inner: &[(u32, u32)]) -> bool {
+    inner.iter().all(|&(a, b)| {
+        let i = outer.partition_point(|r| r.1 < a);
+        outer.get(i).is_some_and(|r| r.0 <= a && b <= r.1)
+    })
+}
+
+fn in_ranges(ranges: &[(u32, u32)], uid: u32) -> bool {
+    let i = ranges.partition_point(|r| r.1 < uid);
+    ranges.get(i).is_some_and(|r| r.0 <= uid)
 }

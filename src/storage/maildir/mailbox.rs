@@ -203,7 +203,12 @@ impl UidlistState {
             Err(e) => return Err(io_err(&path)(e)),
         };
         let u = Uidlist::parse(&data).map_err(|e| e.with_path(&path))?;
-        Ok(Some(UidlistState {
+        Ok(Some(UidlistState::from_parsed(&u, None)))
+    }
+
+    /// The owned form of a parsed uidlist, with the records `keep` picks.
+    fn from_parsed(u: &Uidlist<'_>, keep: Keep<'_>) -> UidlistState {
+        UidlistState {
             uid_validity: u.uid_validity,
             next_uid: u.next_uid(),
             guid: u.mailbox_guid,
@@ -211,17 +216,37 @@ impl UidlistState {
             entries: u
                 .records
                 .iter()
-                .map(|r| UidEntry {
-                    uid: r.uid,
-                    base: r.filename.to_string(),
-                    guid: r.extension('G').map(str::to_string),
-                    pop3_uidl: r.extension('P').map(str::to_string),
-                    pop3_order: r.extension('O').and_then(|v| v.parse().ok()),
-                    psize: r.physical_size(),
-                    vsize: r.virtual_size(),
-                })
+                .filter(|r| keep.is_none_or(|k| k(r.uid)))
+                .map(uid_entry)
                 .collect(),
-        }))
+        }
+    }
+}
+
+fn uid_entry(r: &index_format::maildir::UidlistRecord<'_>) -> UidEntry {
+    UidEntry {
+        uid: r.uid,
+        base: r.filename.to_string(),
+        guid: r.extension('G').map(str::to_string),
+        pop3_uidl: r.extension('P').map(str::to_string),
+        pop3_order: r.extension('O').and_then(|v| v.parse().ok()),
+        psize: r.physical_size(),
+        vsize: r.virtual_size(),
+    }
+}
+
+/// Which mails an opened mailbox keeps (`None`: all). Its status still
+/// counts every mail; the others are read nowhere but in passing, so a
+/// reader of a few mails of a large mailbox holds memory for those few.
+pub type Keep<'a> = Option<&'a dyn Fn(u32) -> bool>;
+
+/// A uidlist file's bytes, `None` when there is none.
+fn read_uidlist_bytes(dir: &Path) -> Result<Option<Vec<u8>>> {
+    let path = dir.join(UIDLIST);
+    match fs::read(&path) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path)(e)),
     }
 }
 
@@ -342,6 +367,8 @@ pub struct MaildirMailbox {
     highest_modseq: u64,
     /// The store's attribute dict (`mail_attribute_dict`).
     attribute_dict: Option<PathBuf>,
+    /// The message count when not every mail is kept ([`Keep`]).
+    messages: Option<u32>,
 }
 
 impl std::fmt::Debug for MaildirMailbox {
@@ -510,6 +537,7 @@ impl MaildirMailbox {
         store: &MaildirStore,
         name: String,
         dir: PathBuf,
+        keep: Keep<'_>,
     ) -> Result<Option<MaildirMailbox>> {
         let Some(view) = open_view(&dir)? else {
             return Ok(None);
@@ -518,9 +546,11 @@ impl MaildirMailbox {
         if !seen.is_some_and(|s| s.dirs_scanned && s.index_synced_uidlist) {
             return Ok(None);
         }
-        let Some(uidlist) = UidlistState::read(&dir)? else {
+        let Some(data) = read_uidlist_bytes(&dir)? else {
             return Ok(None);
         };
+        let parsed = Uidlist::parse(&data).map_err(|e| e.with_path(dir.join(UIDLIST)))?;
+        let uidlist = UidlistState::from_parsed(&parsed, keep);
         if uidlist.guid.is_none() || uidlist.partial_tail {
             return Ok(None);
         }
@@ -533,10 +563,15 @@ impl MaildirMailbox {
             .collect();
         let mut locs = Vec::with_capacity(uidlist.entries.len());
         let mut found = 0u32;
-        for e in &uidlist.entries {
+        // Every record is checked (and counted); the kept ones are in
+        // `uidlist.entries`, in the same order.
+        for r in &parsed.records {
+            let kept = keep.is_none_or(|k| k(r.uid));
             // Not in the index: expunged since the uidlist was rewritten.
-            let Some(m) = view.lookup_uid(e.uid) else {
-                locs.push(None);
+            let Some(m) = view.lookup_uid(r.uid) else {
+                if kept {
+                    locs.push(None);
+                }
                 continue;
             };
             let mut flags = MaildirFlags {
@@ -550,24 +585,126 @@ impl MaildirMailbox {
                 }
             }
             found += 1;
-            locs.push(Some(FileLoc {
-                new_dir: false,
-                name: format!("{}:2,{}", e.base, flags.letters()),
-            }));
+            if kept {
+                locs.push(Some(FileLoc {
+                    new_dir: false,
+                    name: format!("{}:2,{}", r.filename, flags.letters()),
+                }));
+            }
         }
         // Every indexed mail has its uidlist line.
         if found != view.messages_count() {
             return Ok(None);
         }
-        Ok(Some(Self::assemble(
+        drop(parsed);
+        drop(data);
+        let mut mb = Self::assemble(store, name, dir, uidlist, locs, keywords, Some(view));
+        mb.messages = Some(found);
+        Ok(Some(mb))
+    }
+
+    /// [`open`](Self::open) keeping only the mails `keep` picks (the status
+    /// counts all): the uidlist's records are read in passing and the
+    /// listing is matched against them as it goes, so only the kept mails'
+    /// names are held. Anything unusual (a file without a uidlist line, a
+    /// base listed twice, a damaged uidlist) opens the whole mailbox, which
+    /// deals with it, and keeps the picked mails of that.
+    pub(crate) fn open_kept(
+        store: &MaildirStore,
+        name: String,
+        dir: PathBuf,
+        keep: &dyn Fn(u32) -> bool,
+    ) -> Result<MaildirMailbox> {
+        if let Some(mb) = Self::open_indexed(store, name.clone(), dir.clone(), Some(keep))? {
+            return Ok(mb);
+        }
+        if let Some(mb) = Self::open_listed_kept(store, &name, &dir, keep)? {
+            return Ok(mb);
+        }
+        let mut mb = Self::open(store, name, dir)?;
+        mb.retain(keep);
+        Ok(mb)
+    }
+
+    fn open_listed_kept(
+        store: &MaildirStore,
+        name: &str,
+        dir: &Path,
+        keep: &dyn Fn(u32) -> bool,
+    ) -> Result<Option<MaildirMailbox>> {
+        let Some(data) = read_uidlist_bytes(dir)? else {
+            return Ok(None);
+        };
+        let parsed = Uidlist::parse(&data).map_err(|e| e.with_path(dir.join(UIDLIST)))?;
+        if parsed.mailbox_guid.is_none() || parsed.partial_tail {
+            return Ok(None);
+        }
+        let uidlist = UidlistState::from_parsed(&parsed, Some(keep));
+        // Base name -> (position among the kept entries or NOT_KEPT, seen).
+        const NOT_KEPT: u32 = u32::MAX;
+        let mut bases: HashMap<&str, (u32, bool)> = HashMap::with_capacity(parsed.records.len());
+        let mut kept = 0u32;
+        for r in &parsed.records {
+            let slot = if keep(r.uid) {
+                kept += 1;
+                kept - 1
+            } else {
+                NOT_KEPT
+            };
+            if bases.insert(r.filename, (slot, false)).is_some() {
+                return Ok(None);
+            }
+        }
+        let mut locs: Vec<Option<FileLoc>> = vec![None; uidlist.entries.len()];
+        let (mut present, mut unlisted) = (0u32, false);
+        for_each_file(dir, |base, loc| match bases.get_mut(base) {
+            None => unlisted = true,
+            Some((slot, seen)) => {
+                // A base in both directories: the `cur/` one (listed last)
+                // wins, and the mail counts once.
+                if !*seen {
+                    present += 1;
+                    *seen = true;
+                }
+                if *slot != NOT_KEPT {
+                    locs[*slot as usize] = Some(loc());
+                }
+            }
+        })?;
+        if unlisted {
+            // New deliveries: the whole open gives them UIDs.
+            return Ok(None);
+        }
+        drop(bases);
+        drop(parsed);
+        drop(data);
+        let keywords = read_keywords(dir)?;
+        let view = open_view(dir)?;
+        let mut mb = Self::assemble(
             store,
-            name,
-            dir,
+            name.to_string(),
+            dir.to_path_buf(),
             uidlist,
             locs,
             keywords,
-            Some(view),
-        )))
+            view,
+        );
+        mb.messages = Some(present);
+        Ok(Some(mb))
+    }
+
+    /// Keeps only the mails `keep` picks; the status still counts all.
+    fn retain(&mut self, keep: &dyn Fn(u32) -> bool) {
+        self.messages = Some(self.status().messages);
+        let entries = std::mem::take(&mut self.uidlist.entries);
+        let locs = std::mem::take(&mut self.locs);
+        for (e, l) in entries.into_iter().zip(locs) {
+            if keep(e.uid) {
+                self.uidlist.entries.push(e);
+                self.locs.push(l);
+            }
+        }
+        self.uids = self.uidlist.entries.iter().map(|e| e.uid).collect();
     }
 
     pub(crate) fn open(store: &MaildirStore, name: String, dir: PathBuf) -> Result<MaildirMailbox> {
@@ -626,6 +763,7 @@ impl MaildirMailbox {
             dirs: MailDirs::open(dir),
             keywords,
             view,
+            messages: None,
         }
     }
 
@@ -713,19 +851,27 @@ impl MaildirMailbox {
     /// and the index view are several times larger).
     /// The index view and the body table, dropping the rest (the uidlist
     /// and the listing), so a caller that still reads the log holds less.
-    pub fn into_view_and_body_files(mut self) -> (Option<MailboxView>, BodyFiles) {
+    /// `keep`: the UIDs whose files are kept (`None`: all).
+    pub fn into_view_and_body_files(
+        mut self,
+        keep: Option<&dyn Fn(u32) -> bool>,
+    ) -> (Option<MailboxView>, BodyFiles) {
         let view = self.view.take();
-        (view, self.into_body_files())
+        (view, self.into_kept_body_files(keep))
     }
 
     pub fn into_body_files(self) -> BodyFiles {
+        self.into_kept_body_files(None)
+    }
+
+    fn into_kept_body_files(self, keep: Option<&dyn Fn(u32) -> bool>) -> BodyFiles {
         // The listing's names are moved, not copied: for a moment both
         // tables would be alive, one name per mail each.
         let uids = self.uidlist.entries.iter().map(|e| e.uid);
         let mut files: Vec<(u32, bool, Box<str>)> = uids
             .zip(self.locs)
             .filter_map(|(uid, loc)| {
-                let loc = loc?;
+                let loc = loc.filter(|_| keep.is_none_or(|k| k(uid)))?;
                 Some((uid, loc.new_dir, loc.name.into_boxed_str()))
             })
             .collect();
@@ -785,7 +931,9 @@ impl Mailbox for MaildirMailbox {
     }
 
     fn status(&self) -> MailboxStatus {
-        let messages = self.locs.iter().filter(|l| l.is_some()).count() as u32;
+        let messages = self
+            .messages
+            .unwrap_or_else(|| self.locs.iter().filter(|l| l.is_some()).count() as u32);
         let (hm, next_idx, first_recent) = match &self.view {
             Some(v) => (
                 v.highest_modseq().max(1),

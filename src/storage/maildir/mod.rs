@@ -509,7 +509,42 @@ impl MaildirStore {
         if !Self::is_mailbox_dir(&dir) {
             return Err(StorageError::MailboxNotFound(name.into()));
         }
-        MaildirMailbox::open_indexed(self, self.full_name(&comps), dir)
+        MaildirMailbox::open_indexed(self, self.full_name(&comps), dir, None)
+    }
+
+    /// Opens a mailbox keeping only the mails `keep` picks, without holding
+    /// the others' records or names ([`MaildirMailbox::open_kept`]); its
+    /// status counts every mail.
+    pub fn open_maildir_kept(
+        &self,
+        name: &str,
+        keep: &dyn Fn(u32) -> bool,
+    ) -> Result<MaildirMailbox> {
+        let comps = self.components(name)?;
+        let dir = self.dir_of(&comps);
+        if !Self::is_mailbox_dir(&dir) {
+            return Err(StorageError::MailboxNotFound(name.into()));
+        }
+        MaildirMailbox::open_kept(self, self.full_name(&comps), dir, keep)
+    }
+
+    /// Visits the mailbox's logged changes after `modseq`; `false`: the log
+    /// no longer reaches back to it (nothing visited).
+    pub fn visit_changes_since(
+        &self,
+        name: &str,
+        modseq: u64,
+        f: &mut dyn FnMut(crate::storage::LogChange),
+    ) -> Result<bool> {
+        let comps = self.components(name)?;
+        let dir = self.dir_of(&comps);
+        if !Self::is_mailbox_dir(&dir) {
+            return Err(StorageError::MailboxNotFound(name.into()));
+        }
+        match mailbox::open_view(&dir)? {
+            Some(v) => visit_changes(&v, modseq, f),
+            None => Ok(true),
+        }
     }
 
     /// Opens a mailbox as an owned value (callers may keep it between reads).
