@@ -494,6 +494,11 @@ impl<'a> Uidlist<'a> {
             .get(header_len..)
             .unwrap_or("")
             .split_inclusive('\n');
+        // One record per line: room for all at once (growth by doubling
+        // would leave up to half of a large uidlist's table unused).
+        let body = complete.get(header_len..).unwrap_or("").as_bytes();
+        self.records
+            .reserve_exact(body.iter().filter(|&&b| b == b'\n').count());
         let mut offset = header_len;
         let mut last_uid = 0u32;
         for (i, raw) in lines.enumerate() {

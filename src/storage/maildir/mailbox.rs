@@ -174,10 +174,11 @@ fn places(new_dir: bool, name: &str) -> impl Iterator<Item = (bool, std::borrow:
 #[derive(Debug, Clone)]
 pub(crate) struct UidEntry {
     pub uid: u32,
-    /// Base name as in the uidlist (up to `:`).
-    pub base: String,
-    pub guid: Option<String>,
-    pub pop3_uidl: Option<String>,
+    /// Base name as in the uidlist (up to `:`). Boxed, as the rest: one
+    /// of these per mail of a mailbox, no spare capacity.
+    pub base: Box<str>,
+    pub guid: Option<Box<str>>,
+    pub pop3_uidl: Option<Box<str>>,
     pub pop3_order: Option<u32>,
     pub psize: Option<u64>,
     pub vsize: Option<u64>,
@@ -213,12 +214,17 @@ impl UidlistState {
             next_uid: u.next_uid(),
             guid: u.mailbox_guid,
             partial_tail: u.partial_tail,
-            entries: u
-                .records
-                .iter()
-                .filter(|r| keep.is_none_or(|k| k(r.uid)))
-                .map(uid_entry)
-                .collect(),
+            entries: match keep {
+                // Sized at once: a large mailbox's table grown by doubling
+                // would be up to half unused.
+                None => u.records.iter().map(uid_entry).collect(),
+                Some(k) => u
+                    .records
+                    .iter()
+                    .filter(|r| k(r.uid))
+                    .map(uid_entry)
+                    .collect(),
+            },
         }
     }
 }
@@ -226,9 +232,9 @@ impl UidlistState {
 fn uid_entry(r: &index_format::maildir::UidlistRecord<'_>) -> UidEntry {
     UidEntry {
         uid: r.uid,
-        base: r.filename.to_string(),
-        guid: r.extension('G').map(str::to_string),
-        pop3_uidl: r.extension('P').map(str::to_string),
+        base: r.filename.into(),
+        guid: r.extension('G').map(Into::into),
+        pop3_uidl: r.extension('P').map(Into::into),
         pop3_order: r.extension('O').and_then(|v| v.parse().ok()),
         psize: r.physical_size(),
         vsize: r.virtual_size(),
@@ -302,7 +308,7 @@ fn locate(
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let l = files.remove(e.base.as_str());
+            let l = files.remove(&*e.base);
             if l.is_none() {
                 missing.push(i);
             }
@@ -313,15 +319,15 @@ fn locate(
     if !missing.is_empty() {
         // Usually an expunged mail; but a base listed twice (a damaged
         // uidlist) names the same file each time.
-        let want: HashSet<&str> = missing.iter().map(|&i| entries[i].base.as_str()).collect();
+        let want: HashSet<&str> = missing.iter().map(|&i| &*entries[i].base).collect();
         let found: HashMap<&str, usize> = entries
             .iter()
             .enumerate()
-            .filter(|(i, e)| locs[*i].is_some() && want.contains(e.base.as_str()))
-            .map(|(i, e)| (e.base.as_str(), i))
+            .filter(|(i, e)| locs[*i].is_some() && want.contains(&*e.base))
+            .map(|(i, e)| (&*e.base, i))
             .collect();
         for i in missing {
-            if let Some(&j) = found.get(entries[i].base.as_str()) {
+            if let Some(&j) = found.get(&*entries[i].base) {
                 locs[i] = locs[j].clone();
             }
         }
@@ -832,7 +838,7 @@ impl MaildirMailbox {
         };
         Ok(Some(MessageInfo {
             uid: e.uid,
-            guid: e.guid.clone().unwrap_or_else(|| e.base.clone()),
+            guid: e.guid.as_deref().unwrap_or(&e.base).to_string(),
             flags,
             keywords,
             modseq,
@@ -841,7 +847,7 @@ impl MaildirMailbox {
             physical_size: psize.or(md.map(|m| m.0)),
             received: md.filter(|_| with_file).map(|m| m.1),
             saved: md.filter(|_| with_file).map(|m| m.2),
-            pop3_uidl: e.pop3_uidl.clone(),
+            pop3_uidl: e.pop3_uidl.as_deref().map(str::to_string),
             pop3_order: e.pop3_order,
         }))
     }
@@ -997,7 +1003,7 @@ impl Mailbox for MaildirMailbox {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 // Renamed by a flag change since we listed: look again.
                 let files = scan_files(&self.dirs.dir)?;
-                let loc = files.get(&e.base).ok_or(StorageError::NoSuchUid(uid))?;
+                let loc = files.get(&*e.base).ok_or(StorageError::NoSuchUid(uid))?;
                 let path = self.file_path(loc);
                 Ok(Box::new(fs::File::open(&path).map_err(io_err(&path))?))
             }

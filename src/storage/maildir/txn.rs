@@ -291,14 +291,10 @@ impl<'s> MaildirTransaction<'s> {
                 )?;
             }
         }
-        let by_uid_of = |u: &Uidlist<'_>| -> HashMap<u32, usize> {
-            u.records
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (e.uid, i))
-                .collect()
-        };
-        let mut by_uid = by_uid_of(&uidlist);
+        // The records' UIDs strictly increase (the parser checks): found by
+        // halving, no map per commit.
+        let by_uid =
+            |u: &Uidlist<'_>, uid: u32| u.records.binary_search_by_key(&uid, |r| r.uid).ok();
         // One listing of `new/` and `cur/`, keeping only the files this
         // commit needs: those the uidlist does not list (deliveries that
         // get UIDs now) and those of mails it renames or removes.
@@ -307,7 +303,7 @@ impl<'s> MaildirTransaction<'s> {
             .flag_changes
             .keys()
             .chain(me.expunges.keys())
-            .filter_map(|uid| by_uid.get(uid).map(|&i| uidlist.records[i].filename))
+            .filter_map(|&uid| by_uid(&uidlist, uid).map(|i| uidlist.records[i].filename))
             .collect();
         let mut files: HashMap<String, FileLoc> = HashMap::new();
         let mut unlisted: HashMap<String, FileLoc> = HashMap::new();
@@ -398,7 +394,6 @@ impl<'s> MaildirTransaction<'s> {
         if view.is_some() && fast_last.is_some_and(|l| l >= index_next) {
             uidlist = parse_all()?;
             uidlist_next = uidlist.next_uid();
-            by_uid = by_uid_of(&uidlist);
             listed = uidlist.records.iter().map(|e| e.filename).collect();
             list_files(&listed, &mut files, &mut unlisted)?;
         }
@@ -570,7 +565,7 @@ impl<'s> MaildirTransaction<'s> {
         // 2. Flag and keyword changes: rename the files.
         let flag_changes = std::mem::take(&mut me.flag_changes);
         for (uid, ch) in flag_changes {
-            let Some(&i) = by_uid.get(&uid) else {
+            let Some(i) = by_uid(&uidlist, uid) else {
                 result.missing_for_flags.push(uid);
                 continue;
             };
@@ -640,7 +635,7 @@ impl<'s> MaildirTransaction<'s> {
         // 3. Expunges: unlink.
         let expunges = std::mem::take(&mut me.expunges);
         for (uid, want_guid) in expunges {
-            let Some(&i) = by_uid.get(&uid) else {
+            let Some(i) = by_uid(&uidlist, uid) else {
                 result.already_expunged.push(uid);
                 continue;
             };
