@@ -260,3 +260,42 @@ async fn many_expunges_and_moves_are_committed_together() {
     assert_eq!(ca.len(), 200, "no mail lost in the conflict");
     assert_eq!(ca, cb);
 }
+
+/// The same mail (one GUID) more than once in the peer's mailbox: the
+/// receiver saves the first instance and copies it for the others, all in
+/// one batch of saves. The copies read the body the batch's save reads (the
+/// mail is not in the mailbox before the commit); they once made the whole
+/// batch's commit fail, every mail of it missing, with exit code 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_mail_saved_in_the_same_batch_are_committed_with_it() {
+    for batch in [4096, 16, 1] {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut on_a = mails("src", 1..=40);
+        // Two further instances of mail 10 (and one of the large mail 27),
+        // and the last ones twice, as a re-import of the same mails makes.
+        for (uid, of) in [(30, 10), (35, 10), (36, 27), (40, 39)] {
+            on_a[uid as usize - 1].1 = format!("src-{of}");
+        }
+        let a = store(da.path(), &on_a);
+        let b = store(db.path(), &[]);
+        let mut rb = MaildirReplica::new(b);
+        rb.set_batch_limit(batch);
+        let (ra, rb) = run_local_pair(
+            MaildirReplica::new(a),
+            rb,
+            "h",
+            SyncSettings::default(),
+            &SessionOptions::default(),
+        )
+        .await;
+        assert_eq!(ra.exit_code(), 0, "{:?}", ra.outcome.messages);
+        assert_eq!(rb.exit_code(), 0, "{:?}", rb.outcome.messages);
+        assert!(ra.error.is_none() && rb.error.is_none(), "{:?}", rb.error);
+        let (ca, cb) = (
+            inbox_contents(ra.store.store()),
+            inbox_contents(rb.store.store()),
+        );
+        assert_eq!(ca.len(), 40);
+        assert_eq!(ca, cb, "batch limit {batch}: every mail under its uid");
+    }
+}

@@ -444,6 +444,11 @@ fn print_outcome<S>(user: &str, r: &SessionResult<S>) {
 }
 
 pub(crate) fn state_string<S>(r: &SessionResult<S>) -> String {
+    // A peer that failed after its last item (its final commit, say) may
+    // not have written what the state would call common.
+    if r.transport_error.is_some() && r.exit_code() != 0 {
+        return String::new();
+    }
     match (&r.outcome.state, r.outcome.require_full_resync) {
         (Some(states), false) => SyncState {
             mailboxes: states.iter().map(StateRecord::from).collect(),
@@ -752,11 +757,20 @@ async fn run_user(p: &Prepared<'_>, user: &str) -> Result<Option<i32>, Failure> 
             // doveadm leaves %-variables of this argument unexpanded; the
             // second replica is the same user's, with the same owner.
             let other = open_user_location(cfg, &local_user, loc)?;
-            let (m, s) = run_local_pair(local, other, &host, settings, &opts).await;
-            let code_s = s.outcome.status.code();
+            let (mut m, s) = run_local_pair(local, other, &host, settings, &opts).await;
+            let code_s = s.exit_code();
             if code_s != 0 {
                 for msg in &s.outcome.messages {
                     eprintln!("dsync({user}): Error: {msg}");
+                }
+                // The destination's failure is the run's: no success and no
+                // state past what it did not write.
+                if m.exit_code() == 0 {
+                    m.outcome.status = match s.outcome.status {
+                        sync_engine::ExitStatus::Ok => sync_engine::ExitStatus::TempFail,
+                        other => other,
+                    };
+                    m.outcome.state = None;
                 }
             }
             (m, Some(s.stats), loc.clone())

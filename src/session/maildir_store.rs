@@ -11,7 +11,7 @@
 //! own modseq cannot be set, so `min_modseq` raises the mailbox's
 //! HIGHESTMODSEQ instead.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -781,9 +781,14 @@ impl MaildirReplica {
                 _ => None,
             })
             .collect();
+        // A copy of a mail the batch still has to save waits with it.
+        let rest_uids: BTreeSet<u32> = rest.iter().filter_map(|s| s.msg.uid).collect();
         let still_read = rest
             .iter()
-            .any(|s| matches!(s.source, SaveSource::Local { uid, .. } if moved.contains(&uid)));
+            .any(|s| matches!(s.source, SaveSource::Local { uid, .. } if moved.contains(&uid)))
+            || ready.iter().any(
+                |s| matches!(s.source, SaveSource::Local { uid, .. } if rest_uids.contains(&uid)),
+            );
         if still_read {
             let mut all = ready;
             all.extend(rest);
@@ -808,13 +813,31 @@ impl MaildirReplica {
             return Ok(());
         }
         saves.sort_by_key(|s| s.msg.uid);
+        // A copy of a mail saved by this very batch (the same mail twice in
+        // the peer's mailbox) reads the body that save reads: the mail is
+        // not in the mailbox before the commit. Readers made before any
+        // body is consumed.
+        let mut in_batch: HashMap<usize, Box<dyn Read + Send>> = HashMap::new();
+        for (i, s) in saves.iter().enumerate() {
+            let SaveSource::Local { uid, .. } = s.source else {
+                continue;
+            };
+            let Ok(j) = saves.binary_search_by_key(&Some(uid), |t| t.msg.uid) else {
+                continue;
+            };
+            if let SaveSource::Incoming(b) = &saves[j].source {
+                let r = b
+                    .reread()
+                    .map_err(|e| StorageError::Temp(format!("re-reading a mail body: {e}")))?;
+                in_batch.insert(i, r);
+            }
+        }
         // Opened only for copies and moves: opening reads the uidlist and
         // lists the mailbox, which for a batch of received mails would be
         // as large as the mailbox, once per batch.
-        let src = if saves
-            .iter()
-            .any(|s| matches!(s.source, SaveSource::Local { .. }))
-        {
+        let src = if saves.iter().enumerate().any(|(i, s)| {
+            matches!(s.source, SaveSource::Local { .. }) && !in_batch.contains_key(&i)
+        }) {
             Some(self.store.open_mailbox(name).map_err(map_err)?)
         } else {
             None
@@ -822,9 +845,12 @@ impl MaildirReplica {
         let mut t = self.store.begin(name).map_err(map_err)?;
         t.set_sync_origin(true);
         let mut expunges = Vec::new();
-        for s in saves {
+        for (i, s) in saves.into_iter().enumerate() {
             let mut body: Box<dyn Read + Send> = match s.source {
                 SaveSource::Incoming(b) => b.into_reader(),
+                SaveSource::Local { .. } if in_batch.contains_key(&i) => in_batch
+                    .remove(&i)
+                    .ok_or_else(|| StorageError::NotPossible("a copy lost its source".into()))?,
                 SaveSource::Local { uid, expunge } => {
                     if expunge {
                         expunges.push(uid);
@@ -940,17 +966,17 @@ impl MaildirReplica {
             Action::SaveMail { .. } | Action::MoveMail { .. } | Action::CopyMail { .. } => {
                 return Ok(true)
             }
-            Action::RaiseStatus { mailbox, .. } => (mailbox, None),
+            // The end of a mailbox's mails: its saves are committed now,
+            // before the brain reports the mailbox done to the peer, so a
+            // failed commit is reported as the action's failure.
+            Action::RaiseStatus { .. } => return Ok(false),
             Action::UpdateFlags { mailbox, uid, .. }
             | Action::ReplaceFlags { mailbox, uid, .. }
-            | Action::Expunge { mailbox, uid } => (mailbox, Some(*uid)),
+            | Action::Expunge { mailbox, uid } => (mailbox, *uid),
             _ => return Ok(false),
         };
         let name = self.mailbox_name(*mailbox)?;
-        Ok(match uid {
-            None => true,
-            Some(uid) => *pending_name != name || !self.pending_touches(&name, uid),
-        })
+        Ok(*pending_name != name || !self.pending_touches(&name, uid))
     }
 
     fn apply_inner(&mut self, a: &Action) -> Result<(), StorageError> {
@@ -1166,12 +1192,6 @@ impl MaildirReplica {
                 ..
             } => {
                 let name = self.mailbox_name(*mailbox)?;
-                if self.pending.as_ref().is_some_and(|(n, _)| *n == name) {
-                    let (u, m) = self.pending_raise.get_or_insert((0, 0));
-                    *u = (*u).max(*uid_next);
-                    *m = (*m).max(*highest_modseq);
-                    return Ok(());
-                }
                 self.txn(&name, |t| {
                     t.raise_uid_next(*uid_next)?;
                     t.raise_highest_modseq(*highest_modseq)

@@ -736,16 +736,19 @@ where
         backlog,
     };
     let worker = tokio::task::spawn_blocking(move || {
-        let mut r = driver.run(&mut in_rx);
-        if let Err(e) = driver.store.finish() {
-            r = r.and(Err(SessionError::Storage(e.to_string())));
-        }
+        let r = driver.run(&mut in_rx);
+        // The last batched writes are committed here: a failure is the
+        // session's, whatever the brain concluded.
+        let finished = driver
+            .store
+            .finish()
+            .map_err(|e| SessionError::Storage(e.to_string()));
         // Closing the queue lets the writer finish and send EOF.
         let (tx, _) = mpsc::channel(1);
         driver.out = tx;
-        (driver, r)
+        (driver, r, finished)
     });
-    let (driver, run_result) = match worker.await {
+    let (driver, run_result, finished) = match worker.await {
         Ok(x) => x,
         Err(_) => {
             reader_task.abort();
@@ -770,8 +773,22 @@ where
         stats,
         ..
     } = driver;
-    let error = run_result.err().or(write_result.err());
+    let finish_error = finished.err();
+    let error = run_result
+        .err()
+        .or(write_result.err())
+        .or(finish_error.clone());
     let outcome = match (brain.outcome(), &error) {
+        // Writes the brain counted as done did not reach the replica: no
+        // success, and no state that would skip them next time.
+        (Some(o), _) if finish_error.is_some() => {
+            let mut o = o.clone();
+            o.status = ExitStatus::TempFail;
+            o.state = None;
+            o.messages
+                .extend(finish_error.as_ref().map(|e| e.to_string()));
+            o
+        }
         (Some(o), _) => o.clone(),
         (None, Some(e)) => failed_outcome(e.to_string()),
         (None, None) => failed_outcome("the session ended without an outcome".into()),
