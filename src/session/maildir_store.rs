@@ -90,7 +90,7 @@ const FLAG_BATCH: usize = 4096;
 const CHUNK_SAVES: usize = 4096;
 const CHUNK_SPOOL_FILES: usize = 256;
 /// In-memory bodies a batch keeps; further ones are moved to a spill file.
-const PENDING_MEMORY_BYTES: u64 = 4 << 20;
+const PENDING_MEMORY_BYTES: u64 = 2 << 20;
 /// A spill file is replaced by a new one when it reaches this size (the
 /// old one goes away with the last body in it).
 const SPILL_ROTATE_BYTES: u64 = 1 << 30;

@@ -101,7 +101,7 @@ impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions {
             spool_threshold: 256 * 1024,
-            spool_backlog: 8 << 20,
+            spool_backlog: 2 << 20,
             chunk_size: 64 * 1024,
             decoder: DecoderConfig {
                 // Dovecot's own item order is checked by the brain; the
