@@ -612,17 +612,27 @@ enum Origin {
     Both,
 }
 
+/// One new mail of either side while planning. Compact (indexes as `u32`,
+/// [`NONE`] for none): a full sync plans one per mail of the mailbox.
 #[derive(Clone, Debug)]
 struct NewMailRec<'a> {
-    origin: Origin,
-    uid: u32,
     guid: &'a [u8],
+    uid: u32,
     /// Remote change (Remote / Both).
-    change: Option<usize>,
+    change: u32,
     final_uid: u32,
+    link: u32,
+    /// The previous record of the same group ([`GroupKey`]).
+    prev_in_group: u32,
+    origin: Origin,
     usable: bool,
-    link: Option<usize>,
     settled: bool,
+}
+
+const NONE: u32 = u32::MAX;
+
+fn some(i: u32) -> Option<usize> {
+    (i != NONE).then_some(i as usize)
 }
 
 /// What makes two new mails the same mail: the GUID, or (a remote without
@@ -858,7 +868,12 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
     let local_new: Vec<&MailRecord> = local.iter().filter(|m| m.uid > common).collect();
     let mut recs: Vec<NewMailRec> = Vec::new();
     let (mut i, mut j) = (0usize, 0usize);
-    let mut groups: HashMap<GroupKey<'_>, Vec<usize>> = HashMap::new();
+    // Each group's last record; the others are found through
+    // `prev_in_group` (a group is usually one or two records).
+    let mut groups: HashMap<GroupKey<'_>, u32> =
+        HashMap::with_capacity(local_new.len() + remote_new.len());
+    recs.reserve_exact(local_new.len() + remote_new.len());
+    let mut members: Vec<usize> = Vec::new();
     while i < local_new.len() || j < remote_new.len() {
         let l = local_new.get(i).map(|m| (m.guid.as_slice(), m.uid));
         let r = remote_new.get(j).map(|&ci| {
@@ -878,10 +893,11 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                     origin: Origin::Local,
                     uid: m.uid,
                     guid: &m.guid,
-                    change: None,
+                    change: NONE,
                     final_uid: m.uid,
                     usable: m.uid >= remote_uidnext,
-                    link: None,
+                    link: NONE,
+                    prev_in_group: NONE,
                     settled: false,
                 }
             }
@@ -893,10 +909,11 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                     origin: Origin::Remote,
                     uid: c.uid,
                     guid: c.guid.as_deref().unwrap_or_default(),
-                    change: Some(ci),
+                    change: ci as u32,
                     final_uid: c.uid,
                     usable: c.uid >= local_uidnext,
-                    link: None,
+                    link: NONE,
+                    prev_in_group: NONE,
                     settled: false,
                 }
             }
@@ -909,10 +926,11 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                     origin: Origin::Both,
                     uid: m.uid,
                     guid: &m.guid,
-                    change: Some(ci),
+                    change: ci as u32,
                     final_uid: m.uid,
                     usable: true,
-                    link: None,
+                    link: NONE,
+                    prev_in_group: NONE,
                     settled: false,
                 }
             }
@@ -927,27 +945,36 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
         };
         recs.push(rec);
         if recs[idx].origin == Origin::Both {
-            recs[idx].link = Some(idx);
+            recs[idx].link = idx as u32;
         }
         if let Some(key) = key {
-            let g = groups.entry(key).or_default();
-            for &e in g.iter() {
+            let last = groups.insert(key, idx as u32).unwrap_or(NONE);
+            recs[idx].prev_in_group = last;
+            // The group's earlier records, first to last (the order the
+            // first matching partner is picked in).
+            members.clear();
+            let mut e = last;
+            while let Some(i) = some(e) {
+                members.push(i);
+                e = recs[i].prev_in_group;
+            }
+            members.reverse();
+            for &e in &members {
                 if recs[e].final_uid == recs[idx].final_uid {
                     recs[e].usable = true;
                 }
             }
-            if recs[idx].link.is_none() {
-                let other = g.iter().copied().find(|&e| {
-                    recs[e].link.is_none()
+            if recs[idx].link == NONE {
+                let other = members.iter().copied().find(|&e| {
+                    recs[e].link == NONE
                         && recs[e].origin != recs[idx].origin
                         && recs[e].origin != Origin::Both
                 });
                 if let Some(e) = other {
-                    recs[e].link = Some(idx);
-                    recs[idx].link = Some(e);
+                    recs[e].link = idx as u32;
+                    recs[idx].link = e as u32;
                 }
             }
-            g.push(idx);
         }
     }
     let mut next = local_uidnext.max(remote_uidnext);
@@ -955,7 +982,7 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
         if recs[k].settled {
             continue;
         }
-        let link = recs[k].link.filter(|&l| l != k);
+        let link = some(recs[k].link).filter(|&l| l != k);
         let uid = if recs[k].usable {
             recs[k].final_uid
         } else if let Some(l) = link.filter(|&l| recs[l].usable) {
@@ -977,7 +1004,7 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
         for r in &recs {
             match r.origin {
                 Origin::Both => {
-                    if let (Some(&li), Some(ci)) = (by_uid.get(&r.uid), r.change) {
+                    if let (Some(&li), Some(ci)) = (by_uid.get(&r.uid), some(r.change)) {
                         if let Some(a) = revert_flags(mbox, &local[li], &inp.remote_changes[ci]) {
                             plan.actions.push(a);
                         }
@@ -990,7 +1017,7 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
                     return plan;
                 }
                 Origin::Remote if r.uid >= local_uidnext => {
-                    let Some(ci) = r.change else { continue };
+                    let Some(ci) = some(r.change) else { continue };
                     add_pending(
                         &mut plan,
                         &mut pending_by_guid,
@@ -1024,13 +1051,13 @@ pub fn import(inp: &ImportInput<'_>) -> ImportPlan {
             continue;
         }
         let uid = recs[k].final_uid;
-        let link = recs[k].link.filter(|&l| l != k);
+        let link = some(recs[k].link).filter(|&l| l != k);
         let members: Vec<usize> = std::iter::once(k).chain(link).collect();
         let local_uid = members.iter().find_map(|&m| match recs[m].origin {
             Origin::Local | Origin::Both => Some(recs[m].uid),
             Origin::Remote => None,
         });
-        let change = members.iter().find_map(|&m| recs[m].change);
+        let change = members.iter().find_map(|&m| some(recs[m].change));
         match local_uid {
             Some(lu) => {
                 if lu != uid {

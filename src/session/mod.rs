@@ -26,7 +26,7 @@ pub mod maildir_store;
 pub mod store;
 
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -351,6 +351,66 @@ impl Spooler {
     }
 }
 
+/// Decoded items the reader may queue ahead of the brain while the driver
+/// is busy (saving mails, say).
+const READ_AHEAD_ITEMS: usize = 1024;
+
+/// How far the reader runs ahead of the brain. The reader waits while
+/// [`READ_AHEAD_ITEMS`] items are queued, except while the driver waits to
+/// write to the peer: a peer blocked on writing to us may be what keeps
+/// it from reading what we write, so then the reader reads on, without
+/// bound, as before. It never waits once the driver is done.
+struct Gate {
+    queued: AtomicUsize,
+    /// The driver is blocked writing, or done: the reader does not wait.
+    open: AtomicBool,
+    notify: tokio::sync::Notify,
+    limit: usize,
+}
+
+impl Gate {
+    fn new(limit: usize) -> Gate {
+        Gate {
+            queued: AtomicUsize::new(0),
+            open: AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
+            limit,
+        }
+    }
+
+    /// Reader: waits for room for one more item, then counts it.
+    async fn admit(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check: no wake-up is missed.
+            notified.as_mut().enable();
+            if self.queued.load(Ordering::Acquire) < self.limit || self.open.load(Ordering::Acquire)
+            {
+                break;
+            }
+            notified.await;
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Driver: one item taken off the queue.
+    fn taken(&self) {
+        let before = self.queued.fetch_sub(1, Ordering::AcqRel);
+        if before <= self.limit {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Driver: blocked writing (or done) / writing again.
+    fn set_open(&self, open: bool) {
+        self.open.store(open, Ordering::Release);
+        if open {
+            self.notify.notify_one();
+        }
+    }
+}
+
 /// Reads and decodes the peer's stream until EOF or an error. Keeps reading
 /// (and discarding) after the brain stopped listening, so the peer never
 /// blocks on a full pipe.
@@ -360,6 +420,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     cfg: DecoderConfig,
     mut spooler: Spooler,
     tx: mpsc::UnboundedSender<Incoming>,
+    gate: Arc<Gate>,
 ) {
     let mut dec = Decoder::with_config(cfg);
     let mut buf = vec![0u8; 64 * 1024];
@@ -438,6 +499,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 },
             };
             // A closed queue means the brain is done: keep draining.
+            if matches!(msg, Incoming::Item(..)) && !tx.is_closed() {
+                gate.admit().await;
+            }
             let _ = tx.send(msg);
         }
     }
@@ -495,6 +559,7 @@ struct Driver<S> {
     write_closed: bool,
     /// The reader's count of in-memory bodies waiting for the brain.
     backlog: Arc<AtomicU64>,
+    gate: Arc<Gate>,
 }
 
 impl<S: SessionStore> Driver<S> {
@@ -507,8 +572,20 @@ impl<S: SessionStore> Driver<S> {
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(send_buffer_capacity(self.chunk_size)));
         let data = std::mem::replace(&mut self.buf, next);
-        if !self.write_closed && self.out.blocking_send(data).is_err() {
-            self.write_closed = true;
+        if self.write_closed {
+            return Ok(());
+        }
+        match self.out.try_send(data) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(data)) => {
+                // Waiting on the peer: the reader must not wait on us.
+                self.gate.set_open(true);
+                if self.out.blocking_send(data).is_err() {
+                    self.write_closed = true;
+                }
+                self.gate.set_open(false);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.write_closed = true,
         }
         Ok(())
     }
@@ -649,6 +726,7 @@ impl<S: SessionStore> Driver<S> {
             }
             match rx.blocking_recv() {
                 Some(Incoming::Item(item, body)) => {
+                    self.gate.taken();
                     self.stats.items_received += 1;
                     if let Some(b) = body {
                         self.stats.bodies_received += 1;
@@ -711,12 +789,14 @@ where
         backlog: backlog.clone(),
         backlog_limit: opts.spool_backlog as u64,
     };
+    let gate = Arc::new(Gate::new(READ_AHEAD_ITEMS));
     let reader_task = tokio::spawn(read_loop(
         reader,
         peer.to_string(),
         opts.decoder.clone(),
         spooler,
         in_tx,
+        gate.clone(),
     ));
     let writer_task = tokio::spawn(write_loop(writer, peer.to_string(), out_rx, spare_tx));
     let chunk_size = opts.chunk_size.max(512);
@@ -734,9 +814,12 @@ where
         progress: opts.progress.clone(),
         write_closed: false,
         backlog,
+        gate: gate.clone(),
     };
     let worker = tokio::task::spawn_blocking(move || {
         let r = driver.run(&mut in_rx);
+        // Done reading: the reader drains the peer without waiting.
+        driver.gate.set_open(true);
         // The last batched writes are committed here: a failure is the
         // session's, whatever the brain concluded.
         let finished = driver
