@@ -61,8 +61,11 @@ fn main() -> ExitCode {
             verbose: cli.verbose,
         })
     };
+    // One thread runs a session's reader and writer tasks (the brain and
+    // the store run on a blocking thread of their own): a worker per core
+    // would add threads, and their allocator arenas, for nothing.
     let runtime = || {
-        tokio::runtime::Builder::new_multi_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
     };
