@@ -340,7 +340,8 @@ impl MaildirReplica {
         };
         let s = match self.store.quick_status(&name)? {
             Some(s) => s,
-            None => self.store.open_maildir(&name)?.status(),
+            // Counted while listing, keeping no mail: a status needs none.
+            None => self.store.open_maildir_kept(&name, &|_| false)?.status(),
         };
         Ok(Some(engine_status(guid, &s)))
     }
