@@ -696,7 +696,7 @@ pub(crate) fn decode_change(ctx: &Ctx, f: &FieldsIn<'_>) -> Result<MailChange, D
         b"f" => ChangeType::FlagChange,
         v => return Err(ctx.invalid(0, format!("{} (expected s, e or f)", bad(v)))),
     };
-    let keyword_changes = match ctx.get(f, 10) {
+    let mut keyword_changes: Vec<KeywordChange> = match ctx.get(f, 10) {
         None => Vec::new(),
         Some(v) => ctx
             .list(v, b'\t', 10)?
@@ -712,6 +712,9 @@ pub(crate) fn decode_change(ctx: &Ctx, f: &FieldsIn<'_>) -> Result<MailChange, D
             })
             .collect::<Result<_, _>>()?,
     };
+    // A receiver keeps a full comparison's changes until the mails arrive:
+    // no spare room (a collected list starts at four).
+    keyword_changes.shrink_to_fit();
     Ok(MailChange {
         change_type,
         uid: ctx.u32_req(f, 1)?,
