@@ -35,21 +35,33 @@ fn mails(prefix: &str, uids: std::ops::RangeInclusive<u32>) -> Vec<(u32, String)
     uids.map(|u| (u, format!("{prefix}-{u}"))).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_sync_into_an_empty_maildir_commits_in_chunks() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = store(da.path(), &mails("src", 1..=300));
-    let b = store(db.path(), &[]);
+/// A two-way sync of `a` into `b`, `b` committing its saves in batches of
+/// `batch`.
+async fn sync_into(
+    a: MaildirStore,
+    b: MaildirStore,
+    batch: usize,
+) -> (
+    homing::session::SessionResult<MaildirReplica>,
+    homing::session::SessionResult<MaildirReplica>,
+) {
     let mut rb = MaildirReplica::new(b);
-    rb.set_batch_limit(16);
-    let (ra, rb) = run_local_pair(
+    rb.set_batch_limit(batch);
+    run_local_pair(
         MaildirReplica::new(a),
         rb,
         "h",
         SyncSettings::default(),
         &SessionOptions::default(),
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_sync_into_an_empty_maildir_commits_in_chunks() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = store(da.path(), &mails("src", 1..=300));
+    let (ra, rb) = sync_into(a, store(db.path(), &[]), 16).await;
     assert_eq!(ra.outcome.status.code(), 0, "{:?}", ra.outcome.messages);
     assert_eq!(rb.outcome.status.code(), 0, "{:?}", rb.outcome.messages);
     assert!(ra.error.is_none() && rb.error.is_none());
@@ -277,17 +289,7 @@ async fn copies_of_a_mail_saved_in_the_same_batch_are_committed_with_it() {
             on_a[uid as usize - 1].1 = format!("src-{of}");
         }
         let a = store(da.path(), &on_a);
-        let b = store(db.path(), &[]);
-        let mut rb = MaildirReplica::new(b);
-        rb.set_batch_limit(batch);
-        let (ra, rb) = run_local_pair(
-            MaildirReplica::new(a),
-            rb,
-            "h",
-            SyncSettings::default(),
-            &SessionOptions::default(),
-        )
-        .await;
+        let (ra, rb) = sync_into(a, store(db.path(), &[]), batch).await;
         assert_eq!(ra.exit_code(), 0, "{:?}", ra.outcome.messages);
         assert_eq!(rb.exit_code(), 0, "{:?}", rb.outcome.messages);
         assert!(ra.error.is_none() && rb.error.is_none(), "{:?}", rb.error);

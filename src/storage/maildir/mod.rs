@@ -181,6 +181,17 @@ impl MaildirStore {
         Ok(self.dir_of(&comps))
     }
 
+    /// A mailbox's name components and directory; an error when no
+    /// mailbox is there.
+    fn existing_mailbox<'n>(&self, name: &'n str) -> Result<(Vec<&'n str>, PathBuf)> {
+        let comps = self.components(name)?;
+        let dir = self.dir_of(&comps);
+        if !Self::is_mailbox_dir(&dir) {
+            return Err(StorageError::MailboxNotFound(name.into()));
+        }
+        Ok((comps, dir))
+    }
+
     fn dir_of(&self, comps: &[&str]) -> PathBuf {
         if comps == ["INBOX"] {
             return self.root.clone();
@@ -481,22 +492,14 @@ impl MaildirStore {
     /// directories show nothing changed since the uidlist was written
     /// (`None`: open the mailbox instead).
     pub fn quick_status(&self, name: &str) -> Result<Option<MailboxStatus>> {
-        let comps = self.components(name)?;
-        let dir = self.dir_of(&comps);
-        if !Self::is_mailbox_dir(&dir) {
-            return Err(StorageError::MailboxNotFound(name.into()));
-        }
+        let (_, dir) = self.existing_mailbox(name)?;
         MaildirMailbox::quick_status(&dir)
     }
 
     /// The modseq above which the mailbox's transaction log holds every
     /// change (0: all of them), from the log files' headers alone.
     pub fn logged_since(&self, name: &str) -> Result<u64> {
-        let comps = self.components(name)?;
-        let dir = self.dir_of(&comps);
-        if !Self::is_mailbox_dir(&dir) {
-            return Err(StorageError::MailboxNotFound(name.into()));
-        }
+        let (_, dir) = self.existing_mailbox(name)?;
         Ok(mailbox::open_view(&dir)?.map_or(0, |v| v.logged_since()))
     }
 
@@ -504,11 +507,7 @@ impl MaildirStore {
     /// directories, when Dovecot's index describes them as they are
     /// ([`MaildirMailbox::open_indexed`]); `None`: open it listed.
     pub fn open_maildir_indexed(&self, name: &str) -> Result<Option<MaildirMailbox>> {
-        let comps = self.components(name)?;
-        let dir = self.dir_of(&comps);
-        if !Self::is_mailbox_dir(&dir) {
-            return Err(StorageError::MailboxNotFound(name.into()));
-        }
+        let (comps, dir) = self.existing_mailbox(name)?;
         MaildirMailbox::open_indexed(self, self.full_name(&comps), dir, None)
     }
 
@@ -520,11 +519,7 @@ impl MaildirStore {
         name: &str,
         keep: &dyn Fn(u32) -> bool,
     ) -> Result<MaildirMailbox> {
-        let comps = self.components(name)?;
-        let dir = self.dir_of(&comps);
-        if !Self::is_mailbox_dir(&dir) {
-            return Err(StorageError::MailboxNotFound(name.into()));
-        }
+        let (comps, dir) = self.existing_mailbox(name)?;
         MaildirMailbox::open_kept(self, self.full_name(&comps), dir, keep)
     }
 
@@ -536,11 +531,7 @@ impl MaildirStore {
         modseq: u64,
         f: &mut dyn FnMut(crate::storage::LogChange),
     ) -> Result<bool> {
-        let comps = self.components(name)?;
-        let dir = self.dir_of(&comps);
-        if !Self::is_mailbox_dir(&dir) {
-            return Err(StorageError::MailboxNotFound(name.into()));
-        }
+        let (_, dir) = self.existing_mailbox(name)?;
         match mailbox::open_view(&dir)? {
             Some(v) => visit_changes(&v, modseq, f),
             None => Ok(true),
@@ -549,11 +540,7 @@ impl MaildirStore {
 
     /// Opens a mailbox as an owned value (callers may keep it between reads).
     pub fn open_maildir(&self, name: &str) -> Result<MaildirMailbox> {
-        let comps = self.components(name)?;
-        let dir = self.dir_of(&comps);
-        if !Self::is_mailbox_dir(&dir) {
-            return Err(StorageError::MailboxNotFound(name.into()));
-        }
+        let (comps, dir) = self.existing_mailbox(name)?;
         MaildirMailbox::open(self, self.full_name(&comps), dir)
     }
 }
@@ -686,11 +673,7 @@ impl MailStore for MaildirStore {
     }
 
     fn begin(&self, name: &str) -> Result<Box<dyn MailboxTransaction + '_>> {
-        let comps = self.components(name)?;
-        let dir = self.dir_of(&comps);
-        if !Self::is_mailbox_dir(&dir) {
-            return Err(StorageError::MailboxNotFound(name.into()));
-        }
+        let (_, dir) = self.existing_mailbox(name)?;
         Ok(Box::new(MaildirTransaction::new(self, dir)?))
     }
 
@@ -770,11 +753,7 @@ impl MailStore for MaildirStore {
     }
 
     fn set_mailbox_guid(&self, name: &str, guid: MailboxGuid) -> Result<()> {
-        let comps = self.components(name)?;
-        let dir = self.dir_of(&comps);
-        if !Self::is_mailbox_dir(&dir) {
-            return Err(StorageError::MailboxNotFound(name.into()));
-        }
+        let (comps, dir) = self.existing_mailbox(name)?;
         if let Some(other) = self.find_mailbox(&guid)? {
             if other != self.full_name(&comps) {
                 return Err(StorageError::Inconsistent {
