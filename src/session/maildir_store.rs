@@ -365,16 +365,15 @@ impl MaildirReplica {
         let Some(name) = self.store.find_mailbox(&guid.0)? else {
             return Ok(None);
         };
-        // A partial snapshot reads the log first: its records name the mails
-        // to keep (`None`: keep all).
-        let mut touched: Option<Vec<(u32, u32)>> = None;
         let mut early_log: Option<(bool, Vec<st::LogChange>)> = None;
         let mb = match since {
             Some((lcu, lcm)) => {
+                // A partial snapshot reads the log first: its records name
+                // the mails to keep (`None`: keep all).
                 let mut raw = Vec::new();
                 self.store
                     .visit_changes_since(&name, lcm, &mut |c| raw.push(c))?;
-                touched = Some(touched_ranges(&raw));
+                let mut touched = Some(touched_ranges(&raw));
                 // The log is read again from the opened mailbox's own view,
                 // which its status comes from. A change made in between may
                 // name mails that were not kept: then open again keeping
@@ -424,11 +423,7 @@ impl MaildirReplica {
             }
         };
         let s = mb.status();
-        let t = touched.as_deref();
-        let keep = |uid: u32| match (since, t) {
-            (Some((lcu, _)), Some(t)) => uid > lcu || in_ranges(t, uid),
-            _ => true,
-        };
+        // A partial snapshot's mailbox holds only the mails it keeps.
         let mut mails = Vec::with_capacity(if since.is_some() {
             0
         } else {
@@ -443,10 +438,7 @@ impl MaildirReplica {
             mb.messages()
         };
         for m in listing {
-            let m = m?;
-            if keep(m.uid) {
-                mails.push(mail_record(m));
-            }
+            mails.push(mail_record(m?));
         }
         // `mails` is in UID order: the UIDs of a range are found by halving.
         let uids = UidsOf(&mails);
@@ -463,7 +455,7 @@ impl MaildirReplica {
         // The attributes and the body table are taken before the log is
         // read, so the uidlist and the listing are gone while it is.
         let attributes = mb.attributes()?;
-        let (view, files) = mb.into_view_and_body_files(t.is_some().then_some(&keep));
+        let (view, files) = mb.into_view_and_body_files();
         let mut log = Vec::new();
         // Visited, not collected: the log holds a record per saved mail.
         let mut visit = |c: st::LogChange| {

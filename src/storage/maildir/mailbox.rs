@@ -197,13 +197,10 @@ pub(crate) struct UidlistState {
 
 impl UidlistState {
     pub fn read(dir: &Path) -> Result<Option<UidlistState>> {
-        let path = dir.join(UIDLIST);
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&path)(e)),
+        let Some(data) = read_uidlist_bytes(dir)? else {
+            return Ok(None);
         };
-        let u = Uidlist::parse(&data).map_err(|e| e.with_path(&path))?;
+        let u = Uidlist::parse(&data).map_err(|e| e.with_path(dir.join(UIDLIST)))?;
         Ok(Some(UidlistState::from_parsed(&u, None)))
     }
 
@@ -857,27 +854,19 @@ impl MaildirMailbox {
     /// and the index view are several times larger).
     /// The index view and the body table, dropping the rest (the uidlist
     /// and the listing), so a caller that still reads the log holds less.
-    /// `keep`: the UIDs whose files are kept (`None`: all).
-    pub fn into_view_and_body_files(
-        mut self,
-        keep: Option<&dyn Fn(u32) -> bool>,
-    ) -> (Option<MailboxView>, BodyFiles) {
+    pub fn into_view_and_body_files(mut self) -> (Option<MailboxView>, BodyFiles) {
         let view = self.view.take();
-        (view, self.into_kept_body_files(keep))
+        (view, self.into_body_files())
     }
 
     pub fn into_body_files(self) -> BodyFiles {
-        self.into_kept_body_files(None)
-    }
-
-    fn into_kept_body_files(self, keep: Option<&dyn Fn(u32) -> bool>) -> BodyFiles {
         // The listing's names are moved, not copied: for a moment both
         // tables would be alive, one name per mail each.
         let uids = self.uidlist.entries.iter().map(|e| e.uid);
         let mut files: Vec<(u32, bool, Box<str>)> = uids
             .zip(self.locs)
             .filter_map(|(uid, loc)| {
-                let loc = loc.filter(|_| keep.is_none_or(|k| k(uid)))?;
+                let loc = loc?;
                 Some((uid, loc.new_dir, loc.name.into_boxed_str()))
             })
             .collect();
