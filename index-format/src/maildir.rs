@@ -382,6 +382,20 @@ impl<'a> Uidlist<'a> {
         Ok(list)
     }
 
+    /// Parses the file content, handing each record to `visit` in file
+    /// order instead of keeping them (`records` stays empty): a reader that
+    /// keeps a few records of a large uidlist holds no table of all. The
+    /// same checks as [`Uidlist::parse`]; returns the header and the last
+    /// record's UID (0: none), for the effective next UID.
+    pub fn parse_visit(
+        data: &'a [u8],
+        visit: impl FnMut(UidlistRecord<'a>),
+    ) -> Result<(Self, u32)> {
+        let (list, header_len, complete) = Self::parse_header_line(data)?;
+        let last = Self::each_record(list.version, complete, header_len, visit)?;
+        Ok((list, last))
+    }
+
     /// Parses the header line alone (`records` stays empty): enough for
     /// the mailbox GUID, UIDVALIDITY and the header's next UID, without
     /// reading every record of a large mailbox. `data` may be just the
@@ -488,17 +502,29 @@ impl<'a> Uidlist<'a> {
     /// Appends the records of `complete` (the whole lines) after the
     /// header line of `header_len` bytes.
     fn parse_records(&mut self, complete: &'a str, header_len: usize) -> Result<()> {
-        let kind = FileKind::Uidlist;
-        let version = self.version;
-        let lines = complete
-            .get(header_len..)
-            .unwrap_or("")
-            .split_inclusive('\n');
         // One record per line: room for all at once (growth by doubling
         // would leave up to half of a large uidlist's table unused).
         let body = complete.get(header_len..).unwrap_or("").as_bytes();
         self.records
             .reserve_exact(body.iter().filter(|&&b| b == b'\n').count());
+        let records = &mut self.records;
+        Self::each_record(self.version, complete, header_len, |r| records.push(r))?;
+        Ok(())
+    }
+
+    /// Checks and hands over each record of `complete` after the header
+    /// line of `header_len` bytes; returns the last record's UID.
+    fn each_record(
+        version: u8,
+        complete: &'a str,
+        header_len: usize,
+        mut visit: impl FnMut(UidlistRecord<'a>),
+    ) -> Result<u32> {
+        let kind = FileKind::Uidlist;
+        let lines = complete
+            .get(header_len..)
+            .unwrap_or("")
+            .split_inclusive('\n');
         let mut offset = header_len;
         let mut last_uid = 0u32;
         for (i, raw) in lines.enumerate() {
@@ -520,9 +546,9 @@ impl<'a> Uidlist<'a> {
                 ));
             }
             last_uid = rec.uid;
-            self.records.push(rec);
+            visit(rec);
         }
-        Ok(())
+        Ok(last_uid)
     }
 
     /// Effective next UID: max(header `N`, last uid + 1), since Dovecot

@@ -619,6 +619,20 @@ fn maildir_uidlists_match_scenario() {
         u.mailbox_guid.map(|g| hex(&g)).as_deref(),
         Some("19f21e0927110b6bce42000083ecc375")
     );
+    // Visited instead of kept: the same records, header and last UID.
+    let mut visited = Vec::new();
+    let (header, last) = Uidlist::parse_visit(&data, |r| visited.push(r)).unwrap();
+    assert_eq!(visited, u.records);
+    assert_eq!(last, 4);
+    assert!(header.records.is_empty());
+    assert_eq!(
+        (
+            header.uid_validity,
+            header.header_next_uid,
+            header.mailbox_guid
+        ),
+        (u.uid_validity, u.header_next_uid, u.mailbox_guid)
+    );
     assert_eq!(
         u.records.iter().map(|r| r.uid).collect::<Vec<_>>(),
         vec![1, 2, 3, 4],

@@ -201,27 +201,25 @@ impl UidlistState {
             return Ok(None);
         };
         let u = Uidlist::parse(&data).map_err(|e| e.with_path(dir.join(UIDLIST)))?;
-        Ok(Some(UidlistState::from_parsed(&u, None)))
+        // Sized at once: a large mailbox's table grown by doubling would be
+        // up to half unused.
+        let entries = u.records.iter().map(uid_entry).collect();
+        Ok(Some(UidlistState::from_visit(
+            &u,
+            u.records.last().map_or(0, |r| r.uid),
+            entries,
+        )))
     }
 
-    /// The owned form of a parsed uidlist, with the records `keep` picks.
-    fn from_parsed(u: &Uidlist<'_>, keep: Keep<'_>) -> UidlistState {
+    /// The owned form of a uidlist read with [`Uidlist::parse_visit`]: its
+    /// header, its last record's UID and the entries kept.
+    fn from_visit(head: &Uidlist<'_>, last_uid: u32, entries: Vec<UidEntry>) -> UidlistState {
         UidlistState {
-            uid_validity: u.uid_validity,
-            next_uid: u.next_uid(),
-            guid: u.mailbox_guid,
-            partial_tail: u.partial_tail,
-            entries: match keep {
-                // Sized at once: a large mailbox's table grown by doubling
-                // would be up to half unused.
-                None => u.records.iter().map(uid_entry).collect(),
-                Some(k) => u
-                    .records
-                    .iter()
-                    .filter(|r| k(r.uid))
-                    .map(uid_entry)
-                    .collect(),
-            },
+            uid_validity: head.uid_validity,
+            next_uid: head.header_next_uid.max(last_uid.saturating_add(1)),
+            guid: head.mailbox_guid,
+            partial_tail: head.partial_tail,
+            entries,
         }
     }
 }
@@ -552,11 +550,6 @@ impl MaildirMailbox {
         let Some(data) = read_uidlist_bytes(&dir)? else {
             return Ok(None);
         };
-        let parsed = Uidlist::parse(&data).map_err(|e| e.with_path(dir.join(UIDLIST)))?;
-        let uidlist = UidlistState::from_parsed(&parsed, keep);
-        if uidlist.guid.is_none() || uidlist.partial_tail {
-            return Ok(None);
-        }
         let keywords = read_keywords(&dir)?;
         // The index's keyword numbers, as Maildir letters.
         let letter: Vec<Option<u8>> = view
@@ -564,42 +557,49 @@ impl MaildirMailbox {
             .iter()
             .map(|n| keywords.iter().find(|(_, k)| k == n).map(|(i, _)| *i))
             .collect();
-        let mut locs = Vec::with_capacity(uidlist.entries.len());
-        let mut found = 0u32;
-        // Every record is checked (and counted); the kept ones are in
-        // `uidlist.entries`, in the same order.
-        for r in &parsed.records {
+        let all = if keep.is_none() {
+            view.messages_count() as usize
+        } else {
+            0
+        };
+        let (mut entries, mut locs) = (Vec::with_capacity(all), Vec::with_capacity(all));
+        let (mut found, mut unlettered) = (0u32, false);
+        // Every record is checked (and counted) as it is parsed; only the
+        // kept ones are kept.
+        let (head, last) = Uidlist::parse_visit(&data, |r| {
             let kept = keep.is_none_or(|k| k(r.uid));
             // Not in the index: expunged since the uidlist was rewritten.
-            let Some(m) = view.lookup_uid(r.uid) else {
-                if kept {
-                    locs.push(None);
+            let loc = view.lookup_uid(r.uid).map(|m| {
+                found += 1;
+                let mut flags = MaildirFlags {
+                    system: m.imap_flags(),
+                    ..MaildirFlags::default()
+                };
+                for k in m.keyword_indexes() {
+                    match letter.get(k).copied().flatten() {
+                        Some(i) => flags.keywords |= 1 << i,
+                        None => unlettered = true,
+                    }
                 }
-                continue;
-            };
-            let mut flags = MaildirFlags {
-                system: m.imap_flags(),
-                ..MaildirFlags::default()
-            };
-            for k in m.keyword_indexes() {
-                match letter.get(k).copied().flatten() {
-                    Some(i) => flags.keywords |= 1 << i,
-                    None => return Ok(None),
-                }
-            }
-            found += 1;
+                flags
+            });
             if kept {
-                locs.push(Some(FileLoc {
+                entries.push(uid_entry(&r));
+                locs.push(loc.map(|flags| FileLoc {
                     new_dir: false,
                     name: format!("{}:2,{}", r.filename, flags.letters()),
                 }));
             }
-        }
+        })
+        .map_err(|e| e.with_path(dir.join(UIDLIST)))?;
         // Every indexed mail has its uidlist line.
-        if found != view.messages_count() {
+        if unlettered || found != view.messages_count() {
             return Ok(None);
         }
-        drop(parsed);
+        let uidlist = UidlistState::from_visit(&head, last, entries);
+        if uidlist.guid.is_none() || uidlist.partial_tail {
+            return Ok(None);
+        }
         drop(data);
         let mut mb = Self::assemble(store, name, dir, uidlist, locs, keywords, Some(view));
         mb.messages = Some(found);
@@ -638,26 +638,25 @@ impl MaildirMailbox {
         let Some(data) = read_uidlist_bytes(dir)? else {
             return Ok(None);
         };
-        let parsed = Uidlist::parse(&data).map_err(|e| e.with_path(dir.join(UIDLIST)))?;
-        if parsed.mailbox_guid.is_none() || parsed.partial_tail {
-            return Ok(None);
-        }
-        let uidlist = UidlistState::from_parsed(&parsed, Some(keep));
         // Base name -> (position among the kept entries or NOT_KEPT, seen).
         const NOT_KEPT: u32 = u32::MAX;
-        let mut bases: HashMap<&str, (u32, bool)> = HashMap::with_capacity(parsed.records.len());
-        let mut kept = 0u32;
-        for r in &parsed.records {
+        let lines = data.iter().filter(|&&b| b == b'\n').count();
+        let mut bases: HashMap<&str, (u32, bool)> = HashMap::with_capacity(lines);
+        let (mut entries, mut twice) = (Vec::new(), false);
+        let (head, last) = Uidlist::parse_visit(&data, |r| {
             let slot = if keep(r.uid) {
-                kept += 1;
-                kept - 1
+                entries.push(uid_entry(&r));
+                entries.len() as u32 - 1
             } else {
                 NOT_KEPT
             };
-            if bases.insert(r.filename, (slot, false)).is_some() {
-                return Ok(None);
-            }
+            twice |= bases.insert(r.filename, (slot, false)).is_some();
+        })
+        .map_err(|e| e.with_path(dir.join(UIDLIST)))?;
+        if twice || head.mailbox_guid.is_none() || head.partial_tail {
+            return Ok(None);
         }
+        let uidlist = UidlistState::from_visit(&head, last, entries);
         let mut locs: Vec<Option<FileLoc>> = vec![None; uidlist.entries.len()];
         let (mut present, mut unlisted) = (0u32, false);
         for_each_file(dir, |base, loc| match bases.get_mut(base) {
@@ -679,7 +678,6 @@ impl MaildirMailbox {
             return Ok(None);
         }
         drop(bases);
-        drop(parsed);
         drop(data);
         let keywords = read_keywords(dir)?;
         let view = open_view(dir)?;
