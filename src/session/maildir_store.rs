@@ -365,15 +365,15 @@ impl MaildirReplica {
         let Some(name) = self.store.find_mailbox(&guid.0)? else {
             return Ok(None);
         };
-        let mut early_log: Option<(bool, Vec<st::LogChange>)> = None;
         let mb = match since {
             Some((lcu, lcm)) => {
                 // A partial snapshot reads the log first: its records name
-                // the mails to keep (`None`: keep all).
-                let mut raw = Vec::new();
+                // the mails to keep (`None`: keep all). Only their UID
+                // ranges are kept (the log may be as long as the mailbox).
+                let mut first = Vec::new();
                 self.store
-                    .visit_changes_since(&name, lcm, &mut |c| raw.push(c))?;
-                let mut touched = Some(touched_ranges(&raw));
+                    .visit_changes_since(&name, lcm, &mut |c| add_touched(&mut first, &c))?;
+                let mut touched = Some(touched_ranges_merge(first));
                 // The log is read again from the opened mailbox's own view,
                 // which its status comes from. A change made in between may
                 // name mails that were not kept: then open again keeping
@@ -383,14 +383,13 @@ impl MaildirReplica {
                     let t = touched.as_deref();
                     let keep = |uid: u32| t.is_none_or(|t| uid > lcu || in_ranges(t, uid));
                     let mb = self.store.open_maildir_kept(&name, &keep)?;
-                    let mut raw = Vec::new();
-                    let complete = match mb.index_view() {
-                        Some(v) => {
-                            crate::storage::maildir::visit_changes(v, lcm, &mut |c| raw.push(c))?
-                        }
-                        None => true,
-                    };
-                    let now = touched_ranges(&raw);
+                    let mut now = Vec::new();
+                    if let Some(v) = mb.index_view() {
+                        crate::storage::maildir::visit_changes(v, lcm, &mut |c| {
+                            add_touched(&mut now, &c)
+                        })?;
+                    }
+                    let now = touched_ranges_merge(now);
                     match touched.as_mut() {
                         Some(t) if !covers(t, &now) => {
                             tries += 1;
@@ -401,10 +400,7 @@ impl MaildirReplica {
                                 touched = None;
                             }
                         }
-                        _ => {
-                            early_log = Some((complete, raw));
-                            break mb;
-                        }
+                        _ => break mb,
                     }
                 }
             }
@@ -530,13 +526,11 @@ impl MaildirReplica {
                 }
             }
         };
-        let complete = match (early_log, &view) {
-            (Some((complete, raw)), _) => {
-                raw.into_iter().for_each(&mut visit);
-                complete
-            }
-            (None, Some(v)) => crate::storage::maildir::visit_changes(v, logged_since, &mut visit)?,
-            (None, None) => true,
+        // A partial snapshot's log starts after the state's modseq.
+        let from = since.map_or(logged_since, |(_, lcm)| lcm);
+        let complete = match &view {
+            Some(v) => crate::storage::maildir::visit_changes(v, from, &mut visit)?,
+            None => true,
         };
         drop(view);
         let log_first_modseq = if !complete {
@@ -1572,28 +1566,23 @@ fn mail_record(m: st::MessageInfo) -> MailRecord {
     }
 }
 
-/// The UID ranges the log records name, sorted and merged: every mail in
-/// them may be changed by a record, so a partial snapshot keeps them all
-/// (a range record is then turned into per-mail changes exactly as from a
-/// whole snapshot).
-fn touched_ranges(log: &[st::LogChange]) -> Vec<(u32, u32)> {
-    let mut r: Vec<(u32, u32)> = Vec::new();
-    for c in log {
-        match &c.kind {
-            st::LogChangeKind::Append { uids } => r.extend(uids.iter().map(|&u| (u, u))),
-            st::LogChangeKind::Flags { uid1, uid2, .. }
-            | st::LogChangeKind::ExpungeRange { uid1, uid2 } => r.push((*uid1, *uid2)),
-            st::LogChangeKind::Keyword { ranges, .. }
-            | st::LogChangeKind::KeywordReset { ranges } => {
-                r.extend(ranges.iter().map(|&(a, b)| (a, b.max(a))))
-            }
-            st::LogChangeKind::Expunge { uid, .. } | st::LogChangeKind::Modseq { uid, .. } => {
-                r.push((*uid, *uid))
-            }
-            st::LogChangeKind::Attribute { .. } => {}
+/// Adds the UID ranges a log record names. Every mail in them may be
+/// changed by a record, so a partial snapshot keeps them all (a range
+/// record is then turned into per-mail changes exactly as from a whole
+/// snapshot).
+fn add_touched(r: &mut Vec<(u32, u32)>, c: &st::LogChange) {
+    match &c.kind {
+        st::LogChangeKind::Append { uids } => r.extend(uids.iter().map(|&u| (u, u))),
+        st::LogChangeKind::Flags { uid1, uid2, .. }
+        | st::LogChangeKind::ExpungeRange { uid1, uid2 } => r.push((*uid1, *uid2)),
+        st::LogChangeKind::Keyword { ranges, .. } | st::LogChangeKind::KeywordReset { ranges } => {
+            r.extend(ranges.iter().map(|&(a, b)| (a, b.max(a))))
         }
+        st::LogChangeKind::Expunge { uid, .. } | st::LogChangeKind::Modseq { uid, .. } => {
+            r.push((*uid, *uid))
+        }
+        st::LogChangeKind::Attribute { .. } => {}
     }
-    touched_ranges_merge(r)
 }
 
 /// Sorts and merges UID ranges (adjacent ones too).
