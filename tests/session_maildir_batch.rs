@@ -47,14 +47,19 @@ async fn sync_into(
 ) {
     let mut rb = MaildirReplica::new(b);
     rb.set_batch_limit(batch);
-    run_local_pair(
-        MaildirReplica::new(a),
-        rb,
-        "h",
-        SyncSettings::default(),
-        &SessionOptions::default(),
-    )
-    .await
+    pair(MaildirReplica::new(a), rb, SyncSettings::default()).await
+}
+
+/// A sync of `a` (master) with `b` with these settings.
+async fn pair(
+    a: MaildirReplica,
+    b: MaildirReplica,
+    settings: SyncSettings,
+) -> (
+    homing::session::SessionResult<MaildirReplica>,
+    homing::session::SessionResult<MaildirReplica>,
+) {
+    run_local_pair(a, b, "h", settings, &SessionOptions::default()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,14 +103,7 @@ async fn chunked_commits_survive_renumbered_saves() {
     let (mut ra, mut rb) = (MaildirReplica::new(a), MaildirReplica::new(b));
     ra.set_batch_limit(4);
     rb.set_batch_limit(4);
-    let (ra, rb) = run_local_pair(
-        ra,
-        rb,
-        "h",
-        SyncSettings::default(),
-        &SessionOptions::default(),
-    )
-    .await;
+    let (ra, rb) = pair(ra, rb, SyncSettings::default()).await;
     assert!(
         ra.error.is_none() && rb.error.is_none(),
         "{:?} {:?}",
@@ -188,12 +186,10 @@ async fn many_expunges_and_moves_are_committed_together() {
         sync_type: dsync_protocol::SyncType::Full,
         ..SyncSettings::default()
     };
-    let (ra, rb) = run_local_pair(
+    let (ra, rb) = pair(
         MaildirReplica::new(a),
         MaildirReplica::new(b),
-        "h",
         backup.clone(),
-        &SessionOptions::default(),
     )
     .await;
     assert_eq!(rb.outcome.status.code(), 0, "{:?}", rb.outcome.messages);
@@ -229,14 +225,7 @@ async fn many_expunges_and_moves_are_committed_together() {
             .count()
     };
     assert_eq!(flagged(&b), 50);
-    let (_, rb) = run_local_pair(
-        ra.store,
-        MaildirReplica::new(b),
-        "h",
-        backup.clone(),
-        &SessionOptions::default(),
-    )
-    .await;
+    let (_, rb) = pair(ra.store, MaildirReplica::new(b), backup.clone()).await;
     assert_eq!(rb.outcome.status.code(), 0, "{:?}", rb.outcome.messages);
     assert_eq!(flagged(rb.store.store()), 0);
     assert_eq!(
@@ -256,12 +245,10 @@ async fn many_expunges_and_moves_are_committed_together() {
         sync_type: dsync_protocol::SyncType::Full,
         ..SyncSettings::default()
     };
-    let (ra, rb) = run_local_pair(
+    let (ra, rb) = pair(
         MaildirReplica::new(store(da.path(), &on_a)),
         MaildirReplica::new(store(db.path(), &on_b)),
-        "h",
         full,
-        &SessionOptions::default(),
     )
     .await;
     assert_eq!(ra.outcome.status.code(), 0, "{:?}", ra.outcome.messages);

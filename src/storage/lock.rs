@@ -33,6 +33,30 @@ impl Owner {
         }))
     }
 
+    /// Creates a file that must not exist yet with `mode`, owned by `owner`
+    /// (the mail user when we run as root). `Ok(None)`: it exists.
+    pub fn create_new(owner: Option<Owner>, path: &Path, mode: u32) -> Result<Option<File>> {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+        {
+            Ok(f) => {
+                Owner::apply_fd(owner, &f, path)?;
+                Ok(Some(f))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(io_err(path)(e)),
+        }
+    }
+
+    /// [`Owner::create_new`], where an existing file is an error.
+    pub fn create_fresh(owner: Option<Owner>, path: &Path, mode: u32) -> Result<File> {
+        Owner::create_new(owner, path, mode)?
+            .ok_or_else(|| io_err(path)(std::io::Error::from(std::io::ErrorKind::AlreadyExists)))
+    }
+
     pub fn apply(owner: Option<Owner>, path: &Path) -> Result<()> {
         if let Some(o) = owner {
             std::os::unix::fs::lchown(path, Some(o.uid), Some(o.gid)).map_err(io_err(path))?;
@@ -126,19 +150,7 @@ impl Dotlock {
             let made = if write_pid {
                 link_with_pid(&lock_path, &me, owner)?
             } else {
-                match OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&lock_path)
-                {
-                    Ok(f) => {
-                        Owner::apply_fd(owner, &f, &lock_path)?;
-                        Some(f)
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
-                    Err(e) => return Err(io_err(&lock_path)(e)),
-                }
+                Owner::create_new(owner, &lock_path, 0o600)?
             };
             if let Some(f) = made {
                 return Ok(Dotlock {
@@ -192,8 +204,6 @@ impl Drop for Dotlock {
     }
 }
 
-/// Dovecot's stale rule: dead pid on this host (lock older than 2 s), or
-/// neither the lock nor the protected file changed for `stale_timeout`.
 /// Creates the lock file `lock` with `content` already in it: written to a
 /// file of this process's own and hard-linked to the lock's name, so a
 /// process killed at any point never leaves an empty lock (Dovecot, finding
@@ -205,14 +215,10 @@ fn link_with_pid(lock: &Path, content: &str, owner: Option<Owner>) -> Result<Opt
     let mut name = lock.as_os_str().to_os_string();
     name.push(format!(".{}.{n}.tmp", content.replace(':', ".")));
     let tmp = PathBuf::from(name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    let linked = Owner::apply_fd(owner, &f, &tmp)
-        .and_then(|()| f.write_all(content.as_bytes()).map_err(io_err(&tmp)))
+    let mut f = Owner::create_fresh(owner, &tmp, 0o600)?;
+    let linked = f
+        .write_all(content.as_bytes())
+        .map_err(io_err(&tmp))
         .and_then(|()| match std::fs::hard_link(&tmp, lock) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
@@ -222,6 +228,8 @@ fn link_with_pid(lock: &Path, content: &str, owner: Option<Owner>) -> Result<Opt
     Ok(linked?.then_some(f))
 }
 
+/// Dovecot's stale rule: dead pid on this host (lock older than 2 s), or
+/// neither the lock nor the protected file changed for `stale_timeout`.
 fn is_stale(lock: &Path, target: &Path, stale_timeout: Duration) -> bool {
     let Ok(md) = std::fs::metadata(lock) else {
         return false;

@@ -212,13 +212,7 @@ impl MaildirStore {
 
     /// Creates a file that must not exist yet, owned by the mail user.
     pub(crate) fn create_file(&self, path: &Path, content: &[u8], mode: u32) -> Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-            .map_err(io_err(path))?;
-        Owner::apply_fd(self.owner, &f, path)?;
+        let mut f = Owner::create_fresh(self.owner, path, mode)?;
         f.write_all(content).map_err(io_err(path))?;
         if self.opts.fsync {
             f.sync_data().map_err(io_err(path))?;

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -875,13 +875,7 @@ impl MailboxTransaction for MaildirTransaction<'_> {
     fn save(&mut self, msg: NewMessage, body: &mut dyn Read) -> Result<()> {
         let base = new_base_name();
         let tmp = self.dir.join("tmp").join(&base);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        Owner::apply_fd(self.store.owner(), &f, &tmp)?;
+        let mut f = Owner::create_fresh(self.store.owner(), &tmp, 0o600)?;
         // Count bare LFs while copying: the virtual size has CRLF line ends.
         let mut buf = vec![0u8; 64 * 1024];
         let (mut psize, mut bare_lf, mut prev_cr) = (0u64, 0u64, false);
