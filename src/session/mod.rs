@@ -955,3 +955,51 @@ pub async fn run_local_pair<A: SessionStore, B: SessionStore>(
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Gate;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// The reader waits at the limit; an item taken, or the driver blocked
+    /// writing (or done), lets it on.
+    #[tokio::test]
+    async fn the_gate_holds_the_reader_at_its_limit_unless_the_driver_waits_to_write() {
+        let gate = Arc::new(Gate::new(2));
+        gate.admit().await;
+        gate.admit().await;
+        let waits = |g: &Arc<Gate>| {
+            let g = g.clone();
+            tokio::spawn(async move { g.admit().await })
+        };
+        let third = waits(&gate);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!third.is_finished(), "a third item waits at the limit");
+        gate.taken();
+        tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("an item taken lets the reader on")
+            .unwrap();
+
+        let fourth = waits(&gate);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!fourth.is_finished());
+        gate.set_open(true);
+        tokio::time::timeout(Duration::from_secs(5), fourth)
+            .await
+            .expect("a driver waiting to write lets the reader on")
+            .unwrap();
+        // Open, the reader never waits, however many are queued.
+        for _ in 0..10 {
+            tokio::time::timeout(Duration::from_secs(5), gate.admit())
+                .await
+                .expect("no wait while open");
+        }
+        gate.set_open(false);
+        let held = waits(&gate);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!held.is_finished(), "closed again: the reader waits");
+        held.abort();
+    }
+}
