@@ -314,3 +314,40 @@ fn quick_status_equals_the_listed_status_or_declines() {
     common::rename_a_mail_file(&dir);
     assert_eq!(a.quick_status("INBOX").unwrap(), None);
 }
+
+/// A destination that fails while saving (its `tmp/` is a file): the run
+/// exits 75, prints the saved state unchanged (not one that claims the mails
+/// it did not write), and the next run from that state, with the
+/// destination mended, brings every mail over and exits 0.
+#[test]
+fn a_failed_destination_keeps_the_saved_state() {
+    let d = tempfile::tempdir().unwrap();
+    let (pa, pb, a, b) = synced_pair(d.path());
+    let mut s = String::new();
+    for _ in 0..3 {
+        let (code, next, _) = sync_state(&pa, &pb, &s);
+        assert_eq!(code, 0);
+        s = next;
+    }
+    let saved = dsync_protocol::state::SyncState::parse(&s).unwrap();
+    assert_eq!(saved.mailboxes[0].last_common_uid, 4, "{saved:?}");
+    for i in 5..=7 {
+        save(&a, "INBOX", &format!("Subject: a{i}\n\nbody {i}\n"));
+    }
+    std::fs::remove_dir(pb.join("tmp")).unwrap();
+    std::fs::write(pb.join("tmp"), b"not a directory").unwrap();
+    let (code, printed, _) = sync_state(&pa, &pb, &s);
+    assert_eq!(code, 75, "a storage failure is a temporary failure");
+    let printed = dsync_protocol::state::SyncState::parse(&printed).unwrap();
+    assert_eq!(printed.mailboxes, saved.mailboxes, "the saved state stays");
+    assert_eq!(state(&b)["INBOX"].len(), 4, "nothing written on B");
+
+    std::fs::remove_file(pb.join("tmp")).unwrap();
+    std::fs::create_dir(pb.join("tmp")).unwrap();
+    let (code, next, _) = sync_state(&pa, &pb, &s);
+    assert_eq!(code, 0);
+    assert_eq!(state(&a), state(&b));
+    assert_eq!(state(&b)["INBOX"].len(), 7);
+    let next = dsync_protocol::state::SyncState::parse(&next).unwrap();
+    assert_eq!(next.mailboxes[0].last_common_uid, 7, "{next:?}");
+}

@@ -183,7 +183,7 @@ pub struct Outcome {
     pub messages: Vec<String>,
     pub require_full_resync: bool,
     /// The new state table (`None` when a full resync is required or the
-    /// session failed). A slave's table starts from the states the master
+    /// session broke off; the saved one, unchanged, when it failed). A slave's table starts from the states the master
     /// sent; it is what a `dsync-server -U` reports to its replicator.
     pub state: Option<Vec<MailboxState>>,
     /// The sync type this side ran: the master's setting, or what a slave
@@ -1230,8 +1230,14 @@ impl Brain {
                     }
                 }
             }
-            for (g, s) in &self.new_states {
-                all.insert(*g, s.clone());
+            // A failed run may have left a mailbox half written (a commit
+            // that failed after the state was sent): nothing it did is
+            // claimed common, and the old state, still true, is kept.
+            let failed = !matches!(status, ExitStatus::Ok | ExitStatus::ChangesDuringSync);
+            if !failed {
+                for (g, s) in &self.new_states {
+                    all.insert(*g, s.clone());
+                }
             }
             Some(alive.iter().filter_map(|g| all.get(g).cloned()).collect())
         } else {

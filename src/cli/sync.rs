@@ -763,14 +763,15 @@ async fn run_user(p: &Prepared<'_>, user: &str) -> Result<Option<i32>, Failure> 
                 for msg in &s.outcome.messages {
                     eprintln!("dsync({user}): Error: {msg}");
                 }
-                // The destination's failure is the run's: no success and no
-                // state past what it did not write.
+                // The destination's failure is the run's: no success, and
+                // the saved state stays (nothing past what it did not write).
                 if m.exit_code() == 0 {
                     m.outcome.status = match s.outcome.status {
                         sync_engine::ExitStatus::Ok => sync_engine::ExitStatus::TempFail,
                         other => other,
                     };
-                    m.outcome.state = None;
+                    let saved = &p.settings.states;
+                    m.outcome.state = m.outcome.state.take().map(|_| saved.clone());
                 }
             }
             (m, Some(s.stats), loc.clone())
