@@ -351,3 +351,32 @@ fn a_failed_destination_keeps_the_saved_state() {
     let next = dsync_protocol::state::SyncState::parse(&next).unwrap();
     assert_eq!(next.mailboxes[0].last_common_uid, 7, "{next:?}");
 }
+
+/// A peer command that fails after a complete session (its final commit,
+/// say): the run fails with it and prints an empty state, so the next run
+/// compares in full instead of trusting what the peer may not have written.
+#[test]
+fn a_peer_command_that_fails_after_the_session_leaves_no_state() {
+    let d = tempfile::tempdir().unwrap();
+    let (pa, pb, a, b) = synced_pair(d.path());
+    save(&a, "INBOX", "Subject: a5\n\nbody 5\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_homing"))
+        .env("USER", "homing-test")
+        .arg("-o")
+        .arg(format!("mail_location=maildir:{}", pa.display()))
+        .args(["sync", "-s", ""])
+        .args([
+            "sh",
+            "-c",
+            "\"$0\" -o mail_location=maildir:\"$1\" dsync-server; exit 75",
+        ])
+        .arg(env!("CARGO_BIN_EXE_homing"))
+        .arg(&pb)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "\n", "{stderr}");
+    // The session itself was complete: the mail is there.
+    assert_eq!(state(&a), state(&b));
+}
