@@ -420,11 +420,7 @@ impl MaildirReplica {
         };
         let s = mb.status();
         // A partial snapshot's mailbox holds only the mails it keeps.
-        let mut mails = Vec::with_capacity(if since.is_some() {
-            0
-        } else {
-            s.messages as usize
-        });
+        let mut mails = Vec::with_capacity(mb.held());
         // The dates travel in `M` items and feed the -t/-e filters; they
         // cost a stat per mail, so an undated snapshot leaves them out
         // (`body_dates` gives them for the mails actually sent).

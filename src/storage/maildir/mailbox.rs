@@ -557,12 +557,14 @@ impl MaildirMailbox {
             .iter()
             .map(|n| keywords.iter().find(|(_, k)| k == n).map(|(i, _)| *i))
             .collect();
-        let all = if keep.is_none() {
-            view.messages_count() as usize
-        } else {
-            0
+        // Sized once: the index names the mails (each is checked against
+        // its uidlist line below), and a table grown by doubling would
+        // hold up to three times its size while it is copied.
+        let n = match keep {
+            None => view.messages_count() as usize,
+            Some(k) => view.messages().filter(|m| k(m.uid())).count(),
         };
-        let (mut entries, mut locs) = (Vec::with_capacity(all), Vec::with_capacity(all));
+        let (mut entries, mut locs) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut found, mut unlettered) = (0u32, false);
         // Every record is checked (and counted) as it is parsed; only the
         // kept ones are kept.
@@ -584,6 +586,14 @@ impl MaildirMailbox {
                 flags
             });
             if kept {
+                if entries.len() == entries.capacity() {
+                    // Lines of mails expunged since the uidlist was last
+                    // rewritten are beyond the index's count: a little more
+                    // room, not twice as much.
+                    let more = (entries.len() / 8).max(64);
+                    entries.reserve_exact(more);
+                    locs.reserve_exact(more);
+                }
                 entries.push(uid_entry(&r));
                 locs.push(loc.map(|flags| FileLoc {
                     new_dir: false,
@@ -692,6 +702,14 @@ impl MaildirMailbox {
         );
         mb.messages = Some(present);
         Ok(Some(mb))
+    }
+
+    /// How many mails this opened mailbox holds ([`messages`] yields as
+    /// many): all of them, or the ones it was opened keeping.
+    ///
+    /// [`messages`]: Mailbox::messages
+    pub fn held(&self) -> usize {
+        self.uidlist.entries.len()
     }
 
     /// Keeps only the mails `keep` picks; the status still counts all.
@@ -861,13 +879,11 @@ impl MaildirMailbox {
         // The listing's names are moved, not copied: for a moment both
         // tables would be alive, one name per mail each.
         let uids = self.uidlist.entries.iter().map(|e| e.uid);
-        let mut files: Vec<(u32, bool, Box<str>)> = uids
-            .zip(self.locs)
-            .filter_map(|(uid, loc)| {
-                let loc = loc?;
-                Some((uid, loc.new_dir, loc.name.into_boxed_str()))
-            })
-            .collect();
+        let mut files: Vec<(u32, bool, Box<str>)> = Vec::with_capacity(self.locs.len());
+        files.extend(uids.zip(self.locs).filter_map(|(uid, loc)| {
+            let loc = loc?;
+            Some((uid, loc.new_dir, loc.name.into_boxed_str()))
+        }));
         files.sort_unstable_by_key(|f| f.0);
         files.shrink_to_fit();
         BodyFiles {
