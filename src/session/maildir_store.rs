@@ -815,15 +815,23 @@ impl MaildirReplica {
                 in_batch.insert(i, r);
             }
         }
-        // Opened only for copies and moves: opening reads the uidlist and
-        // lists the mailbox, which for a batch of received mails would be
-        // as large as the mailbox, once per batch.
-        let src = if saves.iter().enumerate().any(|(i, s)| {
-            matches!(s.source, SaveSource::Local { .. }) && !in_batch.contains_key(&i)
-        }) {
-            Some(self.store.open_mailbox(name).map_err(map_err)?)
-        } else {
+        // Opened only for copies and moves, keeping only their sources:
+        // the whole mailbox's tables would be as large as the mailbox, once
+        // per batch that copies a mail saved by an earlier one.
+        let mut sources: Vec<u32> = saves
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s.source {
+                SaveSource::Local { uid, .. } if !in_batch.contains_key(&i) => Some(uid),
+                _ => None,
+            })
+            .collect();
+        sources.sort_unstable();
+        let src = if sources.is_empty() {
             None
+        } else {
+            let keep = |u: u32| sources.binary_search(&u).is_ok();
+            Some(self.store.open_maildir_kept(name, &keep).map_err(map_err)?)
         };
         let mut t = self.store.begin(name).map_err(map_err)?;
         t.set_sync_origin(true);
