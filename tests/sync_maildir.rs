@@ -232,6 +232,17 @@ fn sync_state(a: &Path, b: &Path, state: &str) -> (i32, String, u64) {
     )
 }
 
+/// Settles a state chain from `state`: three `sync -s` runs, each run's
+/// state feeding the next, each exiting 0. The last state.
+fn settle(a: &Path, b: &Path, mut state: String) -> String {
+    for _ in 0..3 {
+        let (code, next, _) = sync_state(a, b, &state);
+        assert_eq!(code, 0);
+        state = next;
+    }
+    state
+}
+
 #[test]
 fn local_state_chain_names_the_mailboxes_and_turns_incremental() {
     let d = tempfile::tempdir().unwrap();
@@ -241,13 +252,7 @@ fn local_state_chain_names_the_mailboxes_and_turns_incremental() {
     assert_eq!(code, 0);
     let st = dsync_protocol::state::SyncState::parse(&s0).unwrap();
     assert_eq!(st.mailboxes.len(), 1, "the state names INBOX: {s0}");
-    // Settle the chain: each run's state feeds the next.
-    let mut s = s0;
-    for _ in 0..3 {
-        let (code, next, _) = sync_state(&pa, &pb, &s);
-        assert_eq!(code, 0);
-        s = next;
-    }
+    let s = settle(&pa, &pb, s0);
     let st = dsync_protocol::state::SyncState::parse(&s).unwrap();
     assert_eq!(st.mailboxes[0].last_common_uid, 4, "{st:?}");
     // One flag change on A: synced by the stateful run, which stays
@@ -323,12 +328,7 @@ fn quick_status_equals_the_listed_status_or_declines() {
 fn a_failed_destination_keeps_the_saved_state() {
     let d = tempfile::tempdir().unwrap();
     let (pa, pb, a, b) = synced_pair(d.path());
-    let mut s = String::new();
-    for _ in 0..3 {
-        let (code, next, _) = sync_state(&pa, &pb, &s);
-        assert_eq!(code, 0);
-        s = next;
-    }
+    let s = settle(&pa, &pb, String::new());
     let saved = dsync_protocol::state::SyncState::parse(&s).unwrap();
     assert_eq!(saved.mailboxes[0].last_common_uid, 4, "{saved:?}");
     for i in 5..=7 {

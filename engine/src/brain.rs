@@ -183,8 +183,9 @@ pub struct Outcome {
     pub messages: Vec<String>,
     pub require_full_resync: bool,
     /// The new state table (`None` when a full resync is required or the
-    /// session broke off; the saved one, unchanged, when it failed). A slave's table starts from the states the master
-    /// sent; it is what a `dsync-server -U` reports to its replicator.
+    /// session broke off; the saved one, unchanged, when it failed). A
+    /// slave's table starts from the states the master sent; it is what a
+    /// `dsync-server -U` reports to its replicator.
     pub state: Option<Vec<MailboxState>>,
     /// The sync type this side ran: the master's setting, or what a slave
     /// adopted from the handshake.
