@@ -1356,6 +1356,54 @@ fn commit_takes_in_deliveries_and_catches_the_index_up() {
     inst.assert_log_clean();
 }
 
+/// A commit that only raises the mailbox's status (a sync's last action on
+/// a mailbox) reads the uidlist's two ends, as a save-only commit does: it
+/// neither lists the directories nor takes in a delivery the uidlist does
+/// not name yet (the next commit that lists, or Dovecot, does). Dovecot
+/// sees the raised UIDNEXT and modseq, then takes the delivery in itself.
+#[test]
+fn a_status_raise_reads_neither_records_nor_the_listing() {
+    let inst = dovecot_or_skip!(InstanceOptions::new());
+    save_mails(&inst, "INBOX", 0..3);
+    let before = status(&inst, "INBOX");
+    let root = inst.mail_dir(USER);
+    let delivery = "1700000002.M2P2.deliv";
+    put_as_owner(&root, &root.join("new").join(delivery), &mail(50));
+
+    let st = store(&inst);
+    let hm: u64 = before["highestmodseq"].parse().unwrap();
+    let mut tx = st.begin("INBOX").unwrap();
+    tx.raise_uid_next(10).unwrap();
+    tx.raise_highest_modseq(hm + 5).unwrap();
+    tx.commit().unwrap();
+    let uidlist = std::fs::read_to_string(root.join("dovecot-uidlist")).unwrap();
+    assert!(!uidlist.contains(delivery), "not listed: {uidlist}");
+
+    // Dovecot's status takes the delivery in, at the raised UIDNEXT.
+    let after = status(&inst, "INBOX");
+    assert_eq!(after["uidnext"], "11", "{after:?}");
+    assert!(
+        after["highestmodseq"].parse::<u64>().unwrap() >= hm + 5,
+        "{after:?}"
+    );
+    let rows = fetch(&inst, "INBOX", "uid hdr.subject");
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["uid"].as_str(), r["hdr.subject"].as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("1", "message 0"),
+            ("2", "message 1"),
+            ("3", "message 2"),
+            ("10", "message 50")
+        ]
+    );
+    assert_reader_agrees(&inst);
+    inst.assert_log_clean();
+}
+
 /// The quick status (a stateful sync's first look at a mailbox) trusts
 /// Dovecot's record of its last directory scan: after Dovecot renamed a
 /// file in `cur/` for a flag change (the uidlist is older than `cur/` then),

@@ -208,16 +208,20 @@ impl<'s> MaildirTransaction<'s> {
         }
         let _uidlist_lock =
             Dotlock::acquire(&uidlist_path, DotlockSettings::UIDLIST, store.owner())?;
-        // A commit that only saves new mails needs none of the uidlist's
-        // records nor a listing of the mailbox (Dovecot's save commit
-        // neither lists): the uidlist's header and last UID do, read from
-        // its two ends, when the index has every record already (nothing
-        // to catch up; checked once the index is mapped). Reading every
-        // record and listing every file per commit made a large full sync
-        // quadratic. Deliveries not in the uidlist are then taken in by
-        // the next commit that lists, or by Dovecot's next sync.
-        let saves_only =
-            !me.saves.is_empty() && me.flag_changes.is_empty() && me.expunges.is_empty();
+        // A commit that only saves new mails, or only raises the mailbox's
+        // status (UIDNEXT, highest modseq), needs none of the
+        // uidlist's records nor a listing of the mailbox (Dovecot's save
+        // commit neither lists): the uidlist's header and last UID do, read
+        // from its two ends, when the index has every record already
+        // (nothing to catch up; checked once the index is mapped). Reading
+        // every record and listing every file per commit made a large full
+        // sync quadratic, and a stateful run's status raise as costly as a
+        // full read. Deliveries not in the uidlist are then taken in by the
+        // next commit that lists, or by Dovecot's next sync. (An empty
+        // commit is asked for exactly that: it lists.)
+        let saves_only = me.flag_changes.is_empty()
+            && me.expunges.is_empty()
+            && (!me.saves.is_empty() || me.min_uid_next > 0 || me.min_modseq > 0);
         let vanished = || StorageError::Inconsistent {
             path: uidlist_path.clone(),
             why: "uidlist vanished".into(),
