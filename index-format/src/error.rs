@@ -150,6 +150,8 @@ impl Error {
             Error::Format { path, .. } | Error::Unsupported { path, .. } if path.is_none() => {
                 *path = Some(p.into());
             }
+            // A reader's error, made without knowing what it read.
+            Error::Io { path, .. } if path.as_os_str().is_empty() => *path = p.into(),
             _ => {}
         }
         self

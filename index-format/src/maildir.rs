@@ -374,6 +374,38 @@ fn parse_u32_dec(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
+/// Where a uidlist's records are being read: the next line's byte offset
+/// and number, and the last record's UID (they must increase).
+struct Position {
+    offset: usize,
+    line_no: u64,
+    last_uid: u32,
+}
+
+/// A uidlist header's values, owned (from [`Uidlist::read_visit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidlistHead {
+    pub version: u8,
+    pub uid_validity: u32,
+    /// `N` from the header.
+    pub header_next_uid: u32,
+    pub mailbox_guid: Option<[u8; 16]>,
+    /// A last line without LF (possibly being appended) was left out.
+    pub partial_tail: bool,
+}
+
+impl UidlistHead {
+    fn of(list: &Uidlist<'_>) -> UidlistHead {
+        UidlistHead {
+            version: list.version,
+            uid_validity: list.uid_validity,
+            header_next_uid: list.header_next_uid,
+            mailbox_guid: list.mailbox_guid,
+            partial_tail: list.partial_tail,
+        }
+    }
+}
+
 impl<'a> Uidlist<'a> {
     /// Parses the file content.
     pub fn parse(data: &'a [u8]) -> Result<Self> {
@@ -518,20 +550,36 @@ impl<'a> Uidlist<'a> {
         version: u8,
         complete: &'a str,
         header_len: usize,
-        mut visit: impl FnMut(UidlistRecord<'a>),
+        visit: impl FnMut(UidlistRecord<'a>),
     ) -> Result<u32> {
+        let body = complete.get(header_len..).unwrap_or("");
+        let mut at = Position {
+            offset: header_len,
+            line_no: 2,
+            last_uid: 0,
+        };
+        Self::each_line(version, body, &mut at, visit)?;
+        Ok(at.last_uid)
+    }
+
+    /// Checks and hands over each record of `lines` (whole lines, each
+    /// ending in LF), which start at `at` in the file; `at` moves past them.
+    fn each_line<'l>(
+        version: u8,
+        lines: &'l str,
+        at: &mut Position,
+        mut visit: impl FnMut(UidlistRecord<'l>),
+    ) -> Result<()> {
         let kind = FileKind::Uidlist;
-        let lines = complete
-            .get(header_len..)
-            .unwrap_or("")
-            .split_inclusive('\n');
-        let mut offset = header_len;
-        let mut last_uid = 0u32;
-        for (i, raw) in lines.enumerate() {
-            let line_no = i as u64 + 2;
+        for raw in lines.split_inclusive('\n') {
+            let line_no = at.line_no;
+            at.line_no += 1;
+            let mut offset = at.offset;
+            let mut last_uid = at.last_uid;
             let line = raw.trim_end_matches('\n');
             let line_off = offset;
             offset += raw.len();
+            at.offset = offset;
             if line.is_empty() {
                 continue;
             }
@@ -546,9 +594,85 @@ impl<'a> Uidlist<'a> {
                 ));
             }
             last_uid = rec.uid;
+            at.last_uid = last_uid;
             visit(rec);
         }
-        Ok(last_uid)
+        Ok(())
+    }
+
+    /// [`Uidlist::parse_visit`] over a reader, a piece at a time: the file
+    /// is never held whole (a large mailbox's uidlist is megabytes), only
+    /// its longest line and a read buffer. The same checks, offsets and
+    /// line numbers in errors; returns the header's values and the last
+    /// record's UID (0: none).
+    pub fn read_visit(
+        mut input: impl std::io::Read,
+        mut visit: impl FnMut(UidlistRecord<'_>),
+    ) -> Result<(UidlistHead, u32)> {
+        const PIECE: usize = 64 * 1024;
+        let kind = FileKind::Uidlist;
+        let mut buf: Vec<u8> = Vec::with_capacity(PIECE);
+        let mut head: Option<UidlistHead> = None;
+        let mut at = Position {
+            offset: 0,
+            line_no: 2,
+            last_uid: 0,
+        };
+        // Bytes of `buf` already handed over (whole lines).
+        let mut eof = false;
+        while !eof {
+            let len = buf.len();
+            buf.resize(len + PIECE, 0);
+            let n = loop {
+                match input.read(&mut buf[len..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::io(std::path::PathBuf::new(), e)),
+                }
+            };
+            buf.truncate(len + n);
+            eof = n == 0;
+            let Some(end) = buf.iter().rposition(|&b| b == b'\n').map(|p| p + 1) else {
+                continue;
+            };
+            let text = std::str::from_utf8(&buf[..end]).map_err(|e| {
+                Error::invalid(
+                    kind,
+                    (at.offset + e.valid_up_to()) as u64,
+                    "uidlist",
+                    "not UTF-8",
+                )
+            })?;
+            let mut start = 0;
+            if head.is_none() {
+                let first = text.find('\n').map_or(text.len(), |p| p + 1);
+                let (list, header_len, _) = Uidlist::parse_header_line(&buf[..first])?;
+                head = Some(UidlistHead::of(&list));
+                start = header_len;
+                at.offset = header_len;
+            }
+            let version = head.as_ref().map_or(0, |h| h.version);
+            Uidlist::each_line(version, &text[start..], &mut at, &mut visit)?;
+            buf.drain(..end);
+        }
+        let mut head = match head {
+            Some(h) => h,
+            // No whole line at all: the header's own error.
+            None => UidlistHead::of(&Uidlist::parse_header_line(&buf)?.0),
+        };
+        if !buf.is_empty() {
+            // A last line without LF (possibly being appended): left out.
+            std::str::from_utf8(&buf).map_err(|e| {
+                Error::invalid(
+                    kind,
+                    (at.offset + e.valid_up_to()) as u64,
+                    "uidlist",
+                    "not UTF-8",
+                )
+            })?;
+            head.partial_tail = true;
+        }
+        Ok((head, at.last_uid))
     }
 
     /// Effective next UID: max(header `N`, last uid + 1), since Dovecot

@@ -63,6 +63,7 @@ fn exercise(reader: Reader, data: &[u8]) {
                     let _ = (r.physical_size(), r.virtual_size(), r.guid());
                 }
             }
+            streamed_uidlist_agrees(data);
         }
         Reader::Keywords => {
             let _ = Keywords::parse(data);
@@ -192,4 +193,63 @@ fn truncated_and_flipped_fixtures_never_panic() {
         elapsed < Duration::from_secs(900),
         "{runs} runs took {elapsed:?}"
     );
+}
+
+/// Hands out at most `n` bytes per read: a streamed reader sees lines and
+/// characters cut anywhere.
+struct Pieces<'a> {
+    data: &'a [u8],
+    n: usize,
+}
+
+impl std::io::Read for Pieces<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.n.min(buf.len()).min(self.data.len());
+        buf[..k].copy_from_slice(&self.data[..k]);
+        self.data = &self.data[k..];
+        Ok(k)
+    }
+}
+
+/// `Uidlist::read_visit`, fed in pieces of 1, 7 and 4096 bytes, answers as
+/// `Uidlist::parse` on the whole bytes: the same records, header values and
+/// last UID, or the same error.
+fn streamed_uidlist_agrees(data: &[u8]) {
+    let whole = Uidlist::parse(data);
+    for n in [1, 7, 4096] {
+        let mut seen = Vec::new();
+        let streamed = Uidlist::read_visit(Pieces { data, n }, |r| {
+            seen.push((r.uid, r.filename.to_string(), r.extensions().count()))
+        });
+        match (&whole, streamed) {
+            (Ok(u), Ok((head, last))) => {
+                let want: Vec<_> = u
+                    .records
+                    .iter()
+                    .map(|r| (r.uid, r.filename.to_string(), r.extensions().count()))
+                    .collect();
+                assert_eq!(seen, want, "pieces of {n}");
+                assert_eq!(last, u.records.last().map_or(0, |r| r.uid), "pieces of {n}");
+                assert_eq!(
+                    (
+                        head.version,
+                        head.uid_validity,
+                        head.header_next_uid,
+                        head.mailbox_guid,
+                        head.partial_tail
+                    ),
+                    (
+                        u.version,
+                        u.uid_validity,
+                        u.header_next_uid,
+                        u.mailbox_guid,
+                        u.partial_tail
+                    ),
+                    "pieces of {n}"
+                );
+            }
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "pieces of {n}"),
+            (a, b) => panic!("pieces of {n}: whole {a:?}, streamed {b:?}"),
+        }
+    }
 }

@@ -3,8 +3,32 @@
 // accessors (extensions, sizes, GUIDs) the Maildir backend uses.
 use index_format::maildir::{self, Uidlist};
 
+/// At most 7 bytes per read: the streamed reader sees lines cut anywhere.
+struct Pieces<'a>(&'a [u8]);
+
+impl std::io::Read for Pieces<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = 7.min(buf.len()).min(self.0.len());
+        buf[..k].copy_from_slice(&self.0[..k]);
+        self.0 = &self.0[k..];
+        Ok(k)
+    }
+}
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let Ok(u) = Uidlist::parse(data) else { return };
+    // Streamed, the same answer as parsed whole.
+    let mut seen = Vec::new();
+    let streamed =
+        Uidlist::read_visit(Pieces(data), |r| seen.push((r.uid, r.filename.to_string())));
+    let whole = Uidlist::parse(data);
+    assert_eq!(streamed.is_ok(), whole.is_ok());
+    let Ok(u) = whole else { return };
+    let want: Vec<_> = u
+        .records
+        .iter()
+        .map(|r| (r.uid, r.filename.to_string()))
+        .collect();
+    assert_eq!(seen, want);
     let next = u.next_uid();
     for r in &u.records {
         assert!(r.uid < next || next == u32::MAX);

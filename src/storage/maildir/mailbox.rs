@@ -213,6 +213,21 @@ impl UidlistState {
 
     /// The owned form of a uidlist read with [`Uidlist::parse_visit`]: its
     /// header, its last record's UID and the entries kept.
+    /// From a streamed read ([`Uidlist::read_visit`]).
+    fn from_head(
+        head: &index_format::maildir::UidlistHead,
+        last_uid: u32,
+        entries: Vec<UidEntry>,
+    ) -> UidlistState {
+        UidlistState {
+            uid_validity: head.uid_validity,
+            next_uid: head.header_next_uid.max(last_uid.saturating_add(1)),
+            guid: head.mailbox_guid,
+            partial_tail: head.partial_tail,
+            entries,
+        }
+    }
+
     fn from_visit(head: &Uidlist<'_>, last_uid: u32, entries: Vec<UidEntry>) -> UidlistState {
         UidlistState {
             uid_validity: head.uid_validity,
@@ -547,8 +562,13 @@ impl MaildirMailbox {
         if !seen.is_some_and(|s| s.dirs_scanned && s.index_synced_uidlist) {
             return Ok(None);
         }
-        let Some(data) = read_uidlist_bytes(&dir)? else {
-            return Ok(None);
+        // Read a piece at a time: a large mailbox's uidlist is megabytes,
+        // and only the kept records are kept.
+        let uidlist_path = dir.join(UIDLIST);
+        let input = match fs::File::open(&uidlist_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&uidlist_path)(e)),
         };
         let keywords = read_keywords(&dir)?;
         // The index's keyword numbers, as Maildir letters.
@@ -568,7 +588,7 @@ impl MaildirMailbox {
         let (mut found, mut unlettered) = (0u32, false);
         // Every record is checked (and counted) as it is parsed; only the
         // kept ones are kept.
-        let (head, last) = Uidlist::parse_visit(&data, |r| {
+        let (head, last) = Uidlist::read_visit(input, |r| {
             let kept = keep.is_none_or(|k| k(r.uid));
             // Not in the index: expunged since the uidlist was rewritten.
             let loc = view.lookup_uid(r.uid).map(|m| {
@@ -606,11 +626,10 @@ impl MaildirMailbox {
         if unlettered || found != view.messages_count() {
             return Ok(None);
         }
-        let uidlist = UidlistState::from_visit(&head, last, entries);
+        let uidlist = UidlistState::from_head(&head, last, entries);
         if uidlist.guid.is_none() || uidlist.partial_tail {
             return Ok(None);
         }
-        drop(data);
         let mut mb = Self::assemble(store, name, dir, uidlist, locs, keywords, Some(view));
         mb.messages = Some(found);
         Ok(Some(mb))
