@@ -236,6 +236,25 @@ async fn doveadm_replicator_output_matches_real_dovecot() {
         write_fifo(&hdir.join("run/replication-notify-fifo"), line);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Under load a replicator may still be reading its FIFO: both must
+    // know every user notified before their answers are compared.
+    let known = |sock: &Path| {
+        let s = sock.display().to_string();
+        let out = tokio::task::block_in_place(|| {
+            doveadm(&real, &["replicator", "status", "-a", &s, "*"], None)
+        });
+        out.0.lines().count()
+    };
+    let (real_sock_w, homing_sock_w) = (
+        real.run_dir().join("replicator-doveadm"),
+        hdir.join("run/replicator-doveadm"),
+    );
+    for _ in 0..100 {
+        if known(&real_sock_w) == 9 && known(&homing_sock_w) == 9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Raw protocol exchanges (spec 7.1.1, 7.1.2) must give the same bytes.
     let raw_cases: [&[&str]; 9] = [

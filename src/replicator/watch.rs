@@ -418,17 +418,24 @@ impl Watcher {
     }
 
     /// A directory appeared under a watched one: watch it (and what it holds).
-    fn new_dir(&mut self, user: usize, parent: DirKind, dir: PathBuf) {
+    /// Watches a directory that appeared under a watched one. `High` when
+    /// a mail directory already holds files: they arrived before its
+    /// watch did, and no event will tell of them.
+    fn new_dir(&mut self, user: usize, parent: DirKind, dir: PathBuf) -> Option<Priority> {
         let adds: Vec<(PathBuf, DirKind)> = match parent {
             DirKind::MaildirBox => {
                 let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
                 match name.as_deref() {
                     Some("new") => vec![(dir, DirKind::MaildirNew)],
                     Some("cur") => vec![(dir, DirKind::MaildirCur)],
+                    // The mailbox first: `new/` and `cur/` made after this
+                    // are then its CREATE events, those made before are
+                    // found now. (The other order loses both when they
+                    // appear in between.)
                     Some(n) if n.starts_with('.') => vec![
+                        (dir.clone(), DirKind::MaildirBox),
                         (dir.join("new"), DirKind::MaildirNew),
                         (dir.join("cur"), DirKind::MaildirCur),
-                        (dir, DirKind::MaildirBox),
                     ],
                     _ => vec![],
                 }
@@ -436,12 +443,18 @@ impl Watcher {
             DirKind::Dbox => user_dirs(Layout::Dbox, &dir, self.settings.max_watches),
             _ => vec![],
         };
+        let mut found = None;
         for (d, k) in adds {
+            let mail_dir = matches!(k, DirKind::MaildirNew | DirKind::MaildirCur);
+            if mail_dir && std::fs::read_dir(&d).is_ok_and(|mut e| e.next().is_some()) {
+                found = Some(Priority::High);
+            }
             if !self.add_dir(user, d, k) {
                 self.move_to_scan(user);
-                return;
+                return found;
             }
         }
+        found
     }
 
     /// Scans the unwatched users; returns the requests to send.
@@ -559,14 +572,20 @@ async fn run(mut w: Watcher, mut stream: inotify::EventStream<Vec<u8>>, sink: Ar
                     cookies.insert(ev.cookie);
                 }
                 let paired = ev.mask.contains(EventMask::MOVED_TO) && cookies.remove(&ev.cookie);
-                if ev.mask.contains(EventMask::ISDIR)
+                let early = if ev.mask.contains(EventMask::ISDIR)
                     && ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
                 {
-                    w.new_dir(user, kind, dir.join(&*name));
-                }
+                    w.new_dir(user, kind, dir.join(&*name))
+                } else {
+                    None
+                };
                 let username = &w.users[user].username;
                 if sink.syncing(username) {
                     continue;
+                }
+                // A renamed mailbox brings its mails along: not new.
+                if let (Some(p), true) = (early, ev.mask.contains(EventMask::CREATE)) {
+                    bump(&mut pending, user, p, debounce);
                 }
                 if let Some(p) = classify(kind, ev.mask, &name, paired) {
                     tracing::debug!("{username}: {:?} {name} in {} -> {}", ev.mask, dir.display(), p.name());
@@ -647,6 +666,44 @@ mod tests {
             ..s
         };
         assert!(resolve_users(&s, [("b", None)]).is_err());
+    }
+
+    /// A mailbox whose `new/` got a mail before the mailbox's own watch
+    /// existed: watching it finds the mail (`High`), and `new/` and `cur/`
+    /// are watched whether they appeared before or after.
+    #[test]
+    fn a_new_mailbox_is_watched_with_what_it_already_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("Maildir");
+        std::fs::create_dir_all(root.join("new")).unwrap();
+        let inotify = Inotify::init().unwrap();
+        let mut w = Watcher {
+            layout: Layout::Maildir,
+            watches: inotify.watches(),
+            settings: WatchSettings::default(),
+            users: vec![WatchedUser {
+                username: "bob".into(),
+                mail_root: root.clone(),
+            }],
+            by_wd: HashMap::new(),
+            per_user: vec![Vec::new()],
+            scanned: HashMap::new(),
+            limit_logged: false,
+        };
+        let empty = root.join(".Empty");
+        std::fs::create_dir_all(empty.join("new")).unwrap();
+        std::fs::create_dir_all(empty.join("cur")).unwrap();
+        assert_eq!(w.new_dir(0, DirKind::MaildirBox, empty), None);
+        let lists = root.join(".Lists");
+        std::fs::create_dir_all(lists.join("new")).unwrap();
+        std::fs::write(lists.join("new").join("1.M1P1.host"), b"x").unwrap();
+        assert_eq!(
+            w.new_dir(0, DirKind::MaildirBox, lists),
+            Some(Priority::High)
+        );
+        // Three watches per mailbox (the mailbox, `new/`, `cur/`; `cur/`
+        // of `.Lists` is missing and comes with its CREATE event).
+        assert_eq!(w.stats().watches, 5);
     }
 
     #[test]
