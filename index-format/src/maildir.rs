@@ -395,7 +395,8 @@ pub struct UidlistHead {
 }
 
 impl UidlistHead {
-    fn of(list: &Uidlist<'_>) -> UidlistHead {
+    /// The header values of a parsed uidlist.
+    pub fn of(list: &Uidlist<'_>) -> UidlistHead {
         UidlistHead {
             version: list.version,
             uid_validity: list.uid_validity,
@@ -610,7 +611,10 @@ impl<'a> Uidlist<'a> {
         mut visit: impl FnMut(UidlistRecord<'_>),
     ) -> Result<(UidlistHead, u32)> {
         const PIECE: usize = 64 * 1024;
-        let kind = FileKind::Uidlist;
+        let not_utf8 = |offset: usize, e: std::str::Utf8Error| {
+            let at = (offset + e.valid_up_to()) as u64;
+            Error::invalid(FileKind::Uidlist, at, "uidlist", "not UTF-8")
+        };
         let mut buf: Vec<u8> = Vec::with_capacity(PIECE);
         let mut head: Option<UidlistHead> = None;
         let mut at = Position {
@@ -635,14 +639,7 @@ impl<'a> Uidlist<'a> {
             let Some(end) = buf.iter().rposition(|&b| b == b'\n').map(|p| p + 1) else {
                 continue;
             };
-            let text = std::str::from_utf8(&buf[..end]).map_err(|e| {
-                Error::invalid(
-                    kind,
-                    (at.offset + e.valid_up_to()) as u64,
-                    "uidlist",
-                    "not UTF-8",
-                )
-            })?;
+            let text = std::str::from_utf8(&buf[..end]).map_err(|e| not_utf8(at.offset, e))?;
             let mut start = 0;
             if head.is_none() {
                 let first = text.find('\n').map_or(text.len(), |p| p + 1);
@@ -662,14 +659,7 @@ impl<'a> Uidlist<'a> {
         };
         if !buf.is_empty() {
             // A last line without LF (possibly being appended): left out.
-            std::str::from_utf8(&buf).map_err(|e| {
-                Error::invalid(
-                    kind,
-                    (at.offset + e.valid_up_to()) as u64,
-                    "uidlist",
-                    "not UTF-8",
-                )
-            })?;
+            std::str::from_utf8(&buf).map_err(|e| not_utf8(at.offset, e))?;
             head.partial_tail = true;
         }
         Ok((head, at.last_uid))

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 use index_format::log::RecordBody;
-use index_format::maildir::{parse_filename, Keywords, MaildirFlags, Uidlist};
+use index_format::maildir::{parse_filename, Keywords, MaildirFlags, Uidlist, UidlistHead};
 use index_format::view::MailboxView;
 
 use super::{log_gate_read, MaildirStore, UIDLIST};
@@ -204,31 +204,17 @@ impl UidlistState {
         // Sized at once: a large mailbox's table grown by doubling would be
         // up to half unused.
         let entries = u.records.iter().map(uid_entry).collect();
-        Ok(Some(UidlistState::from_visit(
-            &u,
+        Ok(Some(UidlistState::from_head(
+            &UidlistHead::of(&u),
             u.records.last().map_or(0, |r| r.uid),
             entries,
         )))
     }
 
-    /// The owned form of a uidlist read with [`Uidlist::parse_visit`]: its
-    /// header, its last record's UID and the entries kept.
-    /// From a streamed read ([`Uidlist::read_visit`]).
-    fn from_head(
-        head: &index_format::maildir::UidlistHead,
-        last_uid: u32,
-        entries: Vec<UidEntry>,
-    ) -> UidlistState {
-        UidlistState {
-            uid_validity: head.uid_validity,
-            next_uid: head.header_next_uid.max(last_uid.saturating_add(1)),
-            guid: head.mailbox_guid,
-            partial_tail: head.partial_tail,
-            entries,
-        }
-    }
-
-    fn from_visit(head: &Uidlist<'_>, last_uid: u32, entries: Vec<UidEntry>) -> UidlistState {
+    /// The owned form of a uidlist read with [`Uidlist::read_visit`] or
+    /// [`Uidlist::parse_visit`]: its header, its last record's UID and the
+    /// entries kept.
+    fn from_head(head: &UidlistHead, last_uid: u32, entries: Vec<UidEntry>) -> UidlistState {
         UidlistState {
             uid_validity: head.uid_validity,
             next_uid: head.header_next_uid.max(last_uid.saturating_add(1)),
@@ -685,7 +671,7 @@ impl MaildirMailbox {
         if twice || head.mailbox_guid.is_none() || head.partial_tail {
             return Ok(None);
         }
-        let uidlist = UidlistState::from_visit(&head, last, entries);
+        let uidlist = UidlistState::from_head(&UidlistHead::of(&head), last, entries);
         let mut locs: Vec<Option<FileLoc>> = vec![None; uidlist.entries.len()];
         let (mut present, mut unlisted) = (0u32, false);
         for_each_file(dir, |base, loc| match bases.get_mut(base) {
