@@ -35,30 +35,22 @@ fn mails(prefix: &str, uids: std::ops::RangeInclusive<u32>) -> Vec<(u32, String)
     uids.map(|u| (u, format!("{prefix}-{u}"))).collect()
 }
 
+/// Both sides' results of a local pair (master first).
+type PairResults = (
+    homing::session::SessionResult<MaildirReplica>,
+    homing::session::SessionResult<MaildirReplica>,
+);
+
 /// A two-way sync of `a` into `b`, `b` committing its saves in batches of
 /// `batch`.
-async fn sync_into(
-    a: MaildirStore,
-    b: MaildirStore,
-    batch: usize,
-) -> (
-    homing::session::SessionResult<MaildirReplica>,
-    homing::session::SessionResult<MaildirReplica>,
-) {
+async fn sync_into(a: MaildirStore, b: MaildirStore, batch: usize) -> PairResults {
     let mut rb = MaildirReplica::new(b);
     rb.set_batch_limit(batch);
     pair(MaildirReplica::new(a), rb, SyncSettings::default()).await
 }
 
 /// A sync of `a` (master) with `b` with these settings.
-async fn pair(
-    a: MaildirReplica,
-    b: MaildirReplica,
-    settings: SyncSettings,
-) -> (
-    homing::session::SessionResult<MaildirReplica>,
-    homing::session::SessionResult<MaildirReplica>,
-) {
+async fn pair(a: MaildirReplica, b: MaildirReplica, settings: SyncSettings) -> PairResults {
     run_local_pair(a, b, "h", settings, &SessionOptions::default()).await
 }
 
